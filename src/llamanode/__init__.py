@@ -1,0 +1,95 @@
+"""llamanode: persistent, workspace-scoped KV sessions that keep a coding agent's prefix hot."""
+
+from __future__ import annotations
+
+from .backends.llamacpp import register as _register_llamacpp
+from .config import Config, DecodeConfig
+from .errors import (
+    ConfigError,
+    ContextOverflowError,
+    GrammarError,
+    InvalidInputError,
+    LlamaNodeError,
+    ManifestMismatchError,
+    SessionBusyError,
+    SessionClosedError,
+    SessionFatalError,
+    SessionUnavailableError,
+    SnapshotCorruptError,
+    SnapshotError,
+    SnapshotMismatchError,
+    UnsupportedFeatureError,
+)
+from .kvsession import KVSession
+from .manifest import ContextManifest, ManifestSegment, hash_token_ids, join_segments
+from .session import (
+    ContextReport,
+    DecodeReport,
+    Divergence,
+    PrefillProgress,
+    PrefixInput,
+    PrefixStatus,
+    SegmentResidency,
+    Session,
+    SessionState,
+    StreamChunk,
+    SuffixInput,
+    SuffixStatus,
+    default_model_path,
+    embed,
+    embed_available,
+    open_session,
+    session_available,
+    set_embed_func,
+    set_session_factory,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ContextManifest",
+    "ContextOverflowError",
+    "ContextReport",
+    "DecodeConfig",
+    "DecodeReport",
+    "Divergence",
+    "GrammarError",
+    "InvalidInputError",
+    "KVSession",
+    "LlamaNodeError",
+    "ManifestMismatchError",
+    "ManifestSegment",
+    "PrefillProgress",
+    "PrefixInput",
+    "PrefixStatus",
+    "SegmentResidency",
+    "Session",
+    "SessionBusyError",
+    "SessionClosedError",
+    "SessionFatalError",
+    "SessionState",
+    "SessionUnavailableError",
+    "SnapshotCorruptError",
+    "SnapshotError",
+    "SnapshotMismatchError",
+    "StreamChunk",
+    "SuffixInput",
+    "SuffixStatus",
+    "UnsupportedFeatureError",
+    "__version__",
+    "build_manifest",
+    "default_model_path",
+    "embed",
+    "embed_available",
+    "hash_token_ids",
+    "open_session",
+    "session_available",
+    "set_embed_func",
+    "set_session_factory",
+]
+
+build_manifest = join_segments
+
+_register_llamacpp()

@@ -1,0 +1,1 @@
+"""Backends: adapters that implement KVContext over a native runtime and register a factory."""

@@ -1,0 +1,158 @@
+"""LlamaCppContext: one llama_context holding one sequence (seq 0), implementing KVContext."""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ...config import Config, DecodeConfig
+from ...errors import SessionFatalError, SessionUnavailableError, SnapshotError
+from ...kvsession import KVSession
+from ..base import BackendIdentity
+from .model import LoadedModel, acquire_model, kv_bytes_per_token, release_model
+from .native import lib
+from .sampling import LlamaCppSampler
+
+__all__ = ["LlamaCppContext", "context_params", "open_llamacpp_session"]
+
+_GGML_TYPES = {"f16": 1, "q4_0": 2, "q8_0": 8}
+
+
+def context_params(config: Config) -> Any:
+    """llama_context_params with every setting explicit (no AUTO left for llama.cpp to pick)."""
+    L = lib()
+    cp = L.llama_context_default_params()
+    cp.n_ctx = config.num_ctx
+    cp.n_batch = config.num_batch
+    cp.n_ubatch = config.num_ubatch
+    cp.n_seq_max = 1
+    cp.n_threads = cp.n_threads_batch = config.threads
+    cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if config.flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    cp.type_k = cp.type_v = _GGML_TYPES[config.kv_type]
+    cp.swa_full = True  # truncation anywhere stays valid on sliding-window models
+    cp.no_perf = True
+    return cp
+
+
+class _Batch:
+    """A reusable llama_batch of fixed capacity for sequence 0, filled through numpy views."""
+
+    def __init__(self, capacity: int) -> None:
+        L = lib()
+        self.capacity = capacity
+        self.batch = L.llama_batch_init(capacity, 0, 1)
+        b = self.batch
+        self._tok = np.ctypeslib.as_array(b.token, (capacity,))
+        self._pos = np.ctypeslib.as_array(b.pos, (capacity,))
+        self._nsq = np.ctypeslib.as_array(b.n_seq_id, (capacity,))
+        self._out = np.ctypeslib.as_array(b.logits, (capacity,))
+        for i in range(capacity):
+            b.seq_id[i][0] = 0
+        self._nsq[:] = 1
+
+    def fill(self, tokens: Sequence[int], start: int) -> None:
+        n = len(tokens)
+        self._tok[:n] = tokens
+        self._pos[:n] = np.arange(start, start + n)
+        self._out[:n] = 0
+        self._out[n - 1] = 1
+        self.batch.n_tokens = n
+
+    def free(self) -> None:
+        lib().llama_batch_free(self.batch)
+
+
+class LlamaCppContext:
+    """KV operations on one llama_context. Every native failure raises SessionFatalError."""
+
+    def __init__(self, model: LoadedModel, config: Config) -> None:
+        L = lib()
+        self._model = model
+        self._config = config
+        self._ctx = L.llama_init_from_model(model.handle, context_params(config))
+        if not self._ctx:
+            raise SessionUnavailableError(f"llama.cpp could not create a context (num_ctx={config.num_ctx})")
+        self._mem = L.llama_get_memory(self._ctx)
+        self._batch = _Batch(L.llama_n_batch(self._ctx))
+        self._n_vocab = L.llama_vocab_n_tokens(model.vocab)
+        self.identity: BackendIdentity = model.identity(config, int(L.llama_n_ctx(self._ctx)))
+
+    # tokens
+    def tokenize(self, text: str, add_bos: bool) -> list[int]:
+        L = lib()
+        raw = text.encode("utf-8")
+        cap = len(raw) + 8
+        arr = (ctypes.c_int32 * cap)()
+        n = L.llama_tokenize(self._model.vocab, raw, len(raw), arr, cap, False, True)
+        if n < 0:
+            cap = -n
+            arr = (ctypes.c_int32 * cap)()
+            n = L.llama_tokenize(self._model.vocab, raw, len(raw), arr, cap, False, True)
+        tokens = list(arr[:n])
+        bos = L.llama_vocab_bos(self._model.vocab)
+        return [bos, *tokens] if add_bos and bos >= 0 else tokens
+
+    def token_bytes(self, token: int) -> bytes:
+        return self._model.token_bytes(token)
+
+    def is_eog(self, token: int) -> bool:
+        return bool(lib().llama_vocab_is_eog(self._model.vocab, token))
+
+    # KV
+    def trim(self, keep: int) -> None:
+        if not lib().llama_memory_seq_rm(self._mem, 0, keep, -1):
+            raise SessionFatalError(f"llama_memory_seq_rm refused to drop positions >= {keep}")
+
+    def prefill(self, tokens: Sequence[int], start: int) -> None:
+        if len(tokens) > self._batch.capacity:
+            raise SessionFatalError(f"batch of {len(tokens)} exceeds n_batch {self._batch.capacity}")
+        self._batch.fill(tokens, start)
+        rc = lib().llama_decode(self._ctx, self._batch.batch)
+        if rc != 0:
+            raise SessionFatalError(f"llama_decode returned {rc} at position {start} ({len(tokens)} tokens)")
+
+    def step(self, token: int, position: int) -> None:
+        self.prefill((token,), position)
+
+    def new_sampler(self, config: DecodeConfig) -> LlamaCppSampler:
+        return LlamaCppSampler(self._ctx, self._model.vocab, self._n_vocab, config)
+
+    # state
+    def state_bytes(self) -> bytes:
+        L = lib()
+        size = L.llama_state_seq_get_size(self._ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        written = L.llama_state_seq_get_data(self._ctx, buf, size, 0)
+        if written == 0:
+            raise SnapshotError("llama_state_seq_get_data wrote nothing")
+        return bytes(buf)[:written]
+
+    def load_state(self, data: bytes) -> None:
+        L = lib()
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if L.llama_state_seq_set_data(self._ctx, buf, len(data), 0) != len(data):
+            L.llama_memory_seq_rm(self._mem, 0, -1, -1)  # never leave a half-restored sequence
+            raise SnapshotError("llama.cpp refused the state (layout, type or size differs)")
+
+    def kv_bytes(self) -> int:
+        return int(kv_bytes_per_token(self._model, self._config.kv_type) * self.identity.n_ctx)
+
+    def close(self) -> None:
+        if self._ctx:
+            self._batch.free()
+            lib().llama_free(self._ctx)
+            self._ctx = None
+            release_model(self._model)
+
+
+def open_llamacpp_session(model_path: str, config: Config) -> KVSession:
+    model = acquire_model(model_path)
+    try:
+        context = LlamaCppContext(model, config)
+    except BaseException:
+        release_model(model)
+        raise
+    return KVSession(context, config)

@@ -1,0 +1,72 @@
+"""Sampler chains from DecodeConfig: grammar first, then penalties, then greedy or top-k/p/min-p."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+from ...config import DecodeConfig
+from ...errors import GrammarError
+from .native import lib
+
+__all__ = ["LlamaCppSampler", "grammar_text"]
+
+
+def grammar_text(config: DecodeConfig) -> str | None:
+    """The GBNF to enforce: the caller's grammar, or one compiled from the JSON schema."""
+    if config.grammar:
+        return config.grammar
+    if config.json_schema is None:
+        return None
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
+        return str(json_schema_to_gbnf(json.dumps(dict(config.json_schema))))
+    except Exception as exc:  # the converter raises bare exceptions of several kinds
+        raise GrammarError(f"json_schema could not be compiled to a grammar: {exc}") from exc
+
+
+class LlamaCppSampler:
+    """A llama_sampler chain bound to one context; sample() also accepts the token."""
+
+    def __init__(self, ctx: int, vocab: int, n_vocab: int, config: DecodeConfig) -> None:
+        L = lib()
+        self._ctx = ctx
+        self._chain: Any = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        try:
+            self._build(vocab, n_vocab, config)
+        except BaseException:
+            self.close()
+            raise
+
+    def _add(self, sampler: Any) -> None:
+        lib().llama_sampler_chain_add(self._chain, sampler)
+
+    def _build(self, vocab: int, n_vocab: int, config: DecodeConfig) -> None:
+        L = lib()
+        gbnf = grammar_text(config)
+        if gbnf is not None:
+            grammar = L.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
+            if not grammar:
+                raise GrammarError("grammar failed to parse (GBNF syntax error or no 'root' rule)")
+            self._add(grammar)
+        if config.repeat_penalty != 1.0:
+            self._add(L.llama_sampler_init_penalties(n_vocab, 64, config.repeat_penalty, 0.0, 0.0))
+        if config.greedy:
+            self._add(L.llama_sampler_init_greedy())
+            return
+        seed = config.seed if config.seed is not None else secrets.randbits(32) % (2**32 - 1)
+        self._add(L.llama_sampler_init_top_k(config.top_k))
+        self._add(L.llama_sampler_init_top_p(config.top_p, 1))
+        self._add(L.llama_sampler_init_min_p(config.min_p, 1))
+        self._add(L.llama_sampler_init_temp(config.temperature))
+        self._add(L.llama_sampler_init_dist(seed))
+
+    def sample(self) -> int:
+        return int(lib().llama_sampler_sample(self._chain, self._ctx, -1))
+
+    def close(self) -> None:
+        if self._chain:
+            lib().llama_sampler_free(self._chain)
+            self._chain = None

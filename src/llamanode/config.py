@@ -1,0 +1,138 @@
+"""Validated, frozen configuration. Unknown keys are rejected, never swallowed."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .errors import ConfigError
+
+__all__ = ["KV_CACHE_TYPES", "Config", "DecodeConfig"]
+
+KV_CACHE_TYPES = ("", "f16", "q8_0", "q4_0")
+_T = TypeVar("_T", bound="_Options")
+
+
+class _Options:
+    """Shared constructors: from a mapping (unknown keys rejected) and validated replace."""
+
+    @classmethod
+    def from_mapping(cls: type[_T], values: Mapping[str, Any]) -> _T:
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown {cls.__name__} option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ConfigError(f"{cls.__name__}: {exc}") from exc
+
+    def replace(self: _T, **changes: Any) -> _T:
+        return type(self).from_mapping({**dataclasses.asdict(self), **changes})  # type: ignore[call-overload]
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _require_int(name: str, value: object, low: int, high: int | None = None) -> None:
+    _require(isinstance(value, int) and not isinstance(value, bool), f"{name} must be an integer, got {value!r}")
+    assert isinstance(value, int)
+    _require(value >= low, f"{name} must be >= {low}, got {value}")
+    _require(high is None or value <= high, f"{name} must be <= {high}, got {value}")
+
+
+@dataclass(frozen=True)
+class Config(_Options):
+    """Runtime configuration of a session. Defaults are measured (docs/benchmarks.md).
+
+    Fields that change KV contents (kv_cache_type, flash_attn, num_gpu_layers, tensor_split)
+    are part of the manifest's runtime digest; the rest only change speed.
+    """
+
+    num_ctx: int = 8192  # the default model's n_ctx_train; f16 KV costs ~23 KB/token (188 MB)
+    num_batch: int = 512  # prefill chunk; measured fastest for cold prefill on 2 cores
+    num_ubatch: int = 512  # physical batch; = num_batch measured fastest
+    num_threads: int = 0  # 0 = all cores (os.cpu_count())
+    num_gpu_layers: int = 0  # CPU only unless asked
+    tensor_split: tuple[float, ...] = ()
+    flash_attn: bool = False  # off: warm suffixes 1.6x faster on CPU and chunked prefill stays bit-exact
+    kv_cache_type: str = "f16"  # "" means f16; q8_0/q4_0 need flash_attn=True
+    prompt_format: str = "model"  # "model" = the GGUF's own chat template; or "chatml", "llama3", ...
+    prompt_template_digest: str = ""  # digest of the caller's rendered template, if it renders itself
+    disable_bos: bool = False  # True: never add BOS, whatever the vocabulary says
+
+    def __post_init__(self) -> None:
+        _require_int("num_ctx", self.num_ctx, 16)
+        _require_int("num_batch", self.num_batch, 2)
+        _require_int("num_ubatch", self.num_ubatch, 2, self.num_batch)
+        _require_int("num_threads", self.num_threads, 0, 1024)
+        _require_int("num_gpu_layers", self.num_gpu_layers, -1)
+        object.__setattr__(self, "tensor_split", tuple(float(x) for x in self.tensor_split))
+        _require(all(x >= 0 for x in self.tensor_split), "tensor_split entries must be >= 0")
+        _require(isinstance(self.flash_attn, bool), "flash_attn must be a bool")
+        _require(self.kv_cache_type in KV_CACHE_TYPES, f"kv_cache_type must be one of {KV_CACHE_TYPES}")
+        _require(
+            self.flash_attn or self.kv_type in ("f16",),
+            f"kv_cache_type {self.kv_cache_type!r} needs flash_attn=True (llama.cpp refuses a quantized V cache without it)",
+        )
+        _require(bool(self.prompt_format), "prompt_format must not be empty")
+        _require(isinstance(self.disable_bos, bool), "disable_bos must be a bool")
+
+    @property
+    def kv_type(self) -> str:
+        return self.kv_cache_type or "f16"
+
+    @property
+    def threads(self) -> int:
+        return self.num_threads or (os.cpu_count() or 1)
+
+    def kv_shaping(self) -> dict[str, object]:
+        """The fields that change KV contents; two sessions may share KV only if these match."""
+        return {
+            "kv_cache_type": self.kv_type,
+            "flash_attn": self.flash_attn,
+            "num_gpu_layers": self.num_gpu_layers,
+            "tensor_split": list(self.tensor_split),
+        }
+
+
+@dataclass(frozen=True)
+class DecodeConfig(_Options):
+    """Controls one decode pass. temperature 0 is greedy (the default: reproducible code edits)."""
+
+    max_tokens: int | None = 256  # None: until EOG, a stop string, or the context is full (an error chunk)
+    temperature: float = 0.0
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0  # 1.0 = off
+    seed: int | None = None  # None: a fresh random seed per call
+    stop: tuple[str, ...] = ()
+    grammar: str | None = None  # GBNF text
+    json_schema: Mapping[str, Any] | None = field(default=None, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.max_tokens is not None:
+            _require_int("max_tokens", self.max_tokens, 1)
+        _require(isinstance(self.temperature, (int, float)) and self.temperature >= 0, "temperature must be >= 0")
+        _require_int("top_k", self.top_k, 0)
+        _require(isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1, "top_p must be in (0, 1]")
+        _require(isinstance(self.min_p, (int, float)) and 0 <= self.min_p <= 1, "min_p must be in [0, 1]")
+        _require(isinstance(self.repeat_penalty, (int, float)) and self.repeat_penalty > 0, "repeat_penalty must be > 0")
+        if self.seed is not None:
+            _require_int("seed", self.seed, 0, 2**32 - 2)
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        _require(all(isinstance(s, str) and s for s in stop), "stop entries must be non-empty strings")
+        object.__setattr__(self, "stop", stop)
+        _require(self.grammar is None or isinstance(self.grammar, str), "grammar must be GBNF text")
+        _require(self.json_schema is None or isinstance(self.json_schema, Mapping), "json_schema must be a mapping")
+        _require(not (self.grammar and self.json_schema is not None), "give grammar or json_schema, not both")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0

