@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 
 from .backends.base import KVContext, Sampler
@@ -122,6 +122,7 @@ class KVSession:
         self._closed = False
         self._fatal: str | None = None
         self._on_close = on_close
+        self._cold_note = ""  # why this session started cold, carried into the first cold divergence
 
     # -- manifests ---------------------------------------------------------------------
     def manifest(self, segments: tuple[tuple[str, str], ...] = ()) -> ContextManifest:
@@ -137,6 +138,10 @@ class KVSession:
     @property
     def num_ctx(self) -> int:
         return self.identity.n_ctx
+
+    def tokenize(self, text: str) -> list[int]:
+        """The token ids ensure_prefix would make of text (BOS per the session's policy), e.g. for routing."""
+        return self._ctx.tokenize(text, self._base.add_bos)
 
     # -- the contract ------------------------------------------------------------------
     def ensure_prefix(self, prefix: PrefixInput, on_progress: ProgressFn | None = None) -> PrefixStatus:
@@ -298,6 +303,15 @@ class KVSession:
     def kv_bytes(self) -> int:
         return self._ctx.kv_bytes()
 
+    def note_cold_start(self, detail: str) -> None:
+        """Record why this empty session starts cold (e.g. a refused snapshot): explain_context() shows it
+        now, and the next cold prefill's divergence carries it."""
+        with self._lock.hold():
+            if self._r.tokens:
+                raise InvalidInputError("note_cold_start needs an empty session")
+            self._cold_note = detail
+            self._r.divergence = Divergence("cold", 0, None, None, detail)
+
     # -- ensure_prefix steps -----------------------------------------------------------------
     def _check_usable(self) -> None:
         if self._closed:
@@ -366,6 +380,9 @@ class KVSession:
         r.divergence = explain_divergence(
             old_manifest, old_text, old_prefix, manifest, raw, len(tokens), lcp, limit, offsets
         )
+        if self._cold_note and r.divergence is not None and r.divergence.cause == "cold":
+            r.divergence = replace(r.divergence, detail=f"{r.divergence.detail} ({self._cold_note})")
+        self._cold_note = ""
         status = self._prefix_status(lcp, len(tokens) - lcp, dropped, False, r.divergence, prefill_s)
         r.last_prefix = status
         return status
