@@ -24,7 +24,8 @@ class _Options:
         known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"unknown {cls.__name__} option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            listed = ", ".join(sorted(known))
+            raise ConfigError(f"unknown {cls.__name__} option(s): {', '.join(unknown)}; known: {listed}")
         try:
             return cls(**values)
         except TypeError as exc:
@@ -78,7 +79,8 @@ class Config(_Options):
         _require(self.kv_cache_type in KV_CACHE_TYPES, f"kv_cache_type must be one of {KV_CACHE_TYPES}")
         _require(
             self.flash_attn or self.kv_type in ("f16",),
-            f"kv_cache_type {self.kv_cache_type!r} needs flash_attn=True (llama.cpp refuses a quantized V cache without it)",
+            f"kv_cache_type {self.kv_cache_type!r} needs flash_attn=True"
+            " (llama.cpp refuses a quantized V cache without it)",
         )
         _require(bool(self.prompt_format), "prompt_format must not be empty")
         _require(isinstance(self.disable_bos, bool), "disable_bos must be a bool")
@@ -123,7 +125,8 @@ class DecodeConfig(_Options):
         _require_int("top_k", self.top_k, 0)
         _require(isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1, "top_p must be in (0, 1]")
         _require(isinstance(self.min_p, (int, float)) and 0 <= self.min_p <= 1, "min_p must be in [0, 1]")
-        _require(isinstance(self.repeat_penalty, (int, float)) and self.repeat_penalty > 0, "repeat_penalty must be > 0")
+        penalty_ok = isinstance(self.repeat_penalty, (int, float)) and self.repeat_penalty > 0
+        _require(penalty_ok, "repeat_penalty must be > 0")
         if self.seed is not None:
             _require_int("seed", self.seed, 0, 2**32 - 2)
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)

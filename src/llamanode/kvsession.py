@@ -168,7 +168,8 @@ class KVSession:
                 raise ManifestMismatchError("no prefix is resident; call ensure_prefix first", "prefix")
             if suffix.manifest.digest != resident.digest:
                 field_name = resident.first_difference(suffix.manifest) or "digest"
-                raise ManifestMismatchError(f"suffix manifest differs from the resident prefix's in {field_name}", field_name)
+                reason = f"suffix manifest differs from the resident prefix's in {field_name}"
+                raise ManifestMismatchError(reason, field_name)
             _utf8(suffix.text, "suffix")
             tokens = self._ctx.tokenize(suffix.text, False) if suffix.text else []
             n_res = len(self._r.tokens)
@@ -412,7 +413,7 @@ class KVSession:
         r = self._r
         if keep >= len(r.tokens):
             return
-        self._native(lambda: self._ctx.trim(keep))
+        self._native(self._ctx.trim, keep)
         del r.tokens[keep:]
         r.prefix_len = min(r.prefix_len, keep)
         r.stable_len = min(r.stable_len, keep)
@@ -435,13 +436,13 @@ class KVSession:
         batch = [*r.tokens[start:], *tokens]
         was_stable = r.stable_len >= start
         if start < len(r.tokens):
-            self._native(lambda: self._ctx.trim(start))
+            self._native(self._ctx.trim, start)
             del r.tokens[start:]
         began, done = time.perf_counter(), 0
         for size in chunk_sizes(len(batch), self.config.num_batch):
             chunk = batch[done : done + size]
             position = len(r.tokens)
-            self._native(lambda: self._ctx.prefill(chunk, position))
+            self._native(self._ctx.prefill, chunk, position)
             r.tokens.extend(chunk)
             done += size
             if on_progress is not None:
@@ -455,9 +456,9 @@ class KVSession:
         if self._r.logits_for != len(self._r.tokens):
             self._extend([], "refresh", None, rewind=2)
 
-    def _native(self, op: Callable[[], None]) -> None:
+    def _native(self, op: Callable[..., None], *args: object) -> None:
         try:
-            op()
+            op(*args)
         except LlamaNodeError as exc:
             self._fatal = str(exc)
             raise SessionFatalError(f"backend failed; the session is unusable: {exc}") from exc
@@ -503,7 +504,7 @@ class KVSession:
                     error = ContextOverflowError("decode", len(r.tokens), 1, self.num_ctx)
                     break
                 position = len(r.tokens)
-                self._native(lambda: self._ctx.step(token, position))
+                self._native(self._ctx.step, token, position)
                 r.tokens.append(token)
                 r.generated += 1
                 r.logits_for = len(r.tokens)

@@ -31,7 +31,7 @@ def _segment_starts(segments: Sequence[ManifestSegment]) -> list[int]:
 
 
 def _segment_at(manifest: ContextManifest, byte_offset: int) -> str | None:
-    for seg, start in zip(manifest.segments, _segment_starts(manifest.segments)):
+    for seg, start in zip(manifest.segments, _segment_starts(manifest.segments), strict=True):
         if start <= byte_offset < start + seg.byte_len:
             return seg.name
     return manifest.segments[-1].name if manifest.segments else None
@@ -41,7 +41,7 @@ def segment_residency(
     manifest: ContextManifest, offsets: list[int] | None, n_tokens: int, reused: int
 ) -> tuple[SegmentResidency, ...]:
     rows = []
-    for seg, start in zip(manifest.segments, _segment_starts(manifest.segments)):
+    for seg, start in zip(manifest.segments, _segment_starts(manifest.segments), strict=True):
         t0 = t1 = None
         if offsets is not None:
             t0 = next((i for i, off in enumerate(offsets) if off >= start), n_tokens)
@@ -80,14 +80,16 @@ def explain_divergence(
         return Divergence("manifest_changed", 0, None, 0, f"{changed} differs from the resident prefix's")
     if lcp >= new_tokens:
         if new_tokens < old_prefix_tokens:
-            return Divergence("shrunk", lcp, None, len(new_text), f"prefix shrank from {old_prefix_tokens} to {new_tokens} tokens")
+            detail = f"prefix shrank from {old_prefix_tokens} to {new_tokens} tokens"
+            return Divergence("shrunk", lcp, None, len(new_text), detail)
         return None
     if lcp == stable_limit and lcp < old_prefix_tokens:
         return Divergence("generated_tokens", lcp, None, None, "decode-step KV is re-prefilled in a batch")
     token_byte = offsets[lcp] if offsets is not None and lcp < len(offsets) else None
     byte_diff = _first_byte_difference(old_text, new_text)
     if lcp >= old_prefix_tokens:
-        return Divergence("appended", lcp, _segment_at(new_manifest, token_byte or byte_diff), token_byte, "text added after the resident prefix")
+        segment = _segment_at(new_manifest, byte_diff if token_byte is None else token_byte)
+        return Divergence("appended", lcp, segment, token_byte, "text added after the resident prefix")
     edited = _segment_at(new_manifest, byte_diff)
     first = _segment_at(new_manifest, token_byte) if token_byte is not None else edited
     if first != edited:

@@ -33,7 +33,7 @@ EDIT_FILE = "config.py"
 def configure(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
     parser.add_argument("--src", type=Path, default=None, help="source tree to load (default: llamanode's own)")
-    parser.add_argument("--files", nargs="+", default=list(DEFAULT_FILES), help="files of the tree that form the prefix")
+    parser.add_argument("--files", nargs="+", default=list(DEFAULT_FILES), help="files that form the prefix")
     parser.add_argument("--max-tokens", type=int, default=48, help="tokens to generate per turn (default: %(default)s)")
 
 
@@ -65,9 +65,8 @@ def _progress(update: PrefillProgress) -> None:
     width = 30
     filled = width * update.done_tokens // update.total_tokens
     rate = update.done_tokens / max(update.elapsed_s, 1e-9)
-    sys.stderr.write(
-        f"\r  prefill [{'#' * filled}{'.' * (width - filled)}] {update.done_tokens}/{update.total_tokens} tokens, {rate:.0f} tok/s"
-    )
+    bar = "#" * filled + "." * (width - filled)
+    sys.stderr.write(f"\r  prefill [{bar}] {update.done_tokens}/{update.total_tokens} tokens, {rate:.0f} tok/s")
     if update.done_tokens == update.total_tokens:
         sys.stderr.write("\n")
     sys.stderr.flush()

@@ -9,6 +9,8 @@ from .. import __version__
 from ..session import default_model_path, embed_available, open_session, session_available
 from .common import add_model_options, config_from_args
 
+CAPABILITIES = ["prefix-reuse", "suffix-prefill", "streaming", "grammar", "json-schema", "embeddings", "state-export"]
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
                 chat_template="yes" if ident.chat_template else "no",
                 config=config.kv_shaping() | {"num_batch": config.num_batch, "threads": config.threads},
                 cpu=system_info(),
-                capabilities=["prefix-reuse", "suffix-prefill", "streaming", "grammar", "json-schema", "embeddings", "state-export"],
+                capabilities=CAPABILITIES,
             )
     if args.json:
         print(json.dumps(facts, indent=2))

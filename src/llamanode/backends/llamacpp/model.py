@@ -17,7 +17,7 @@ from ...manifest import byte_hash
 from ..base import BackendIdentity
 from .native import build_id, lib
 
-__all__ = ["LoadedModel", "acquire_model", "release_model", "file_digest"]
+__all__ = ["LoadedModel", "acquire_model", "file_digest", "release_model"]
 
 _digests: dict[tuple[str, int, int], str] = {}
 _models: dict[str, LoadedModel] = {}
@@ -89,7 +89,12 @@ def _tokenizer_digest(vocab: int) -> str:
     L = lib()
     h = hashlib.sha256()
     n = L.llama_vocab_n_tokens(vocab)
-    specials = [L.llama_vocab_bos(vocab), L.llama_vocab_eos(vocab), L.llama_vocab_get_add_bos(vocab), L.llama_vocab_get_add_eos(vocab)]
+    specials = [
+        L.llama_vocab_bos(vocab),
+        L.llama_vocab_eos(vocab),
+        L.llama_vocab_get_add_bos(vocab),
+        L.llama_vocab_get_add_eos(vocab),
+    ]
     h.update(json.dumps([n, L.llama_vocab_type(vocab), *map(int, specials)]).encode())
     for token in range(n):
         h.update(_piece(vocab, token))
