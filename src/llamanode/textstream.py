@@ -46,8 +46,13 @@ class TextAssembler:
         return TextDelta(text, stopped=False)
 
     def _first_stop(self) -> int | None:
-        found = [i for i in (self._pending.find(s) for s in self._stop) if i >= 0]
-        return min(found) if found else None
+        """Start of the stop string that completes first (the longer one on a tie).
+
+        Earliest end, not earliest start: a stream stops as soon as one stop string is
+        complete, so the answer must not depend on how the bytes were split into tokens.
+        """
+        found = [(i + len(s), i) for s in self._stop if (i := self._pending.find(s)) >= 0]
+        return min(found)[1] if found else None
 
     def _partial_stop_len(self) -> int:
         """Length of the longest tail of pending text that is a proper prefix of a stop string."""
