@@ -69,8 +69,9 @@ class Config(_Options):
 
     def __post_init__(self) -> None:
         _require_int("num_ctx", self.num_ctx, 16)
-        _require_int("num_batch", self.num_batch, 2)
-        _require_int("num_ubatch", self.num_ubatch, 2, self.num_batch)
+        # >= 3: a chunk of one token is never exact, and odd lengths cannot be tiled by 2s
+        _require_int("num_batch", self.num_batch, 3)
+        _require_int("num_ubatch", self.num_ubatch, 3, self.num_batch)
         _require_int("num_threads", self.num_threads, 0, 1024)
         _require_int("num_gpu_layers", self.num_gpu_layers, -1)
         object.__setattr__(self, "tensor_split", tuple(float(x) for x in self.tensor_split))

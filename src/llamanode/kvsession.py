@@ -439,7 +439,8 @@ class KVSession:
             self._native(self._ctx.trim, start)
             del r.tokens[start:]
         began, done = time.perf_counter(), 0
-        for size in chunk_sizes(len(batch), self.config.num_batch):
+        # chunk by the micro-batch too: llama.cpp would split a longer chunk into n_ubatch pieces
+        for size in chunk_sizes(len(batch), min(self.config.num_batch, self.config.num_ubatch)):
             chunk = batch[done : done + size]
             position = len(r.tokens)
             self._native(self._ctx.prefill, chunk, position)
