@@ -478,6 +478,7 @@ class KVSession:
         first_token_s = 0.0
         text = TextAssembler(cfg.stop)
         produced = 0
+        held: list[int] = []  # ids whose bytes produced no text yet (half a character, a possible stop)
         reason = "max_tokens"
         error: LlamaNodeError | None = None
         try:
@@ -492,9 +493,11 @@ class KVSession:
                     reason = "eog"
                     break
                 produced += 1
+                held.append(token)
                 delta = text.feed(self._ctx.token_bytes(token))
                 if delta.text or delta.stopped:
-                    yield StreamChunk(delta.text, (token,))
+                    yield StreamChunk(delta.text, tuple(held))
+                    held.clear()
                 if delta.stopped:
                     reason = "stop_string"
                     break
@@ -516,7 +519,7 @@ class KVSession:
         decode_s = max(elapsed - first_token_s, 1e-9)
         report = DecodeReport(produced, reason, first_token_s, elapsed, max(produced - 1, 0) / decode_s)
         finish = "error" if error else ("length" if reason == "max_tokens" else "stop")
-        yield StreamChunk(tail.text if tail else "", (), finish, error, report)
+        yield StreamChunk(tail.text if tail else "", tuple(held), finish, error, report)
 
 
 def _check_state_identity(state: SessionState, session: KVSession) -> None:
