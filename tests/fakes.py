@@ -1,0 +1,235 @@
+"""A deterministic toy KVContext for fast contract tests of KVSession.
+
+The toy model mimics what matters about llama.cpp for reuse:
+- a byte-level tokenizer (one token per UTF-8 byte, BOS/EOS specials), while generation
+  emits multi-byte pieces, so re-tokenized generated text differs from the generated ids;
+- KV position p is a hash of tokens[:p+1] *and of how each token was computed*: a token
+  decoded in a (micro-)batch of one after position 0 is "tainted", like the single-token
+  kernel path whose KV differs from a batched prefill (docs: measured-facts);
+- logits are the hash of the last position, and they go stale after a trim; sampling from
+  stale logits is an error (llama.cpp would silently sample from old logits).
+Every prefill batch and micro-batch is recorded so tests can check chunking.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from llamanode.backends.base import BackendIdentity
+from llamanode.config import Config, DecodeConfig
+from llamanode.errors import GrammarError, SessionFatalError, SnapshotError
+from llamanode.kvsession import KVSession
+
+BOS, EOS, BYTE0 = 1, 2, 3
+_MASK = (1 << 64) - 1
+
+# What the toy model "says": units of one or more pieces; multi-piece units split a UTF-8
+# character across tokens. Single-byte pieces are byte tokens; longer ones get extra ids.
+UNITS: tuple[tuple[bytes, ...], ...] = (
+    (b"a",),
+    (b"b",),
+    (b"c",),
+    (b" ",),
+    (b"\n",),
+    (b"xy",),
+    (b"\xc3", b"\xa9"),  # é as two byte tokens
+    (b"\xe2\x82", b"\xac"),  # € as a 2-byte piece + a continuation byte
+    (b"\xf0\x9f", b"\x99\x82"),  # 🙂 as two 2-byte pieces
+    (b"STOP",),
+)
+_EXTRA = sorted({p for unit in UNITS for p in unit if len(p) > 1})
+EXTRA_IDS = {piece: BYTE0 + 256 + i for i, piece in enumerate(_EXTRA)}
+_PIECES = {v: k for k, v in EXTRA_IDS.items()}
+
+
+def piece_id(piece: bytes) -> int:
+    return BYTE0 + piece[0] if len(piece) == 1 else EXTRA_IDS[piece]
+
+
+def _mix(h: int, token: int, tainted: bool) -> int:
+    h ^= token * 0x9E3779B97F4A7C15 + (0x5851F42D4C957F2D if tainted else 0)
+    h = (h * 0xBF58476D1CE4E5B9) & _MASK
+    return h ^ (h >> 31)
+
+
+FAKE_IDENTITY = BackendIdentity(
+    model_path="/fake/model.gguf",
+    model_digest="m" * 64,
+    tokenizer_digest="t" * 64,
+    build_id="fake-build-1",
+    runtime_digest="r" * 64,
+    template_digest="p" * 64,
+    add_bos=False,
+    chat_template=None,
+    n_ctx=256,
+    description="toy model",
+)
+
+
+@dataclass
+class Batch:
+    start: int
+    size: int
+    kind: str  # prefill | step
+
+
+@dataclass
+class FakeContext:
+    """A KVContext over the toy model (see module docstring)."""
+
+    n_ctx: int = 256
+    n_batch: int = 8
+    n_ubatch: int = 8
+    add_bos: bool = False
+    identity: BackendIdentity = field(init=False)
+    kv: list[tuple[int, bool]] = field(default_factory=list)  # (token, tainted) per position
+    hashes: list[int] = field(default_factory=list)
+    logits_live: bool = False
+    batches: list[Batch] = field(default_factory=list)
+    ubatches: list[Batch] = field(default_factory=list)
+    tokenize_calls: int = 0
+    closed: bool = False
+
+    def __post_init__(self) -> None:
+        from dataclasses import replace
+
+        self.identity = replace(FAKE_IDENTITY, n_ctx=self.n_ctx, add_bos=self.add_bos)
+
+    # tokens
+    def tokenize(self, text: str, add_bos: bool) -> list[int]:
+        self.tokenize_calls += 1
+        ids = [BYTE0 + b for b in text.encode("utf-8")]
+        return [BOS, *ids] if add_bos else ids
+
+    def token_bytes(self, token: int) -> bytes:
+        if token in (BOS, EOS):
+            return b""
+        if token in _PIECES:
+            return _PIECES[token]
+        return bytes([token - BYTE0])
+
+    def is_eog(self, token: int) -> bool:
+        return token == EOS
+
+    # KV
+    def trim(self, keep: int) -> None:
+        self._check_open()
+        assert 0 <= keep <= len(self.kv), f"trim({keep}) beyond {len(self.kv)} cells"
+        if keep < len(self.kv):
+            del self.kv[keep:]
+            del self.hashes[keep:]
+            self.logits_live = False
+
+    def prefill(self, tokens: Sequence[int], start: int) -> None:
+        self._check_open()
+        if len(tokens) > self.n_batch:
+            raise SessionFatalError(f"batch of {len(tokens)} exceeds n_batch {self.n_batch}")
+        assert tokens, "empty batch"
+        assert start == len(self.kv), f"batch at {start} but {len(self.kv)} cells are resident"
+        assert start + len(tokens) <= self.n_ctx, "past n_ctx"
+        self._decode(tokens, start, "prefill")
+
+    def step(self, token: int, position: int) -> None:
+        self._check_open()
+        assert position == len(self.kv), f"step at {position} but {len(self.kv)} cells are resident"
+        assert position < self.n_ctx, "past n_ctx"
+        self._decode([token], position, "step")
+
+    def _decode(self, tokens: Sequence[int], start: int, kind: str) -> None:
+        self.batches.append(Batch(start, len(tokens), kind))
+        at = 0
+        while at < len(tokens):  # llama.cpp splits a batch into micro-batches of n_ubatch
+            micro = tokens[at : at + self.n_ubatch]
+            pos = start + at
+            self.ubatches.append(Batch(pos, len(micro), kind))
+            tainted = len(micro) == 1 and pos > 0
+            for token in micro:
+                prev = self.hashes[-1] if self.hashes else 0
+                self.kv.append((token, tainted))
+                self.hashes.append(_mix(prev, token, tainted))
+            at += len(micro)
+        self.logits_live = True
+
+    def last_logits(self) -> int:
+        assert self.logits_live and self.hashes, "sampling from stale logits"
+        return self.hashes[-1]
+
+    def new_sampler(self, config: DecodeConfig) -> FakeSampler:
+        self._check_open()
+        if config.grammar is not None and "root ::=" not in config.grammar:
+            raise GrammarError("toy grammar needs a root rule")
+        if config.json_schema is not None and "type" not in config.json_schema:
+            raise GrammarError("toy schema needs a type")
+        return FakeSampler(self, config)
+
+    # state
+    def state_bytes(self) -> bytes:
+        self._check_open()
+        return json.dumps({"kv": self.kv}).encode()
+
+    def load_state(self, data: bytes) -> None:
+        self._check_open()
+        try:
+            kv = [(int(t), bool(x)) for t, x in json.loads(data)["kv"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            self.trim(0)
+            raise SnapshotError(f"toy state refused: {exc}") from exc
+        self.kv, self.hashes, self.logits_live = [], [], False
+        for token, tainted in kv:
+            self.kv.append((token, tainted))
+            self.hashes.append(_mix(self.hashes[-1] if self.hashes else 0, token, tainted))
+
+    def kv_bytes(self) -> int:
+        return 16 * self.n_ctx
+
+    def close(self) -> None:
+        self.closed = True
+
+    def _check_open(self) -> None:
+        assert not self.closed, "context used after close"
+
+    # helpers for tests
+    def small_batches_after_start(self) -> list[Batch]:
+        """Micro-batches of one token after position 0 that were not decode steps."""
+        return [b for b in self.ubatches if b.size == 1 and b.start > 0 and b.kind != "step"]
+
+
+class FakeSampler:
+    """Greedy: a pure function of the last logits. Otherwise mixed with a seeded RNG."""
+
+    def __init__(self, ctx: FakeContext, config: DecodeConfig) -> None:
+        self._ctx = ctx
+        self._config = config
+        seed = config.seed if config.seed is not None else random.randrange(2**32 - 1)
+        self._rng = None if config.greedy else random.Random(seed)
+        self._queue: list[int] = []
+        self.closed = False
+
+    def sample(self) -> int:
+        assert not self.closed, "sampler used after close"
+        h = self._ctx.last_logits()
+        if self._queue:
+            return self._queue.pop(0)
+        if self._rng is not None:
+            h = _mix(h, self._rng.randrange(1 << 30), False)
+        if h % 29 == 0:
+            return EOS
+        unit = UNITS[(h >> 8) % len(UNITS)]
+        ids = [piece_id(p) for p in unit]
+        self._queue = ids[1:]
+        return ids[0]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def fake_session(
+    num_ctx: int = 256, num_batch: int = 8, num_ubatch: int | None = None, add_bos: bool = False
+) -> tuple[KVSession, FakeContext]:
+    ubatch = num_batch if num_ubatch is None else num_ubatch
+    config = Config(num_ctx=num_ctx, num_batch=num_batch, num_ubatch=ubatch)
+    ctx = FakeContext(n_ctx=num_ctx, n_batch=num_batch, n_ubatch=ubatch, add_bos=add_bos)
+    return KVSession(ctx, config), ctx
