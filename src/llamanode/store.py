@@ -1,0 +1,464 @@
+"""SnapshotStore: one snapshot per workspace, written atomically, indexed in SQLite, bounded by a disk budget.
+
+Write protocol: temp file (O_EXCL) -> fsync -> rename -> fsync dir -> index commit -> unlink the old file.
+A crash at any point leaves either the old or the new snapshot listed; recover() removes the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import SnapshotCorruptError, SnapshotError, SnapshotMismatchError
+from .session import SessionState
+from .snapshot import (
+    SnapshotHeader,
+    SnapshotIdentity,
+    build_header,
+    encode_header,
+    payload_parts,
+    read_header,
+    read_snapshot,
+    tokens_from_bytes,
+    tokens_to_bytes,
+)
+
+__all__ = [
+    "PAUSE_ENV",
+    "RecoveryReport",
+    "SnapshotEntry",
+    "SnapshotStore",
+    "VerifyResult",
+    "default_store_dir",
+]
+
+SNAP_DIR = "snapshots"
+INDEX_FILE = "index.sqlite3"
+LOCK_FILE = "store.lock"
+TMP_PREFIX = ".tmp-"
+SUFFIX = ".snap"
+SCHEMA_VERSION = 1
+# Test hook: "<phase>:<marker file>" makes a writer create the marker and stall at that phase
+# (mid_write | before_commit | before_unlink), so a test can SIGKILL it there deterministically.
+PAUSE_ENV = "LLAMANODE_TEST_SNAPSHOT_PAUSE"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS snapshots (
+    workspace_id TEXT PRIMARY KEY,
+    file TEXT NOT NULL UNIQUE,
+    size_bytes INTEGER NOT NULL,
+    n_tokens INTEGER NOT NULL,
+    stable_len INTEGER NOT NULL,
+    identity_key TEXT NOT NULL,
+    model_digest TEXT NOT NULL,
+    build_id TEXT NOT NULL,
+    kv_config TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    last_used REAL NOT NULL,
+    tokens BLOB NOT NULL,
+    chain TEXT NOT NULL
+)
+"""
+_COLUMNS = (
+    "workspace_id, file, size_bytes, n_tokens, stable_len, identity_key, model_digest, build_id, kv_config,"
+    " created_at, last_used, tokens, chain"
+)
+
+
+def default_store_dir() -> Path:
+    """$LLAMANODE_HOME, else ~/.cache/llamanode."""
+    home = os.environ.get("LLAMANODE_HOME")
+    return Path(home) if home else Path.home() / ".cache" / "llamanode"
+
+
+@dataclass(frozen=True)
+class SnapshotEntry:
+    """One indexed snapshot: where it is, how big, whose it is, and its token ids (for routing)."""
+
+    workspace_id: str
+    file: str
+    size_bytes: int
+    n_tokens: int
+    stable_len: int
+    identity_key: str
+    model_digest: str
+    build_id: str
+    kv_config: str
+    created_at: float
+    last_used: float
+    tokens: tuple[int, ...]
+    chain: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What recover() cleaned up at open: temp files, unindexed files, and rows without a sound file."""
+
+    temp_files_removed: int
+    orphan_files_removed: int
+    rows_removed: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """The outcome of checking one snapshot: status is ok | corrupt | mismatch | missing."""
+
+    workspace_id: str
+    file: str
+    size_bytes: int
+    status: str
+    detail: str = ""
+
+
+class SnapshotStore:
+    """Snapshot files under root/snapshots, indexed in root/index.sqlite3 (WAL).
+
+    exclusive=True (the default) takes root/store.lock for the life of the store, recovers after a crash,
+    and allows writes; exclusive=False opens read-only for inspection alongside a running pool.
+    """
+
+    def __init__(
+        self, root: Path | str | None = None, *, disk_budget_bytes: int | None = None, exclusive: bool = True
+    ) -> None:
+        self.root = Path(root) if root is not None else default_store_dir()
+        self.disk_budget_bytes = disk_budget_bytes
+        self.exclusive = exclusive
+        self._dir = self.root / SNAP_DIR
+        self._lock = threading.RLock()
+        self._lock_fd: int | None = None
+        self._closed = False
+        if exclusive:
+            self._dir.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = _take_lock(self.root / LOCK_FILE)
+        self._db = self._connect()
+        self.recovery = self.recover() if exclusive else RecoveryReport(0, 0, ())
+
+    # -- open / close --------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        path = self.root / INDEX_FILE
+        if not self.exclusive:
+            if not path.exists():
+                db = sqlite3.connect(":memory:", check_same_thread=False)
+                db.execute(_SCHEMA)
+                return db
+            return sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, SCHEMA_VERSION):
+            raise SnapshotError(f"snapshot index {path} has schema {version}; this llamanode reads {SCHEMA_VERSION}")
+        db.execute(_SCHEMA)
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        return db
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._db.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the flock
+                self._lock_fd = None
+
+    def __enter__(self) -> SnapshotStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- queries -------------------------------------------------------------------------------
+    def entries(self) -> list[SnapshotEntry]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM snapshots ORDER BY last_used DESC").fetchall()
+        return [_entry(row) for row in rows]
+
+    def get(self, workspace_id: str) -> SnapshotEntry | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {_COLUMNS} FROM snapshots WHERE workspace_id=?", (workspace_id,)).fetchone()
+        return _entry(row) if row else None
+
+    def total_bytes(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COALESCE(SUM(size_bytes), 0) FROM snapshots").fetchone()[0])
+
+    def path_of(self, entry: SnapshotEntry) -> Path:
+        return self._dir / entry.file
+
+    # -- writing -------------------------------------------------------------------------------
+    def put(
+        self, workspace_id: str, state: SessionState, identity: SnapshotIdentity, protect: Iterable[str] = ()
+    ) -> tuple[SnapshotEntry, list[str]]:
+        """Write state as workspace_id's snapshot (atomically), then collect garbage down to the disk budget.
+
+        Returns the new entry and the workspaces whose snapshots the collection removed.
+        """
+        self._check_writable()
+        header = build_header(workspace_id, state, identity)
+        name = f"{_slug(workspace_id)}-{uuid.uuid4().hex[:12]}{SUFFIX}"
+        size = self._write_atomically(name, [encode_header(header), *payload_parts(state)])
+        entry = _new_entry(workspace_id, name, size, header, state.tokens, identity)
+        _pause_for_test("before_commit")
+        old = self._commit(entry)
+        _pause_for_test("before_unlink")
+        if old is not None and old != name:
+            _unlink(self._dir / old)
+        collected = self.collect_garbage({workspace_id, *protect})
+        return entry, collected
+
+    def _write_atomically(self, name: str, parts: Sequence[bytes]) -> int:
+        tmp = self._dir / f"{TMP_PREFIX}{name}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        size = 0
+        try:
+            for i, part in enumerate(parts):
+                _write_all(fd, part)
+                size += len(part)
+                if i == 1:
+                    _pause_for_test("mid_write")
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            _unlink(tmp)
+            raise
+        os.close(fd)
+        os.replace(tmp, self._dir / name)
+        _fsync_dir(self._dir)
+        return size
+
+    def _commit(self, entry: SnapshotEntry) -> str | None:
+        """Index entry (replacing the workspace's previous row); returns the previous file name."""
+        with self._lock, self._transaction():
+            row = self._db.execute("SELECT file FROM snapshots WHERE workspace_id=?", (entry.workspace_id,)).fetchone()
+            self._db.execute("DELETE FROM snapshots WHERE workspace_id=?", (entry.workspace_id,))
+            self._db.execute(f"INSERT INTO snapshots ({_COLUMNS}) VALUES ({', '.join('?' * 13)})", _row(entry))
+        return str(row[0]) if row else None
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def remove(self, workspace_id: str) -> bool:
+        """Forget workspace_id's snapshot (index row first, then the file). False if there was none."""
+        self._check_writable()
+        with self._lock, self._transaction():
+            row = self._db.execute("SELECT file FROM snapshots WHERE workspace_id=?", (workspace_id,)).fetchone()
+            self._db.execute("DELETE FROM snapshots WHERE workspace_id=?", (workspace_id,))
+        if row is None:
+            return False
+        _unlink(self._dir / str(row[0]))
+        return True
+
+    def touch(self, workspace_id: str, when: float | None = None) -> None:
+        if not self.exclusive:
+            return
+        with self._lock:
+            self._db.execute(
+                "UPDATE snapshots SET last_used=? WHERE workspace_id=?", (when or time.time(), workspace_id)
+            )
+
+    def collect_garbage(self, protect: Iterable[str] = ()) -> list[str]:
+        """Remove least recently used snapshots (never a protected one) until the disk budget holds."""
+        if self.disk_budget_bytes is None or not self.exclusive:
+            return []
+        keep = set(protect)
+        removed: list[str] = []
+        total = self.total_bytes()
+        for entry in sorted(self.entries(), key=lambda e: e.last_used):
+            if total <= self.disk_budget_bytes:
+                break
+            if entry.workspace_id in keep:
+                continue
+            if self.remove(entry.workspace_id):
+                removed.append(entry.workspace_id)
+                total -= entry.size_bytes
+        return removed
+
+    # -- reading -------------------------------------------------------------------------------
+    def load(self, workspace_id: str, expected: SnapshotIdentity) -> tuple[SnapshotEntry, SessionState]:
+        """The verified state of workspace_id's snapshot. A corrupt snapshot is removed, then refused
+        (SnapshotCorruptError); one of another model, build or config is refused (SnapshotMismatchError)."""
+        entry = self.get(workspace_id)
+        if entry is None:
+            raise SnapshotError(f"no snapshot of workspace {workspace_id!r}")
+        try:
+            state = self._read_verified(entry, expected)
+        except SnapshotCorruptError:
+            if self.exclusive:
+                self.remove(workspace_id)
+            raise
+        self.touch(workspace_id)
+        return entry, state
+
+    def _read_verified(self, entry: SnapshotEntry, expected: SnapshotIdentity | None) -> SessionState:
+        try:
+            with open(self._dir / entry.file, "rb") as f:
+                header, state = read_snapshot(f, expected)
+        except FileNotFoundError as exc:
+            raise SnapshotCorruptError(f"snapshot file {entry.file} is missing") from exc
+        _check_matches_index(header, entry)
+        return state
+
+    def verify(self, entry: SnapshotEntry, expected: SnapshotIdentity | None = None) -> VerifyResult:
+        """Check one snapshot completely (checksums, sizes, token chain; identity if expected is given)."""
+        try:
+            self._read_verified(entry, expected)
+        except SnapshotMismatchError as exc:
+            return VerifyResult(entry.workspace_id, entry.file, entry.size_bytes, "mismatch", str(exc))
+        except SnapshotCorruptError as exc:
+            status = "missing" if not (self._dir / entry.file).exists() else "corrupt"
+            return VerifyResult(entry.workspace_id, entry.file, entry.size_bytes, status, str(exc))
+        return VerifyResult(entry.workspace_id, entry.file, entry.size_bytes, "ok")
+
+    def verify_all(self, expected: SnapshotIdentity | None = None, remove_bad: bool = False) -> list[VerifyResult]:
+        """verify() every listed snapshot; remove_bad drops the corrupt and missing ones."""
+        results = [self.verify(entry, expected) for entry in self.entries()]
+        if remove_bad:
+            for result in results:
+                if result.status in ("corrupt", "missing"):
+                    self.remove(result.workspace_id)
+        return results
+
+    # -- crash recovery ------------------------------------------------------------------------
+    def recover(self) -> RecoveryReport:
+        """Make the store consistent after a crash: drop temp files, rows whose file is missing or whose
+        header or size is wrong, and files no row lists. Payload checksums are checked on load."""
+        self._check_writable()
+        temps = 0
+        for path in self._dir.glob(f"{TMP_PREFIX}*"):
+            _unlink(path)
+            temps += 1
+        bad = [e.workspace_id for e in self.entries() if not self._header_sound(e)]
+        for workspace_id in bad:
+            self.remove(workspace_id)
+        listed = {e.file for e in self.entries()}
+        orphans = [p for p in self._dir.glob(f"*{SUFFIX}") if p.name not in listed]
+        for path in orphans:
+            _unlink(path)
+        _fsync_dir(self._dir)
+        return RecoveryReport(temps, len(orphans), tuple(bad))
+
+    def _header_sound(self, entry: SnapshotEntry) -> bool:
+        path = self._dir / entry.file
+        try:
+            if path.stat().st_size != entry.size_bytes:
+                return False
+            with open(path, "rb") as f:
+                header, _ = read_header(f)
+            _check_matches_index(header, entry)
+        except (OSError, SnapshotError):
+            return False
+        return True
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise SnapshotError("snapshot store is closed")
+        if not self.exclusive:
+            raise SnapshotError("snapshot store was opened read-only")
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def _take_lock(path: Path) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode("ascii", "replace").strip() or "another process"
+        os.close(fd)
+        raise SnapshotError(f"snapshot store {path.parent} is in use by pid {holder}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def _check_matches_index(header: SnapshotHeader, entry: SnapshotEntry) -> None:
+    if header.workspace_id != entry.workspace_id or header.token_chain != entry.chain:
+        raise SnapshotCorruptError(f"snapshot {entry.file} does not match its index row")
+
+
+def _new_entry(
+    workspace_id: str, name: str, size: int, header: SnapshotHeader, tokens: Sequence[int], identity: SnapshotIdentity
+) -> SnapshotEntry:
+    now = time.time()
+    return SnapshotEntry(
+        workspace_id=workspace_id,
+        file=name,
+        size_bytes=size,
+        n_tokens=header.n_tokens,
+        stable_len=header.stable_len,
+        identity_key=identity.key(),
+        model_digest=header.model_digest,
+        build_id=header.build_id,
+        kv_config=json.dumps(dict(header.kv_config), sort_keys=True),
+        created_at=now,
+        last_used=now,
+        tokens=tuple(tokens),
+        chain=header.token_chain,
+    )
+
+
+def _row(e: SnapshotEntry) -> tuple[object, ...]:
+    return (
+        e.workspace_id, e.file, e.size_bytes, e.n_tokens, e.stable_len, e.identity_key, e.model_digest,
+        e.build_id, e.kv_config, e.created_at, e.last_used, tokens_to_bytes(e.tokens), ",".join(e.chain),
+    )  # fmt: skip
+
+
+def _entry(row: Sequence[object]) -> SnapshotEntry:
+    ws, file, size, n_tokens, stable, key, model, build, kv, created, used, tokens, chain = row
+    assert isinstance(tokens, bytes) and isinstance(chain, str)
+    links = tuple(chain.split(",")) if chain else ()
+    return SnapshotEntry(
+        str(ws), str(file), int(str(size)), int(str(n_tokens)), int(str(stable)), str(key), str(model), str(build),
+        str(kv), float(str(created)), float(str(used)), tokens_from_bytes(tokens), links,
+    )  # fmt: skip
+
+
+def _slug(workspace_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", workspace_id)[:48].lstrip(".") or "ws"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view[: 1 << 24])
+        view = view[n:]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _pause_for_test(phase: str) -> None:
+    hook = os.environ.get(PAUSE_ENV)
+    if not hook or not hook.startswith(f"{phase}:"):
+        return
+    Path(hook.split(":", 1)[1]).write_text(str(os.getpid()))
+    while True:  # wait to be killed
+        time.sleep(60)
