@@ -1,0 +1,119 @@
+"""`llamanode serve`: the OpenAI-compatible HTTP server over pooled workspaces.
+
+The model is chosen here, at start-up; no request can make the server open a path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from .common import add_model_options, config_from_args
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '512M', '2G', '1.5GiB' or a plain number."""
+    found = _SIZE.match(text)
+    if not found:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 512M, 2G, 1048576)")
+    unit = (found.group(2) or "").lower().rstrip("b").rstrip("i")
+    return int(float(found.group(1)) * _UNITS[unit])
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_model_options(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, loopback only)")
+    parser.add_argument("--port", type=int, default=8080, help="port (default: %(default)s; 0 picks a free one)")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("LLAMANODE_API_KEY"),
+        help="require 'Authorization: Bearer KEY' on every route but /health (default: $LLAMANODE_API_KEY)",
+    )
+    parser.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="allow this browser origin (repeatable; off by default)",
+    )
+    parser.add_argument(
+        "--alias", action="append", default=[], help="another name clients may use as `model` (repeatable)"
+    )
+    parser.add_argument("--store-dir", type=Path, default=None, help="where evicted workspaces' snapshots live")
+    parser.add_argument("--memory-budget", type=parse_size, default=None, help="KV bytes kept in memory (e.g. 2G)")
+    parser.add_argument("--disk-budget", type=parse_size, default=None, help="snapshot bytes kept on disk (e.g. 20G)")
+    parser.add_argument("--parallel", type=int, default=2, help="workspaces running at once (default: %(default)s)")
+    parser.add_argument("--max-queue", type=int, default=16, help="requests waiting before 429 (default: %(default)s)")
+    parser.add_argument("--queue-timeout", type=float, default=300.0, help="seconds a request may wait before 503")
+    parser.add_argument("--max-body", type=parse_size, default=8 << 20, help="request body limit (default: 8M)")
+    parser.add_argument("--max-prompt", type=parse_size, default=2 << 20, help="rendered prompt limit (default: 2M)")
+    parser.add_argument("--quiet", action="store_true", help="no per-request JSON log lines on stderr")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..server import ServerSettings, build_app, make_server
+
+    settings = ServerSettings(
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key or None,
+        cors_origins=tuple(args.cors_origin),
+        max_body_bytes=args.max_body,
+        max_prompt_bytes=args.max_prompt,
+        parallel=args.parallel,
+        max_queue=args.max_queue,
+        queue_timeout_s=args.queue_timeout,
+        aliases=tuple(args.alias),
+        log_requests=not args.quiet,
+    )
+    app = build_app(
+        settings,
+        args.model,
+        config_from_args(args),
+        store_dir=args.store_dir,
+        memory_budget_bytes=args.memory_budget,
+        disk_budget_bytes=args.disk_budget,
+    )
+    server = make_server(app)
+    host, port = str(server.server_address[0]), int(server.server_address[1])
+    shown = f"[{host}]" if ":" in host else host
+    print(
+        json.dumps(
+            {
+                "event": "listening",
+                "url": f"http://{shown}:{port}",
+                "model": app.model_id,
+                "num_ctx": app.num_ctx,
+                "api_key": bool(settings.api_key),
+                "cors_origins": list(settings.cors_origins),
+                "chat_template": "chatml (fallback: the model has none)"
+                if app.template.fallback
+                else "the model's own",
+            }
+        ),
+        file=sys.stderr,
+        flush=True,
+    )
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        app.close()
+    return 0

@@ -1,0 +1,169 @@
+"""Helpers for the server tests: a real `llamanode serve` process on a free loopback port.
+
+No tests here; test_server_*.py import the fixtures and helpers. Servers run with one thread
+per context (see conftest.py) and num_ctx 2048.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+MODEL = "SmolLM2-135M-Instruct.Q4_1"
+API_KEY = "test-key-123"
+BASE_ARGS = ("--threads", "1", "--ctx", "2048")
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen[str]
+    url: str
+    api_key: str | None
+    lines: list[dict[str, Any]] = field(default_factory=list)
+    raw_stderr: list[str] = field(default_factory=list)
+    drain: threading.Thread | None = None
+    _client: openai.OpenAI | None = None
+
+    def client(self) -> openai.OpenAI:
+        """One shared client per server (closed at stop)."""
+        if self._client is None:
+            self._client = openai.OpenAI(base_url=self.url + "/v1", api_key=self.api_key or "unused", max_retries=0)
+        return self._client
+
+    def http(self, timeout: float = 120.0) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def request_logs(self, path: str | None = None) -> list[dict[str, Any]]:
+        return [line for line in list(self.lines) if "method" in line and (path is None or line["path"] == path)]
+
+    def mark(self) -> int:
+        return len(self.lines)
+
+    def wait_logs(self, mark: int, count: int, path: str, timeout: float = 30.0) -> list[dict[str, Any]]:
+        """The request log lines for path written after mark, once there are count of them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [line for line in self.lines[mark:] if "method" in line and line["path"] == path]
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
+
+    def metrics(self) -> dict[str, float]:
+        """Every sample of /metrics as {'name{labels}': value}."""
+        with self.http() as http:
+            text = http.get("/metrics").text
+        samples: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                samples[key] = float(value)
+        return samples
+
+    def stop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        if self.drain is not None:
+            self.drain.join(10)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+
+def start_server(*args: str, api_key: str | None = None, timeout: float = 120.0) -> ServerProcess:
+    cmd = [sys.executable, "-m", "llamanode.cli", "serve", "--port", "0", *BASE_ARGS, *args]
+    if api_key:
+        cmd += ["--api-key", api_key]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = ServerProcess(proc, "", api_key)
+    ready = threading.Event()
+
+    def drain() -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            server.raw_stderr.append(raw)
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(line, dict):
+                server.lines.append(line)
+                if line.get("event") == "listening":
+                    server.url = line["url"]
+                    ready.set()
+        ready.set()
+
+    server.drain = threading.Thread(target=drain, daemon=True)
+    server.drain.start()
+    deadline = time.monotonic() + timeout
+    while not ready.wait(0.1):
+        if time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError("server did not start in time:\n" + "".join(server.raw_stderr))
+    if not server.url:
+        server.stop()
+        raise RuntimeError("server exited before listening:\n" + "".join(server.raw_stderr))
+    return server
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[ServerProcess]:
+    """The shared server: no API key, default limits."""
+    proc = start_server()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def locked_server() -> Iterator[ServerProcess]:
+    """A second server: API key on, small limits, one compute slot and a queue of one."""
+    proc = start_server(
+        "--max-body", "64K", "--max-prompt", "16K", "--parallel", "1", "--max-queue", "1", api_key=API_KEY
+    )
+    yield proc
+    proc.stop()
+
+
+def chat(
+    server: ServerProcess,
+    messages: list[dict[str, str]],
+    workspace: str | None = None,
+    max_tokens: int = 16,
+    **extra: Any,
+) -> Any:
+    headers = {"X-Llamanode-Workspace": workspace} if workspace else {}
+    client = server.client()
+    return client.chat.completions.create(
+        model=MODEL,
+        messages=messages,  # type: ignore[arg-type]
+        max_tokens=max_tokens,
+        temperature=0,
+        extra_headers=headers,
+        **extra,
+    )
+
+
+def conversation(topic: str) -> list[dict[str, str]]:
+    """A two-turn coding conversation; the assistant turn is fixed text."""
+    return [
+        {"role": "system", "content": f"You are a terse coding assistant working on the {topic} module."},
+        {"role": "user", "content": f"Write a Python function that returns the {topic} of a list."},
+        {"role": "assistant", "content": f"def {topic}(xs):\n    return {topic}(xs)"},
+        {"role": "user", "content": "Now add a docstring."},
+    ]
