@@ -22,6 +22,7 @@ from .errors import (
 )
 from .kvsession import KVSession
 from .manifest import ContextManifest, ManifestSegment, hash_token_ids, join_segments
+from .pool import PoolStats, SessionPool, WorkspaceInfo
 from .session import (
     ContextReport,
     DecodeReport,
@@ -61,6 +62,7 @@ __all__ = [
     "LlamaNodeError",
     "ManifestMismatchError",
     "ManifestSegment",
+    "PoolStats",
     "PrefillProgress",
     "PrefixInput",
     "PrefixStatus",
@@ -69,6 +71,7 @@ __all__ = [
     "SessionBusyError",
     "SessionClosedError",
     "SessionFatalError",
+    "SessionPool",
     "SessionState",
     "SessionUnavailableError",
     "SnapshotCorruptError",
@@ -78,6 +81,7 @@ __all__ = [
     "SuffixInput",
     "SuffixStatus",
     "UnsupportedFeatureError",
+    "WorkspaceInfo",
     "__version__",
     "build_manifest",
     "default_model_path",
