@@ -785,8 +785,13 @@ def report(results: Results) -> str:
     return "\n".join(parts) + "\n"
 
 
-def plot(results: Results, path: Path) -> None:
-    import matplotlib
+def plot(results: Results, path: Path) -> bool:
+    """Render warm TTFT against suffix length; False (and a note) when matplotlib is missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        log("matplotlib is not installed (pip install -e '.[bench]'): no plot")
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -816,6 +821,7 @@ def plot(results: Results, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+    return True
 
 
 # -- main ------------------------------------------------------------------------------------------
@@ -905,9 +911,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = report(results)
     out.with_suffix(".md").write_text(text, encoding="utf-8")
     print(text)
-    if not args.no_plot:
-        plot(results, png)
-        log(f"wrote {out}, {out.with_suffix('.md')} and {png}")
+    log(f"wrote {out} and {out.with_suffix('.md')}")
+    if not args.no_plot and plot(results, png):
+        log(f"wrote {png}")
     return 0
 
 
