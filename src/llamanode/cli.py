@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "run the coding-loop demo: a cold turn, warm turns, an edit mid-prefix"),
     "info": ("info", "show the model, the llama.cpp build and what this runtime can do"),
     "serve": ("serve", "serve the OpenAI-compatible HTTP API over pooled, persistent workspaces"),
+    "snapshot": ("snapshot", "check stored workspace snapshots (verify)"),
+    "workspaces": ("workspaces", "list, summarise or drop stored workspaces"),
 }
 
 
