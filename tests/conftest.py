@@ -62,9 +62,11 @@ class Answer:
         final = chunks[-1]
         assert final.report is not None and final.finish_reason is not None
         assert all(c.finish_reason is None for c in chunks[:-1])
+        ids = tuple(t for c in chunks for t in c.token_ids)
+        assert len(ids) == final.report.generated_tokens, "every generated token id is streamed once"
         return cls(
             text="".join(c.text for c in chunks),
-            token_ids=tuple(t for c in chunks for t in c.token_ids),
+            token_ids=ids,
             generated_tokens=final.report.generated_tokens,
             stop_reason=final.report.stop_reason,
             finish_reason=final.finish_reason,
