@@ -175,6 +175,7 @@ def test_full_queue_answers_429_with_retry_after(locked_server: ServerProcess) -
     """parallel 1, queue 1: one running, one queued, the third is refused at once."""
     body = {"model": MODEL, "prompt": "1, 2, 3, 4,", "max_tokens": 300, "temperature": 0, "stream": True}
     started = threading.Event()
+    done = threading.Event()
     results: list[int] = []
 
     def hold(workspace: str) -> None:
@@ -185,6 +186,8 @@ def test_full_queue_answers_429_with_retry_after(locked_server: ServerProcess) -
             results.append(response.status_code)
             for _ in response.iter_lines():
                 started.set()
+                if done.is_set():
+                    break  # hang up: the server cancels the rest
 
     runner = threading.Thread(target=hold, args=("q-a",))
     runner.start()
@@ -197,6 +200,7 @@ def test_full_queue_answers_429_with_retry_after(locked_server: ServerProcess) -
     error = _error(refused, 429, "queue_full")
     assert refused.headers["retry-after"].isdigit()
     assert error["type"] == "rate_limit_error"
+    done.set()
     runner.join(120)
     queued.join(120)
     assert results == [200, 200]

@@ -7,8 +7,10 @@ per context (see conftest.py) and num_ctx 2048.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +31,7 @@ class ServerProcess:
     proc: subprocess.Popen[str]
     url: str
     api_key: str | None
+    store_dir: str
     lines: list[dict[str, Any]] = field(default_factory=list)
     raw_stderr: list[str] = field(default_factory=list)
     drain: threading.Thread | None = None
@@ -84,14 +87,16 @@ class ServerProcess:
             self.drain.join(10)
         if self.proc.stderr is not None:
             self.proc.stderr.close()
+        shutil.rmtree(self.store_dir, ignore_errors=True)
 
 
 def start_server(*args: str, api_key: str | None = None, timeout: float = 120.0) -> ServerProcess:
-    cmd = [sys.executable, "-m", "llamanode.cli", "serve", "--port", "0", *BASE_ARGS, *args]
+    store = tempfile.mkdtemp(prefix="llamanode-serve-test-")
+    cmd = [sys.executable, "-m", "llamanode.cli", "serve", "--port", "0", "--store-dir", store, *BASE_ARGS, *args]
     if api_key:
         cmd += ["--api-key", api_key]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    server = ServerProcess(proc, "", api_key)
+    server = ServerProcess(proc, "", api_key, store)
     ready = threading.Event()
 
     def drain() -> None:

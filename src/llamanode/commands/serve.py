@@ -51,8 +51,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--store-dir", type=Path, default=None, help="where evicted workspaces' snapshots live")
     parser.add_argument("--memory-budget", type=parse_size, default=None, help="KV bytes kept in memory (e.g. 2G)")
+    parser.add_argument(
+        "--max-live", type=int, default=8, help="without --memory-budget: workspaces kept live (default: %(default)s)"
+    )
     parser.add_argument("--disk-budget", type=parse_size, default=None, help="snapshot bytes kept on disk (e.g. 20G)")
-    parser.add_argument("--parallel", type=int, default=2, help="workspaces running at once (default: %(default)s)")
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=2,
+        help="workspaces running at once (default: %(default)s); without --threads each gets cores/parallel threads",
+    )
     parser.add_argument("--max-queue", type=int, default=16, help="requests waiting before 429 (default: %(default)s)")
     parser.add_argument("--queue-timeout", type=float, default=300.0, help="seconds a request may wait before 503")
     parser.add_argument("--max-body", type=parse_size, default=8 << 20, help="request body limit (default: 8M)")
@@ -62,6 +70,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..server import ServerSettings, build_app, make_server
+
+    if args.threads == 0:  # llama.cpp's spinning barriers make oversubscribed cores very slow
+        args.threads = max(1, (os.cpu_count() or 1) // max(args.parallel, 1))
 
     settings = ServerSettings(
         host=args.host,
@@ -83,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         store_dir=args.store_dir,
         memory_budget_bytes=args.memory_budget,
         disk_budget_bytes=args.disk_budget,
+        max_live=args.max_live,
     )
     server = make_server(app)
     host, port = str(server.server_address[0]), int(server.server_address[1])

@@ -10,13 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import Config
+from ..pool import SessionPool
 from ..session import default_model_path
 from .app import App, Route, ServerSettings, make_server
-from .engine import PoolLike
 from .errors import ApiError
 from .model_info import ModelProbe
 
-__all__ = ["ApiError", "App", "Route", "ServerSettings", "build_app", "make_server", "open_pool"]
+__all__ = ["DEFAULT_MAX_LIVE", "ApiError", "App", "Route", "ServerSettings", "build_app", "make_server", "open_pool"]
+
+DEFAULT_MAX_LIVE = 8
 
 
 def open_pool(
@@ -25,11 +27,19 @@ def open_pool(
     store_dir: Path | None = None,
     memory_budget_bytes: int | None = None,
     disk_budget_bytes: int | None = None,
-) -> PoolLike:
-    """The workspace pool (llamanode.pool.SessionPool)."""
-    from .interim_pool import InterimPool
-
-    return InterimPool(model_path, config)
+    max_live: int = DEFAULT_MAX_LIVE,
+) -> SessionPool:
+    """The workspace pool. Without a memory budget, one is set that keeps max_live workspaces live."""
+    pool = SessionPool(
+        model_path,
+        config,
+        store_dir=store_dir,
+        memory_budget_bytes=memory_budget_bytes,
+        disk_budget_bytes=disk_budget_bytes,
+    )
+    if memory_budget_bytes is None:
+        pool.memory_budget_bytes = pool.budget_for(max_live)
+    return pool
 
 
 def build_app(
@@ -40,13 +50,14 @@ def build_app(
     store_dir: Path | None = None,
     memory_budget_bytes: int | None = None,
     disk_budget_bytes: int | None = None,
+    max_live: int = DEFAULT_MAX_LIVE,
 ) -> App:
     """Load the model, open the pool and compile the chat template. The model is fixed from here on."""
     config = config or Config()
     path = str(model_path or default_model_path())
     probe = ModelProbe(path)
     try:
-        pool = open_pool(path, config, store_dir, memory_budget_bytes, disk_budget_bytes)
+        pool = open_pool(path, config, store_dir, memory_budget_bytes, disk_budget_bytes, max_live)
     except BaseException:
         probe.close()
         raise

@@ -187,11 +187,11 @@ class App:
                 ("llamanode_queue_depth", "Requests waiting for a workspace or a compute slot", {}, stats.queued),
                 ("llamanode_active_requests", "Requests running", {}, stats.active),
             ]
-            infos = self.pool.workspaces()
-            live = sum(1 for w in infos if getattr(w, "live", True))
-            rows.append(("llamanode_workspaces", "Workspaces by state", {"state": "live"}, live))
-            rows.append(("llamanode_workspaces", "Workspaces by state", {"state": "evicted"}, len(infos) - live))
             pool_stats = self.pool.stats()
+            live = getattr(pool_stats, "live_workspaces", 0)
+            evicted = getattr(pool_stats, "evicted_workspaces", 0)
+            rows.append(("llamanode_workspaces", "Workspaces by state", {"state": "live"}, live))
+            rows.append(("llamanode_workspaces", "Workspaces by state", {"state": "evicted"}, evicted))
             for name in sorted(getattr(pool_stats, "__dataclass_fields__", {})):
                 value = getattr(pool_stats, name)
                 if isinstance(value, int | float) and not isinstance(value, bool):

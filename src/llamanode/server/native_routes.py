@@ -7,6 +7,7 @@ and snapshot. Each call leases the workspace for its own duration only.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -37,36 +38,59 @@ def to_json(value: Any) -> Any:
 class NativeRoutes:
     def __init__(self, app: App) -> None:
         self.app = app
+        self._lock = threading.Lock()
+        self._declared: set[str] = set()  # created here, nothing resident yet (the pool forgets empty ones)
 
-    def _info(self, workspace: str) -> Any:
+    def _find(self, workspace: str) -> dict[str, Any] | None:
         for info in self.app.pool.workspaces():
             if info.id == workspace:
-                return info
-        raise ApiError(
-            404, f"no session {workspace!r}; create it with POST /v1/llamanode/sessions", code="session_not_found"
-        )
+                return dict(to_json(info))
+        with self._lock:
+            declared = workspace in self._declared
+        if declared:
+            return {"id": workspace, "live": False, "resident_tokens": 0, "kv_bytes": 0, "snapshot_bytes": 0}
+        return None
+
+    def _info(self, workspace: str) -> dict[str, Any]:
+        found = self._find(workspace)
+        if found is None:
+            raise ApiError(
+                404, f"no session {workspace!r}; create it with POST /v1/llamanode/sessions", code="session_not_found"
+            )
+        return found
+
+    def _refuse_existing(self, workspace: str) -> None:
+        if self._find(workspace) is not None:
+            raise ApiError(409, f"session {workspace!r} already exists", type="conflict_error", code="session_exists")
 
     def list_sessions(self, request: Request) -> Response:
-        return JsonResponse({"object": "list", "data": [to_json(w) for w in self.app.pool.workspaces()]})
+        data = [to_json(w) for w in self.app.pool.workspaces()]
+        known = {w["id"] for w in data}
+        with self._lock:
+            extra = sorted(self._declared - known)
+        data += [self._info(w) for w in extra]
+        return JsonResponse({"object": "list", "data": data})
 
     def create_session(self, request: Request) -> Response:
         body = parse_body(request, SessionCreateRequest)
         workspace = body.id or "s-" + uuid.uuid4().hex[:16]
-        if any(w.id == workspace for w in self.app.pool.workspaces()):
-            raise ApiError(409, f"session {workspace!r} already exists", type="conflict_error", code="session_exists")
-        stack, _ = self.app.engine.lease(request, workspace)
-        stack.close()
+        self._refuse_existing(workspace)
+        with self._lock:
+            self._declared.add(workspace)
         request.log["workspace"] = workspace
-        return JsonResponse(to_json(self._info(workspace)), status=201)
+        return JsonResponse(self._info(workspace), status=201)
 
     def get_session(self, request: Request) -> Response:
-        return JsonResponse(to_json(self._info(request.params["id"])))
+        return JsonResponse(self._info(request.params["id"]))
 
     def delete_session(self, request: Request) -> Response:
         workspace = request.params["id"]
         self._info(workspace)
-        with self.app.admission.slot(workspace):
-            self.app.pool.drop(workspace)
+        with self._lock:
+            self._declared.discard(workspace)
+        if any(w.id == workspace for w in self.app.pool.workspaces()):
+            with self.app.admission.slot(workspace):
+                self.app.pool.drop(workspace)
         request.log["workspace"] = workspace
         return JsonResponse({"id": workspace, "object": "session", "deleted": True})
 
@@ -128,12 +152,11 @@ class NativeRoutes:
         src = request.params["id"]
         body = parse_body(request, ForkRequest)
         self._info(src)
-        if any(w.id == body.dst for w in self.app.pool.workspaces()):
-            raise ApiError(409, f"session {body.dst!r} already exists", type="conflict_error", code="session_exists")
+        self._refuse_existing(body.dst)
         with self.app.admission.slot(src):
             self.app.pool.fork(src, body.dst)
         request.log["workspace"] = src
-        return JsonResponse(to_json(self._info(body.dst)), status=201)
+        return JsonResponse(self._info(body.dst), status=201)
 
     def snapshot(self, request: Request) -> Response:
         workspace = request.params["id"]
@@ -141,7 +164,7 @@ class NativeRoutes:
         with self.app.admission.slot(workspace):
             self.app.pool.checkpoint(workspace)
         request.log["workspace"] = workspace
-        return JsonResponse(to_json(self._info(workspace)))
+        return JsonResponse(self._info(workspace))
 
 
 def _decode_events(job: Job) -> Iterator[bytes]:
