@@ -141,6 +141,8 @@ class KVSession:
 
     def tokenize(self, text: str) -> list[int]:
         """The token ids ensure_prefix would make of text (BOS per the session's policy), e.g. for routing."""
+        if self._closed:
+            raise SessionClosedError("session is closed")
         return self._ctx.tokenize(text, self._base.add_bos)
 
     # -- the contract ------------------------------------------------------------------
