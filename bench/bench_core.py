@@ -36,6 +36,7 @@ import llamanode
 from common import (
     OUT_DIR,
     REPO,
+    SYSTEM_INTRO,
     Tokenize,
     chatml_prefix,
     chatml_suffix,
@@ -52,6 +53,7 @@ from common import (
     write_json,
 )
 from llamanode import Config, DecodeConfig, KVSession, PrefixInput
+from llamanode.kvsession import common_prefix_len
 from raw_loop import RawContext, RawModel, RawSetting
 
 TARGETS = {
@@ -73,6 +75,7 @@ class Plan:
     threads: tuple[int, ...]
     sweep_cold_reps: int  # cold prefills per setting at the most threads
     sweep_cold_fewer_threads: bool  # also cold-prefill at fewer threads (flash attention off only)
+    sweep_cold_round_budget_s: float  # skip further cold rounds when one round took longer (busy machine)
     sweep_warm_reps: int
     sweep_decode_tokens: int
     cold_reps: int
@@ -104,6 +107,7 @@ FULL = Plan(
     threads=_threads(),
     sweep_cold_reps=2,
     sweep_cold_fewer_threads=True,
+    sweep_cold_round_budget_s=300.0,
     sweep_warm_reps=5,
     sweep_decode_tokens=64,
     cold_reps=2,
@@ -127,6 +131,7 @@ QUICK = Plan(
     threads=(1,),  # one thread: a smoke test must not collapse when other jobs share the cores
     sweep_cold_reps=1,
     sweep_cold_fewer_threads=False,
+    sweep_cold_round_budget_s=60.0,
     sweep_warm_reps=1,
     sweep_decode_tokens=8,
     cold_reps=1,
@@ -175,6 +180,7 @@ class LlamanodeTurn:
     first_s: float
     byte_hash_hit: bool
     reused: int
+    prefilled: int
 
     @property
     def ttft(self) -> float:
@@ -193,7 +199,7 @@ def llamanode_turn(session: KVSession, segments: Sequence[tuple[str, str]], suff
     t3 = now()
     for _ in stream:
         pass
-    return LlamanodeTurn(t1 - t0, t2 - t1, t3 - t2, status.byte_hash_hit, status.reused_tokens)
+    return LlamanodeTurn(t1 - t0, t2 - t1, t3 - t2, status.byte_hash_hit, status.reused_tokens, status.prefilled_tokens)
 
 
 def llama_turn(llm: Any, prompt: str) -> float:
@@ -275,14 +281,22 @@ def run_sweep(
     def name(s: RawSetting, t: int) -> str:
         return f"{s.label} t{t}"
 
+    rounds_done: dict[int, int] = {}
     for t in plan.threads:
         if t != top and not plan.sweep_cold_fewer_threads:
             continue
         chosen = [s for s in plan.settings if t == top or not s.flash_attn]  # fewer threads: FA off only
-        reps = plan.sweep_cold_reps if t == top else 1
-        measured = interleaved(reps, {name(s, t): cold_case(s, t) for s in chosen})
-        for s in chosen:
-            cold[(s, t)] = measured[name(s, t)]
+        rounds = plan.sweep_cold_reps if t == top else 1
+        for rnd in range(rounds):
+            began = now()
+            order = chosen if rnd % 2 == 0 else chosen[::-1]
+            for s in order:
+                cold[(s, t)].append(cold_case(s, t)(rnd))
+            rounds_done[t] = rnd + 1
+            if now() - began > plan.sweep_cold_round_budget_s:
+                log(f"sweep cold round took {now() - began:.0f} s: no further rounds (busy machine)")
+                break
+    results.plan["sweep_cold_rounds_done"] = rounds_done
     _load(results, "sweep_cold")
 
     def warm_case(s: RawSetting, t: int) -> Callable[[int], float]:
@@ -380,43 +394,53 @@ def main_phases(
         flash_attn=config.flash_attn,
         verbose=False,
     )
-    holder = llamanode.open_session(model_path, config)  # keeps the model loaded across fresh sessions
-    session: KVSession | None = None
-
-    def fresh_session() -> KVSession:
-        nonlocal session
-        if session is not None:
-            session.close()
-        session = llamanode.open_session(model_path, config)  # type: ignore[assignment]
-        assert isinstance(session, KVSession)
-        return session
+    node = llamanode.open_session(model_path, config)
+    assert isinstance(node, KVSession)
 
     # -- cold ------------------------------------------------------------------------------------
+    # Every system keeps its warmed-up context; a cold turn gets a prefix that shares only
+    # `<|im_start|>system\n` (3 tokens) with the one before, so nothing else can be reused. The
+    # last cold prefix is the warm phases' prefix.
+    cold_prefixes = [
+        chatml_prefix(tokenize, n_prefix, intro=f"[take {k}] {SYSTEM_INTRO}") for k in range(1, plan.cold_reps)
+    ] + [prefix_text]
     cold_suffixes = suffixes.batch(plan.suffix_tokens, plan.cold_reps)
-    node_prefill: list[float] = []
-    raw_prefill: list[float] = []
-    node_parts: list[LlamanodeTurn] = []
+    # untimed warm-up on another short prefix: first decodes settle buffers, and every system
+    # then starts the cold phase from the same unrelated state
+    warmup = chatml_prefix(tokenize, min(512, n_prefix), intro="[warm-up] ")
+    llamanode_turn(node, file_segments(warmup), cold_suffixes[0])
+    llama_turn(llm, warmup + cold_suffixes[0])
+    raw_resident = tokenize(warmup)
+    raw_default.set_threads(threads)
+    raw_default.clear()
+    raw_default.prefill(raw_resident, 0)
+    node_prefill: list[tuple[int, float]] = []
+    raw_prefill: list[tuple[int, float]] = []
 
     def node_cold(rep: int) -> float:
-        s = fresh_session()
-        turn = llamanode_turn(s, segments, cold_suffixes[rep])
-        assert turn.reused == 0, turn
-        node_prefill.append(turn.ensure_s)
-        node_parts.append(turn)
-        log(f"cold llamanode {turn.ttft:.2f} s")
+        turn = llamanode_turn(node, file_segments(cold_prefixes[rep]), cold_suffixes[rep])
+        assert not turn.byte_hash_hit and turn.reused <= 3, turn
+        node_prefill.append((turn.prefilled, turn.ensure_s))
+        log(f"cold llamanode {turn.ttft:.2f} s (reused {turn.reused} tokens)")
         return turn.ttft
 
     def llama_cold(rep: int) -> float:
-        llm.reset()
-        secs = llama_turn(llm, prefix_text + cold_suffixes[rep])
+        secs = llama_turn(llm, cold_prefixes[rep] + cold_suffixes[rep])
         log(f"cold Llama {secs:.2f} s")
         return secs
 
     def raw_cold(rep: int) -> float:
+        nonlocal raw_resident
+        ids = tokenize(cold_prefixes[rep])
         raw_default.set_threads(threads)
-        secs = raw_default.cold_prefill(prefix_ids)
-        raw_prefill.append(secs)
-        ttft, _, _ = raw_default.warm_turn(tokenize(cold_suffixes[rep]), n_prefix)
+        keep = common_prefix_len(raw_resident, ids)
+        t0 = now()
+        raw_default.trim(keep)
+        raw_default.prefill(ids[keep:], keep)
+        secs = now() - t0
+        raw_resident = ids
+        raw_prefill.append((len(ids) - keep, secs))
+        ttft, _, _ = raw_default.warm_turn(tokenize(cold_suffixes[rep]), len(ids))
         log(f"cold raw {secs + ttft:.2f} s")
         return secs + ttft
 
@@ -426,14 +450,12 @@ def main_phases(
         "ttft_s": {k: stats(v).as_dict() for k, v in cold.items()},
         "samples_s": cold,
         "prefill_tok_s": {
-            "llamanode": stats([n_prefix / x for x in node_prefill]).as_dict(),
-            "raw": stats([n_prefix / x for x in raw_prefill]).as_dict(),
+            "llamanode": stats([n / x for n, x in node_prefill]).as_dict(),
+            "raw": stats([n / x for n, x in raw_prefill]).as_dict(),
         },
-        "llamanode_prefill_s_samples": node_prefill,
-        "raw_prefill_s_samples": raw_prefill,
+        "llamanode_prefill_samples": node_prefill,
+        "raw_prefill_samples": raw_prefill,
     }
-    assert session is not None
-    node: KVSession = session
 
     # -- warm ------------------------------------------------------------------------------------
     warm_suffixes = suffixes.batch(plan.suffix_tokens, plan.warm_reps)
@@ -491,15 +513,24 @@ def main_phases(
     seed_ids = tokenize(decode_seed_text)
     node_decode_meta: list[dict[str, Any]] = []
     raw_eog: list[int] = []
+    raw_tokens: list[list[int]] = []
 
     def node_decode(rep: int) -> float:
         node.ensure_prefix(node.prefix(segments))
         node.prefill_suffix(node.suffix(decode_seed_text))
         report = None
+        produced: list[int] = []
         for chunk in node.decode(DecodeConfig(max_tokens=plan.decode_tokens)):
             report = chunk.report or report
+            produced.extend(chunk.token_ids)
         assert report is not None
-        node_decode_meta.append({"generated": report.generated_tokens, "stop_reason": report.stop_reason})
+        node_decode_meta.append(
+            {
+                "generated": report.generated_tokens,
+                "stop_reason": report.stop_reason,
+                "same_tokens_as_raw": [produced == r[: len(produced)] for r in raw_tokens],
+            }
+        )
         return report.tokens_per_s
 
     def raw_decode(rep: int) -> float:
@@ -508,6 +539,7 @@ def main_phases(
         raw_default.prefill(seed_ids, n_prefix)
         tps, toks = raw_default.decode(plan.decode_tokens, n_prefix + len(seed_ids))
         raw_eog.append(next((i for i, t in enumerate(toks) if raw_default.model.is_eog(t)), -1))
+        raw_tokens.append(toks)
         return tps
 
     dec = interleaved(plan.decode_reps, {"llamanode": node_decode, "raw": raw_decode})
@@ -542,7 +574,6 @@ def main_phases(
         "samples_ms": {k: {str(n): v[n] for n in plan.curve_lengths} for k, v in curve.items()},
     }
     node.close()
-    holder.close()
     llm.close()
 
 

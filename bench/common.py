@@ -23,6 +23,7 @@ from typing import Any
 __all__ = [
     "OUT_DIR",
     "REPO",
+    "SYSTEM_INTRO",
     "Stats",
     "Tokenize",
     "chatml_prefix",
@@ -205,12 +206,15 @@ def fit_text(tokenize: Tokenize, make: Callable[[str], str], body: str, n_tokens
     raise ValueError(f"no cut of the body gives exactly {n_tokens} tokens")
 
 
-def chatml_prefix(tokenize: Tokenize, n_tokens: int, body: str | None = None) -> str:
-    """A ChatML system turn holding the source tree, then an opened user turn: exactly n_tokens tokens."""
+def chatml_prefix(tokenize: Tokenize, n_tokens: int, body: str | None = None, intro: str = SYSTEM_INTRO) -> str:
+    """A ChatML system turn holding the source tree, then an opened user turn: exactly n_tokens tokens.
+
+    A different intro gives a prefix that shares only `<|im_start|>system\\n` with the default one.
+    """
     text = source_text() if body is None else body
 
     def make(b: str) -> str:
-        return f"<|im_start|>system\n{SYSTEM_INTRO}{b}<|im_end|>\n<|im_start|>user\n"
+        return f"<|im_start|>system\n{intro}{b}<|im_end|>\n<|im_start|>user\n"
 
     return fit_text(tokenize, make, text, n_tokens)
 
