@@ -21,7 +21,8 @@ from .errors import (
     UnsupportedFeatureError,
 )
 from .kvsession import KVSession
-from .manifest import ContextManifest, ManifestSegment, hash_token_ids, join_segments
+from .manifest import ContextManifest, ManifestSegment, hash_token_ids
+from .manifest import join_segments as _join_segments
 from .pool import PoolStats, SessionPool, WorkspaceInfo
 from .session import (
     ContextReport,
@@ -94,6 +95,6 @@ __all__ = [
     "set_session_factory",
 ]
 
-build_manifest = join_segments
+build_manifest = _join_segments
 
 _register_llamacpp()
