@@ -74,7 +74,11 @@ class Config(_Options):
         _require_int("num_ubatch", self.num_ubatch, 3, self.num_batch)
         _require_int("num_threads", self.num_threads, 0, 1024)
         _require_int("num_gpu_layers", self.num_gpu_layers, -1)
-        object.__setattr__(self, "tensor_split", tuple(float(x) for x in self.tensor_split))
+        try:
+            split = tuple(float(x) for x in self.tensor_split)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"tensor_split must be a sequence of numbers, got {self.tensor_split!r}") from exc
+        object.__setattr__(self, "tensor_split", split)
         _require(all(x >= 0 for x in self.tensor_split), "tensor_split entries must be >= 0")
         _require(isinstance(self.flash_attn, bool), "flash_attn must be a bool")
         _require(self.kv_cache_type in KV_CACHE_TYPES, f"kv_cache_type must be one of {KV_CACHE_TYPES}")
