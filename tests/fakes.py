@@ -84,6 +84,7 @@ class FakeContext:
     n_batch: int = 8
     n_ubatch: int = 8
     add_bos: bool = False
+    eos_every: int = 29  # greedy EOS when the last logits hash is divisible by this; 0 = never
     identity: BackendIdentity = field(init=False)
     kv: list[tuple[int, bool]] = field(default_factory=list)  # (token, tainted) per position
     hashes: list[int] = field(default_factory=list)
@@ -215,7 +216,7 @@ class FakeSampler:
             return self._queue.pop(0)
         if self._rng is not None:
             h = _mix(h, self._rng.randrange(1 << 30), False)
-        if h % 29 == 0:
+        if self._ctx.eos_every and h % self._ctx.eos_every == 0:
             return EOS
         unit = UNITS[(h >> 8) % len(UNITS)]
         ids = [piece_id(p) for p in unit]
@@ -227,9 +228,9 @@ class FakeSampler:
 
 
 def fake_session(
-    num_ctx: int = 256, num_batch: int = 8, num_ubatch: int | None = None, add_bos: bool = False
+    num_ctx: int = 256, num_batch: int = 8, num_ubatch: int | None = None, add_bos: bool = False, eos_every: int = 29
 ) -> tuple[KVSession, FakeContext]:
     ubatch = num_batch if num_ubatch is None else num_ubatch
     config = Config(num_ctx=num_ctx, num_batch=num_batch, num_ubatch=ubatch)
-    ctx = FakeContext(n_ctx=num_ctx, n_batch=num_batch, n_ubatch=ubatch, add_bos=add_bos)
+    ctx = FakeContext(n_ctx=num_ctx, n_batch=num_batch, n_ubatch=ubatch, add_bos=add_bos, eos_every=eos_every)
     return KVSession(ctx, config), ctx

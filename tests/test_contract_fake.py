@@ -15,6 +15,7 @@ from llamanode import (
     Config,
     ConfigError,
     ContextManifest,
+    ContextOverflowError,
     DecodeConfig,
     GrammarError,
     InvalidInputError,
@@ -358,6 +359,31 @@ def test_bad_grammar_raises_at_decode_call_and_session_stays_usable() -> None:
         session.decode(DecodeConfig(max_tokens=5, grammar="no rules"))
     assert session.explain_context() == before
     assert run_decode(session, DecodeConfig(max_tokens=3))[3] >= 1
+
+
+def test_decode_until_the_context_is_full_ends_with_an_overflow_chunk() -> None:
+    session, ctx = fake_session(num_ctx=32, eos_every=0)
+    session.ensure_prefix(session.prefix((("a", "0123456789"),)))
+    chunks = list(session.decode(DecodeConfig(max_tokens=None)))
+    final = chunks[-1]
+    assert final.report is not None and final.report.stop_reason == "context_full"
+    assert final.finish_reason == "error" and isinstance(final.error, ContextOverflowError)
+    assert final.error.stage == "decode" and final.error.num_ctx == 32
+    report = session.explain_context()
+    assert report.resident_tokens == 32 == len(ctx.kv) and report.available_tokens == 0
+    assert sum(len(c.token_ids) for c in chunks) == final.report.generated_tokens == 32 - 10 + 1
+    assert not report.fatal
+    assert session.ensure_prefix(session.prefix((("a", "0123456789"),))).byte_hash_hit
+
+
+def test_decode_max_tokens_may_fill_the_context_exactly() -> None:
+    session, _ = fake_session(num_ctx=32, eos_every=0)
+    session.ensure_prefix(session.prefix((("a", "0123456789"),)))
+    with pytest.raises(ContextOverflowError) as info:
+        session.decode(DecodeConfig(max_tokens=23))
+    assert (info.value.resident_tokens, info.value.additional_tokens) == (10, 23)
+    _, ids, reason, produced = run_decode(session, DecodeConfig(max_tokens=22))
+    assert (reason, produced, len(ids)) == ("max_tokens", 22, 22)
 
 
 def test_decode_before_any_prefix_is_invalid_input() -> None:
