@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from llamanode import Config, DecodeConfig, KVSession, PoolStats, SessionPool, WorkspaceInfo, open_session
-from llamanode.errors import InvalidInputError, SessionBusyError, SessionClosedError
+from llamanode.errors import InvalidInputError, SessionBusyError, SessionClosedError, SnapshotError
 from llamanode.session import default_model_path
 from llamanode.snapshot import encode_header, parse_header
 from llamanode.store import INDEX_FILE, SnapshotStore
@@ -413,3 +413,25 @@ def test_closed_pool_and_small_budget_are_refused(store_dir: Path) -> None:
         SessionPool(None, CFG, store_dir=store_dir, memory_budget_bytes=need - 1)
     with SessionPool(None, CFG, store_dir=store_dir, memory_budget_bytes=need) as ok:
         assert ok.stats().memory_budget_bytes == need
+
+
+def test_a_failed_eviction_keeps_the_workspace_live(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with SessionPool(None, CFG, store_dir=store_dir) as probe:
+        budget = probe.budget_for(1)
+    with SessionPool(None, CFG, store_dir=store_dir, memory_budget_bytes=budget) as p:
+        with p.session("a") as s:
+            turn(s, "a", Q1)
+
+        def disk_full(fd: int, data: bytes) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr("llamanode.store._write_all", disk_full)
+        with pytest.raises(SnapshotError, match="No space left"), p.session("b"):
+            pass
+        assert [(w.id, w.live) for w in p.workspaces()] == [("a", True)]  # nothing was lost
+        assert p.stats().snapshot_failures == 1
+        monkeypatch.undo()
+        with p.session("b") as s:
+            turn(s, "b", Q1)
+        with p.session("a") as s:
+            assert decode(s) == cold("a", Q1, then_continue=True)[MAX_TOKENS:]

@@ -272,3 +272,18 @@ def test_header_is_self_describing_json(store: SnapshotStore) -> None:
     for key in ("build_id", "model_digest", "runtime_digest", "manifest_digest", "token_chain", "payload_sha256"):
         assert getattr(header, key)
     assert json.loads(json.dumps(dataclasses.asdict(header)))["kv_config"] == KV_CONFIG
+
+
+def test_a_failed_write_is_typed_and_leaves_the_previous_snapshot(
+    store: SnapshotStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.put("ws-1", make_state(seed=1), IDENTITY)
+
+    def disk_full(fd: int, data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("llamanode.store._write_all", disk_full)
+    with pytest.raises(SnapshotError, match="No space left"):
+        store.put("ws-1", make_state(seed=2), IDENTITY)
+    assert sorted(p.name for p in (store.root / SNAP_DIR).iterdir()) == [snap_path(store, "ws-1").name]
+    assert store.load("ws-1", IDENTITY)[1] == make_state(seed=1)

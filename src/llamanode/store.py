@@ -207,10 +207,14 @@ class SnapshotStore:
         self._check_writable()
         header = build_header(workspace_id, state, identity)
         name = f"{_slug(workspace_id)}-{uuid.uuid4().hex[:12]}{SUFFIX}"
-        size = self._write_atomically(name, [encode_header(header), *payload_parts(state)])
-        entry = _new_entry(workspace_id, name, size, header, state.tokens, identity)
-        _pause_for_test("before_commit")
-        old = self._commit(entry)
+        try:
+            size = self._write_atomically(name, [encode_header(header), *payload_parts(state)])
+            entry = _new_entry(workspace_id, name, size, header, state.tokens, identity)
+            _pause_for_test("before_commit")
+            old = self._commit(entry)
+        except (OSError, sqlite3.Error) as exc:
+            _unlink(self._dir / name)
+            raise SnapshotError(f"could not write the snapshot of {workspace_id!r}: {exc}") from exc
         _pause_for_test("before_unlink")
         if old is not None and old != name:
             _unlink(self._dir / old)
@@ -313,6 +317,8 @@ class SnapshotStore:
                 header, state = read_snapshot(f, expected)
         except FileNotFoundError as exc:
             raise SnapshotCorruptError(f"snapshot file {entry.file} is missing") from exc
+        except OSError as exc:
+            raise SnapshotCorruptError(f"snapshot file {entry.file} cannot be read: {exc}") from exc
         _check_matches_index(header, entry)
         return state
 
