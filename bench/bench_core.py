@@ -74,7 +74,7 @@ class Plan:
     settings: tuple[RawSetting, ...]
     threads: tuple[int, ...]
     sweep_cold_reps: int  # cold prefills per setting at the most threads
-    sweep_cold_fewer_threads: bool  # also cold-prefill at fewer threads (flash attention off only)
+    sweep_cold_fewer_threads: bool  # also cold-prefill at fewer threads, for fewer_threads_cold
     sweep_cold_round_budget_s: float  # skip further cold rounds when one round took longer (busy machine)
     sweep_warm_reps: int
     sweep_decode_tokens: int
@@ -89,6 +89,7 @@ class Plan:
     big_reps: int
     big_trim_reps: int
     num_threads: int = 0  # llamanode's Config.num_threads (0 = all cores, its default)
+    fewer_threads_cold: tuple[RawSetting, ...] = (RawSetting(256, 256, False), RawSetting(512, 512, False))
 
 
 def _threads() -> tuple[int, ...]:
@@ -108,7 +109,7 @@ FULL = Plan(
     sweep_cold_reps=2,
     sweep_cold_fewer_threads=True,
     sweep_cold_round_budget_s=300.0,
-    sweep_warm_reps=5,
+    sweep_warm_reps=4,
     sweep_decode_tokens=64,
     cold_reps=2,
     warm_reps=9,
@@ -285,7 +286,7 @@ def run_sweep(
     for t in plan.threads:
         if t != top and not plan.sweep_cold_fewer_threads:
             continue
-        chosen = [s for s in plan.settings if t == top or not s.flash_attn]  # fewer threads: FA off only
+        chosen = [s for s in plan.settings if t == top or s in plan.fewer_threads_cold]
         rounds = plan.sweep_cold_reps if t == top else 1
         for rnd in range(rounds):
             began = now()
