@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -10,8 +12,17 @@ import llamanode
 from llamanode import ContextOverflowError, InvalidInputError, KVSession
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """embed(None, None, ...) uses Config(): all cores. On this shared 2-core machine llama.cpp's
+    spinning barriers make 2 threads ~30x slower under load, so pin the core count to 1."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "cpu_count", lambda: 1)
+        yield
+
+
 @pytest.fixture(scope="module")
-def vectors(model_keeper: KVSession) -> dict[str, list[float]]:
+def vectors(one_thread: None, model_keeper: KVSession) -> dict[str, list[float]]:
     texts = ["def add(a, b): return a + b", "The weather is nice today."]
     return {text: llamanode.embed(None, None, text) for text in texts}
 
