@@ -22,6 +22,7 @@ Writes bench/out/core.json and bench/out/core.md (tables), and the plot (docs/wa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -72,7 +73,7 @@ class Plan:
     suffix_tokens: int
     n_ctx: int
     settings: tuple[RawSetting, ...]
-    threads: tuple[int, ...]
+    threads: tuple[int, ...]  # the first is llamanode's (Config.threads); the others are swept too
     sweep_cold_reps: int  # cold prefills per setting at the most threads
     sweep_cold_fewer_threads: bool  # also cold-prefill at fewer threads, for fewer_threads_cold
     sweep_cold_round_budget_s: float  # skip further cold rounds when one round took longer (busy machine)
@@ -260,7 +261,7 @@ def run_sweep(
     decode_seed: list[int],
     results: Results,
 ) -> dict[RawSetting, RawContext]:
-    top = max(plan.threads)
+    top = plan.threads[0]  # llamanode's threads: every setting is cold-prefilled at these
     contexts = {s: RawContext(model, s, plan.n_ctx, top) for s in plan.settings}
     rows: dict[tuple[RawSetting, int], dict[str, Any]] = {
         (s, t): {"setting": s.label, **asdict(s), "threads": t} for s in plan.settings for t in plan.threads
@@ -691,12 +692,16 @@ def evaluate(results: Results) -> None:
 
 def report(results: Results) -> str:
     m = results.machine
+    cfg = results.plan["llamanode_config"]
     parts = [
         f"## llamanode session core ({results.plan['name']} run)",
         f"{m['date_utc']}; {m['nproc']} CPUs, {m['cpu']}; llama-cpp-python {m['llama_cpp_python']}; "
         f"load average at start {m['loadavg'][0]:.2f}. Absolute times are noisy; read the ratios.",
         f"Prompt: {results.prompt['prefix_tokens']}-token prefix ({results.prompt['prefix_bytes']} bytes, "
-        f"{results.prompt['segments']} segments), {results.prompt['suffix_tokens']}-token suffixes.",
+        f"{results.prompt['segments']} segments), {results.prompt['suffix_tokens']}-token suffixes. "
+        f"llamanode: num_batch {cfg['num_batch']}, num_ubatch {cfg['num_ubatch']}, "
+        f"flash_attn {cfg['flash_attn']}, {cfg['kv_type'] if 'kv_type' in cfg else cfg['kv_cache_type']} KV, "
+        f"{cfg['threads']} threads (`Llama` the same).",
         "",
         "### Sweep (raw loop)",
     ]
@@ -863,6 +868,7 @@ def run(plan: Plan) -> Results:
     results = Results(plan={**asdict(plan), "settings": [s.label for s in plan.settings]}, machine=machine_info())
     model_path = str(llamanode.default_model_path())
     config = Config().replace(num_ctx=plan.n_ctx, num_threads=plan.num_threads)
+    results.plan["llamanode_config"] = {**asdict(config), "threads": config.threads}
     raw_model = RawModel(model_path)
     tokenize = raw_model.tokenize
     prefix_text = chatml_prefix(tokenize, plan.prefix_tokens)
@@ -926,9 +932,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="JSON results (default bench/out/core[-quick].json)")
     parser.add_argument("--plot", type=Path, default=None, help="PNG (default docs/warm_ttft.png; quick: bench/out/)")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="llamanode's (and Llama's) threads; the sweep also tries all cores and 1 (default: all cores)",
+    )
     parser.add_argument("--replot", type=Path, default=None, help="only re-render the plot from a results JSON")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
+    if args.threads:
+        others = tuple(t for t in (os.cpu_count() or 1, 1) if t != args.threads)
+        plan = dataclasses.replace(plan, num_threads=args.threads, threads=(args.threads, *others))
     suffix = "-quick" if args.quick else ""
     out = args.out or OUT_DIR / f"core{suffix}.json"
     png = args.plot or (OUT_DIR / "warm_ttft-quick.png" if args.quick else REPO / "docs" / "warm_ttft.png")
