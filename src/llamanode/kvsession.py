@@ -306,6 +306,15 @@ class KVSession:
     def kv_bytes(self) -> int:
         return self._ctx.kv_bytes()
 
+    def reset(self) -> None:
+        """Drop everything resident (KV cells and bookkeeping): the session is as good as new, without
+        reallocating its context (a pool reuses an evicted workspace's context this way)."""
+        with self._lock.hold():
+            self._check_usable()
+            self._trim(0)
+            self._r = _Resident()
+            self._cold_note = ""
+
     def note_cold_start(self, detail: str) -> None:
         """Record why this empty session starts cold (e.g. a refused snapshot): explain_context() shows it
         now, and the next cold prefill's divergence carries it."""
