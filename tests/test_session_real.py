@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -16,11 +17,13 @@ from conftest import (
     SEGMENTS,
     SUFFIX,
     SUFFIX_2,
+    Answer,
     ColdFn,
     decode_answer,
     open_real,
 )
 from llamanode import (
+    Config,
     ContextOverflowError,
     InvalidInputError,
     KVSession,
@@ -460,3 +463,53 @@ def test_reentry_from_the_streaming_thread_raises_busy(real: KVSession) -> None:
     assert real.explain_context() == before
     stream.close()
     assert real.ensure_prefix(real.prefix(TINY)).byte_hash_hit
+
+
+# -- long prefixes (slow) -----------------------------------------------------------------------
+
+
+def _long_segments() -> tuple[tuple[str, str], ...]:
+    """About 1,500 tokens of real source code in four file segments."""
+    import llamanode
+
+    src = Path(llamanode.__file__).parent
+    files = ("config.py", "manifest.py", "residency.py", "textstream.py")
+    body = tuple((name, f"\nFile {name}:\n```python\n{(src / name).read_text()[:1400]}\n```\n") for name in files)
+    return (("system", SEGMENTS[0][1]), ("user", "<|im_start|>user\nHere is some code.\n"), *body)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "config",
+    [
+        Config(num_ctx=4096, num_threads=1, num_batch=512),
+        Config(num_ctx=4096, num_threads=1, num_batch=256, num_ubatch=128),
+        Config(num_ctx=4096, num_threads=1, kv_cache_type="q8_0", flash_attn=True),
+    ],
+    ids=["f16", "f16-small-ubatch", "q8_0-flash-attn"],
+)
+def test_long_prefix_edits_answer_like_a_cold_session(model_keeper: KVSession, config: Config) -> None:
+    segments = _long_segments()
+    middle = segments[3][0]
+    text = segments[3][1]
+    cut = text.index("\n", len(text) // 2) + 1
+    edited = (*segments[:3], (middle, text[:cut] + "# edited here\n" + text[cut:]), *segments[4:])
+
+    def cold(segs: tuple[tuple[str, str], ...], suffix: str) -> Answer:
+        with open_real(config) as fresh:
+            fresh.ensure_prefix(fresh.prefix(segs))
+            fresh.prefill_suffix(fresh.suffix(suffix))
+            return decode_answer(fresh)
+
+    with open_real(config) as warm:
+        status = warm.ensure_prefix(warm.prefix(segments))
+        assert 1200 < status.prefix_tokens < 2500
+        warm.prefill_suffix(warm.suffix(SUFFIX))
+        assert decode_answer(warm) == cold(segments, SUFFIX)
+
+        status = warm.ensure_prefix(warm.prefix(edited))
+        assert 0 < status.reused_tokens < status.prefix_tokens - 200
+        assert status.divergence is not None
+        assert (status.divergence.cause, status.divergence.segment) == ("edited", middle)
+        warm.prefill_suffix(warm.suffix(SUFFIX_2))
+        assert decode_answer(warm) == cold(edited, SUFFIX_2)
