@@ -376,6 +376,8 @@ class KVSession:
     ) -> PrefixStatus:
         r = self._r
         old_manifest, old_text, old_prefix = r.manifest, r.text, r.prefix_len
+        # reuse stopped only because the next matching resident token came from a decode step
+        blocked = lcp == limit < len(r.tokens) and lcp < len(tokens) and r.tokens[lcp] == tokens[lcp]
         dropped = len(r.tokens) - lcp
         started = time.perf_counter()
         r.manifest = None  # a failure from here on must not leave a reusable half-prefix
@@ -390,7 +392,7 @@ class KVSession:
         r.offsets = offsets
         r.segments = segment_residency(manifest, offsets, len(tokens), lcp)
         r.divergence = explain_divergence(
-            old_manifest, old_text, old_prefix, manifest, raw, len(tokens), lcp, limit, offsets
+            old_manifest, old_text, old_prefix, manifest, raw, len(tokens), lcp, limit, offsets, blocked
         )
         if self._cold_note and r.divergence is not None and r.divergence.cause == "cold":
             r.divergence = replace(r.divergence, detail=f"{r.divergence.detail} ({self._cold_note})")

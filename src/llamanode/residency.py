@@ -71,8 +71,13 @@ def explain_divergence(
     lcp: int,
     stable_limit: int,
     offsets: list[int] | None,
+    generated_blocked: bool = False,
 ) -> Divergence | None:
-    """Name the cause of the first non-reused token, or None when everything was reused."""
+    """Name the cause of the first non-reused token, or None when everything was reused.
+
+    generated_blocked: the next resident token matched but came from a decode step, which
+    is never reused (its KV differs from a batched prefill).
+    """
     if old_manifest is None:
         return Divergence("cold", 0, _segment_at(new_manifest, 0), 0, "no prefix was resident")
     changed = old_manifest.first_difference(new_manifest)
@@ -83,9 +88,10 @@ def explain_divergence(
             detail = f"prefix shrank from {old_prefix_tokens} to {new_tokens} tokens"
             return Divergence("shrunk", lcp, None, len(new_text), detail)
         return None
-    if lcp == stable_limit and lcp < old_prefix_tokens:
-        return Divergence("generated_tokens", lcp, None, None, "decode-step KV is re-prefilled in a batch")
     token_byte = offsets[lcp] if offsets is not None and lcp < len(offsets) else None
+    if lcp == stable_limit and generated_blocked:
+        segment = _segment_at(new_manifest, token_byte) if token_byte is not None else None
+        return Divergence("generated_tokens", lcp, segment, token_byte, "decode-step KV is re-prefilled in a batch")
     byte_diff = _first_byte_difference(old_text, new_text)
     if lcp >= old_prefix_tokens:
         segment = _segment_at(new_manifest, byte_diff if token_byte is None else token_byte)
