@@ -109,9 +109,10 @@ def test_continuation_over_generated_text_answers_like_a_cold_session(real: KVSe
     history = (*SEGMENTS, ("turn1", SUFFIX + answer.text + "<|im_end|>\n"))
     status = real.ensure_prefix(real.prefix(history))
     # generated tokens came from single-token steps: never reused, re-prefilled in batches
-    assert status.reused_tokens <= stable
-    assert status.reused_tokens >= before.prefix_tokens
-    assert status.prefilled_tokens == status.prefix_tokens - status.reused_tokens
+    assert status.reused_tokens == stable
+    assert status.prefilled_tokens == status.prefix_tokens - stable
+    div = status.divergence
+    assert div is not None and (div.cause, div.token_index, div.segment) == ("generated_tokens", stable, "turn1")
     real.prefill_suffix(real.suffix(NEXT_TURN))
     assert decode_answer(real) == cold(history, NEXT_TURN, GREEDY_32)
 
