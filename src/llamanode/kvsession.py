@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -200,7 +201,9 @@ class KVSession:
             if cfg.max_tokens is not None and n_res + cfg.max_tokens > self.num_ctx:
                 raise ContextOverflowError("decode", n_res, cfg.max_tokens, self.num_ctx)
             sampler = self._ctx.new_sampler(cfg)
-        return self._stream(cfg, sampler)
+        stream = self._stream(cfg, sampler)
+        weakref.finalize(stream, sampler.close)  # a stream dropped before its first chunk never runs its finally
+        return stream
 
     def explain_context(self) -> ContextReport:
         r = self._r

@@ -32,7 +32,9 @@ class Sampler(Protocol):
         """Pick the next token from the context's current last logits (and accept it)."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Free the sampler; may be called more than once."""
+        ...
 
 
 class KVContext(Protocol):
