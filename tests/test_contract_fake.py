@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import math
 from dataclasses import dataclass, field, replace
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
-from fakes import BYTE0, FakeContext, fake_session
+from fakes import BYTE0, FakeContext, FakeSampler, fake_session
 from llamanode import (
     Config,
     ConfigError,
@@ -424,6 +425,27 @@ def test_decode_max_tokens_may_fill_the_context_exactly() -> None:
     assert (info.value.resident_tokens, info.value.additional_tokens) == (10, 23)
     _, ids, reason, produced = run_decode(session, DecodeConfig(max_tokens=22))
     assert (reason, produced, len(ids)) == ("max_tokens", 22, 22)
+
+
+@pytest.mark.parametrize("start", [False, True])
+def test_an_abandoned_stream_frees_its_sampler(start: bool) -> None:
+    session, ctx = fake_session(eos_every=0)
+    session.ensure_prefix(session.prefix((("a", "abcdef"),)))
+    samplers: list[FakeSampler] = []
+    original = ctx.new_sampler
+
+    def recording(config: DecodeConfig) -> FakeSampler:
+        samplers.append(original(config))
+        return samplers[-1]
+
+    ctx.new_sampler = recording  # type: ignore[method-assign]
+    stream = session.decode(DecodeConfig(max_tokens=5))
+    if start:
+        next(stream)
+    del stream
+    gc.collect()
+    assert samplers and samplers[0].closed
+    assert run_decode(session, DecodeConfig(max_tokens=5))[3] == 5
 
 
 def test_decode_before_any_prefix_is_invalid_input() -> None:
