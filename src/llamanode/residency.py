@@ -93,6 +93,10 @@ def explain_divergence(
         segment = _segment_at(new_manifest, token_byte) if token_byte is not None else None
         return Divergence("generated_tokens", lcp, segment, token_byte, "decode-step KV is re-prefilled in a batch")
     byte_diff = _first_byte_difference(old_text, new_text)
+    if byte_diff == len(new_text) < len(old_text):  # cut inside a token: its new last token re-tokenized
+        segment = _segment_at(new_manifest, token_byte) if token_byte is not None else None
+        detail = f"prefix shrank from {old_prefix_tokens} to {new_tokens} tokens, cutting its last token"
+        return Divergence("shrunk", lcp, segment, token_byte, detail)
     if lcp >= old_prefix_tokens:
         segment = _segment_at(new_manifest, byte_diff if token_byte is None else token_byte)
         return Divergence("appended", lcp, segment, token_byte, "text added after the resident prefix")
