@@ -17,6 +17,7 @@ from conftest import (
     SEGMENTS,
     SUFFIX,
     SUFFIX_2,
+    TEXT,
     Answer,
     ColdFn,
     decode_answer,
@@ -239,6 +240,14 @@ def test_divergence_names_cold_appended_edited_and_shrunk(real: KVSession) -> No
     shrunk = real.ensure_prefix(real.prefix(EDITED[:3])).divergence
     assert shrunk is not None and shrunk.cause == "shrunk"
     assert [s.state for s in real.explain_context().segments] == ["reused"] * 3
+
+    real.ensure_prefix(real.prefix(SEGMENTS))
+    cut = TEXT.index("slug") + 2  # inside the token " slug": the new last token re-tokenizes
+    mid_token = (*SEGMENTS[:3], ("text", TEXT[:cut]))
+    status = real.ensure_prefix(real.prefix(mid_token))
+    assert 0 < status.prefilled_tokens <= 2
+    div = status.divergence
+    assert div is not None and (div.cause, div.segment, div.token_index) == ("shrunk", "text", status.reused_tokens)
 
 
 # -- overflow -----------------------------------------------------------------------------------
