@@ -196,8 +196,8 @@ class KVSession:
         with self._lock.hold():
             self._check_usable()
             n_res = len(self._r.tokens)
-            if n_res == 0:
-                raise InvalidInputError("nothing is resident to decode from; call ensure_prefix first")
+            if n_res == 0 or self._r.manifest is None:  # None: a prefill was interrupted half-way
+                raise InvalidInputError("no complete prefix is resident to decode from; call ensure_prefix first")
             if cfg.max_tokens is not None and n_res + cfg.max_tokens > self.num_ctx:
                 raise ContextOverflowError("decode", n_res, cfg.max_tokens, self.num_ctx)
             sampler = self._ctx.new_sampler(cfg)
