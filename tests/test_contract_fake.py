@@ -21,6 +21,7 @@ from llamanode import (
     GrammarError,
     InvalidInputError,
     KVSession,
+    PrefillProgress,
     PrefixInput,
     SessionBusyError,
     SessionFatalError,
@@ -118,6 +119,47 @@ def test_single_token_suffix_takes_its_predecessor_along() -> None:
     assert status.suffix_tokens == 1 and status.resident_tokens == 6
     assert (ctx.batches[-1].start, ctx.batches[-1].size) == (4, 2)
     assert session.explain_context().suffix_tokens == 1
+
+
+def test_progress_is_reported_per_chunk() -> None:
+    session, _ = fake_session(num_batch=8)
+    seen: list[PrefillProgress] = []
+    session.ensure_prefix(session.prefix((("a", "x" * 20),)), on_progress=seen.append)
+    session.prefill_suffix(session.suffix("y" * 9), on_progress=seen.append)
+    assert [(p.stage, p.done_tokens, p.total_tokens) for p in seen] == [
+        ("prefix", 8, 20),
+        ("prefix", 16, 20),
+        ("prefix", 20, 20),
+        ("suffix", 7, 9),  # never a last chunk of one
+        ("suffix", 9, 9),
+    ]
+    assert all(p.elapsed_s >= 0 for p in seen)
+
+
+class Cancelled(Exception):
+    pass
+
+
+def test_a_prefill_cancelled_from_progress_leaves_nothing_to_decode() -> None:
+    session, _ = fake_session(num_batch=8)
+    prefix = session.prefix((("a", "x" * 20),))
+
+    def cancel(progress: PrefillProgress) -> None:
+        if progress.done_tokens >= 16:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        session.ensure_prefix(prefix, on_progress=cancel)
+    assert session.explain_context().manifest is None
+    with pytest.raises(InvalidInputError):
+        session.decode(DecodeConfig(max_tokens=3))
+    with pytest.raises(InvalidInputError):
+        session.export_state()
+    status = session.ensure_prefix(prefix)
+    assert (status.prefix_tokens, status.resident_tokens) == (20, 20)
+    cold, _ = fake_session(num_batch=8)
+    cold.ensure_prefix(prefix)
+    assert run_decode(session, DecodeConfig(max_tokens=8)) == run_decode(cold, DecodeConfig(max_tokens=8))
 
 
 # -- the byte-hash path and exact counts ---------------------------------------------------------
