@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -75,7 +77,7 @@ class Plan:
     settings: tuple[RawSetting, ...]
     threads: tuple[int, ...]  # the first is llamanode's (Config.threads); the others are swept too
     sweep_cold_reps: int  # cold prefills per setting at the most threads
-    sweep_cold_fewer_threads: bool  # also cold-prefill at fewer threads, for fewer_threads_cold
+    sweep_cold_other_threads: bool  # also cold-prefill at the other thread counts
     sweep_cold_round_budget_s: float  # skip further cold rounds when one round took longer (busy machine)
     sweep_warm_reps: int
     sweep_decode_tokens: int
@@ -90,7 +92,11 @@ class Plan:
     big_reps: int
     big_trim_reps: int
     num_threads: int = 0  # llamanode's Config.num_threads (0 = all cores, its default)
-    fewer_threads_cold: tuple[RawSetting, ...] = (RawSetting(256, 256, False), RawSetting(512, 512, False))
+    contention_prefix: int = 512  # raw-loop subprocesses with and without a CPU-burning competitor
+    contention_suffix: int = 92
+    contention_reps: int = 1
+    other_threads_settings: tuple[RawSetting, ...] = (RawSetting(512, 512, False),)  # swept at the other threads
+    contention_variants: str = "all"  # "smoke": no competitor, no active-wait multi-thread run
 
 
 def _threads() -> tuple[int, ...]:
@@ -108,7 +114,7 @@ FULL = Plan(
     ),
     threads=_threads(),
     sweep_cold_reps=2,
-    sweep_cold_fewer_threads=True,
+    sweep_cold_other_threads=True,
     sweep_cold_round_budget_s=300.0,
     sweep_warm_reps=4,
     sweep_decode_tokens=64,
@@ -132,7 +138,7 @@ QUICK = Plan(
     settings=(RawSetting(512, 512, False), RawSetting(256, 256, True)),
     threads=(1,),  # one thread: a smoke test must not collapse when other jobs share the cores
     sweep_cold_reps=1,
-    sweep_cold_fewer_threads=False,
+    sweep_cold_other_threads=False,
     sweep_cold_round_budget_s=60.0,
     sweep_warm_reps=1,
     sweep_decode_tokens=8,
@@ -147,6 +153,10 @@ QUICK = Plan(
     big_reps=20,
     big_trim_reps=3,
     num_threads=1,
+    contention_prefix=128,
+    contention_suffix=16,
+    contention_reps=1,
+    contention_variants="smoke",
 )
 
 
@@ -245,6 +255,7 @@ class Results:
     decode: dict[str, Any] = field(default_factory=dict)
     curve: dict[str, Any] = field(default_factory=dict)
     unchanged: dict[str, Any] = field(default_factory=dict)
+    contention: list[dict[str, Any]] = field(default_factory=list)
     targets: dict[str, Any] = field(default_factory=dict)
     loadavg: dict[str, list[float]] = field(default_factory=dict)
 
@@ -263,8 +274,9 @@ def run_sweep(
 ) -> dict[RawSetting, RawContext]:
     top = plan.threads[0]  # llamanode's threads: every setting is cold-prefilled at these
     contexts = {s: RawContext(model, s, plan.n_ctx, top) for s in plan.settings}
+    swept = [(s, t) for t in plan.threads for s in plan.settings if t == top or s in plan.other_threads_settings]
     rows: dict[tuple[RawSetting, int], dict[str, Any]] = {
-        (s, t): {"setting": s.label, **asdict(s), "threads": t} for s in plan.settings for t in plan.threads
+        (s, t): {"setting": s.label, **asdict(s), "threads": t} for s, t in swept
     }
     cold: dict[tuple[RawSetting, int], list[float]] = {key: [] for key in rows}
     n_prefix = len(prefix_ids)
@@ -285,9 +297,9 @@ def run_sweep(
 
     rounds_done: dict[int, int] = {}
     for t in plan.threads:
-        if t != top and not plan.sweep_cold_fewer_threads:
+        if t != top and not plan.sweep_cold_other_threads:
             continue
-        chosen = [s for s in plan.settings if t == top or s in plan.fewer_threads_cold]
+        chosen = [s for s, u in swept if u == t]
         rounds = plan.sweep_cold_reps if t == top else 1
         for rnd in range(rounds):
             began = now()
@@ -660,6 +672,54 @@ def unchanged_prefix(plan: Plan, model_path: str, tokenize: Tokenize, results: R
     results.unchanged = out
 
 
+def contention(plan: Plan, results: Results) -> None:
+    """Threads when another process wants a core: the raw loop (in fresh processes, since libgomp reads
+    OMP_WAIT_POLICY once) at 1 thread, at all cores, and at all cores with OMP_WAIT_POLICY=passive,
+    each alone and next to one CPU-burning competitor process."""
+    n = os.cpu_count() or 1
+    if n == 1 or plan.contention_reps == 0:
+        return
+    variants = [("1 thread", 1, ""), (f"{n} threads", n, ""), (f"{n} threads, OMP_WAIT_POLICY=passive", n, "passive")]
+    competitor: tuple[bool, ...] = (False, True)
+    if plan.contention_variants == "smoke":  # the code path only: an active-wait run next to a busy core is slow
+        variants, competitor = [variants[0], variants[2]], (False,)
+    script = str(REPO / "bench" / "raw_loop.py")
+    samples: dict[tuple[bool, str], list[dict[str, Any]]] = {}
+    for busy in competitor:
+        burner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+        try:
+            for rep in range(plan.contention_reps):
+                for label, threads, policy in variants if rep % 2 == 0 else variants[::-1]:
+                    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+                    if policy:
+                        env["OMP_WAIT_POLICY"] = policy
+                    args = ["--prefix", str(plan.contention_prefix), "--suffix", str(plan.contention_suffix)]
+                    args += ["--reps", "3", "--decode", "32", "--threads", str(threads), "--json"]
+                    proc = subprocess.run(
+                        [sys.executable, script, *args], env=env, capture_output=True, text=True, timeout=1800
+                    )
+                    if proc.returncode != 0:
+                        raise RuntimeError(f"raw_loop.py {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
+                    samples.setdefault((busy, label), []).append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                    log(f"contention busy={busy} {label}: {samples[(busy, label)][-1]['warm_ttft_ms']}")
+        finally:
+            if burner is not None:
+                burner.kill()
+                burner.wait()
+    for (busy, label), runs in samples.items():
+        results.contention.append(
+            {
+                "competitor": busy,
+                "variant": label,
+                "cold_prefill_tok_s": stats([r["cold_prefill_tok_s"] for r in runs]).median,
+                "warm_ttft_ms": stats([x for r in runs for x in r["warm_ttft_ms"]]).median,
+                "decode_tok_s": stats([r["decode_tok_s"] for r in runs]).median,
+                "runs": runs,
+            }
+        )
+    _load(results, "contention")
+
+
 # -- report ----------------------------------------------------------------------------------------
 
 
@@ -812,6 +872,30 @@ def report(results: Results) -> str:
             [[n, *(cv["median_ms"][k][i] for k in names)] for i, n in enumerate(cv["lengths"])],
         )
     )
+    if results.contention:
+        parts.append(
+            f"\n### Threads when another process wants a core (raw loop, {results.plan['contention_prefix']}-token "
+            f"prefix, {results.plan['contention_suffix']}-token warm suffix)"
+        )
+        by = {(r["competitor"], r["variant"]): r for r in results.contention}
+        labels = list(dict.fromkeys(r["variant"] for r in results.contention))
+        crows = []
+        for label in labels:
+            q, b = by.get((False, label), {}), by.get((True, label), {})
+            crows.append(
+                [
+                    label,
+                    q.get("cold_prefill_tok_s", float("nan")),
+                    q.get("warm_ttft_ms", float("nan")),
+                    q.get("decode_tok_s", float("nan")),
+                    b.get("cold_prefill_tok_s", float("nan")),
+                    b.get("warm_ttft_ms", float("nan")),
+                    b.get("decode_tok_s", float("nan")),
+                ]
+            )
+        heads = ["threads", "alone: prefill tok/s", "warm ms", "decode tok/s"]
+        heads += ["+1 busy process: prefill tok/s", "warm ms", "decode tok/s"]
+        parts.append(md_table(heads, crows))
     parts.append("\n### Targets")
     parts.append(
         md_table(
@@ -921,6 +1005,7 @@ def run(plan: Plan) -> Results:
         ctx.close()
     unchanged_prefix(plan, model_path, tokenize, results)
     raw_model.close()
+    contention(plan, results)
     evaluate(results)
     results.machine["loadavg_end"] = list(os.getloadavg())
     return results
@@ -948,8 +1033,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or OUT_DIR / f"core{suffix}.json"
     png = args.plot or (OUT_DIR / "warm_ttft-quick.png" if args.quick else REPO / "docs" / "warm_ttft.png")
     if args.replot is not None:
-        import json
-
         plot(Results(**json.loads(args.replot.read_text())), png)
         print(png)
         return 0

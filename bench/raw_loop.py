@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -216,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--flash-attn", action="store_true")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--decode", type=int, default=0, help="also greedy-decode this many tokens (tok/s)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = parser.parse_args(argv)
     if args.model is None:
         from llamanode import default_model_path
@@ -223,22 +226,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.model = str(default_model_path())
     model = RawModel(args.model)
     setting = RawSetting(args.batch, args.ubatch, args.flash_attn)
-    ctx = RawContext(model, setting, args.prefix + max(args.suffix, 128) + 256, args.threads)
+    ctx = RawContext(model, setting, args.prefix + max(args.suffix, args.decode, 128) + 256, args.threads)
     prefix = model.tokenize(chatml_prefix(model.tokenize, args.prefix))
+    suffixes = [model.tokenize(chatml_suffix(model.tokenize, args.suffix, rep)) for rep in range(args.reps)]
     cold = ctx.cold_prefill(prefix)
-    print(
-        f"{setting.label} t{args.threads}: cold prefill {len(prefix)} tokens "
-        f"{cold:.2f} s ({len(prefix) / cold:.0f} tok/s)"
-    )
-    for rep in range(args.reps):
-        suffix = model.tokenize(chatml_suffix(model.tokenize, args.suffix, rep))
-        ttft, step, _ = ctx.warm_turn(suffix, len(prefix))
-        print(
-            f"  warm {len(suffix)} tokens at {len(prefix)}: "
-            f"first token {ttft * 1e3:.1f} ms, + decode {step * 1e3:.1f} ms"
-        )
+    warm: list[float] = []
+    for suffix in suffixes:
+        warm.append(ctx.warm_turn(suffix, len(prefix))[0])
+    tps = ctx.decode(args.decode, len(prefix) + len(suffixes[-1]) + 1)[0] if args.decode > 1 and suffixes else None
     ctx.close()
     model.close()
+    result = {
+        "setting": setting.label,
+        "threads": args.threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+        "prefix_tokens": len(prefix),
+        "cold_prefill_tok_s": len(prefix) / cold,
+        "warm_ttft_ms": [x * 1e3 for x in warm],
+        "decode_tok_s": tps,
+    }
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{setting.label} t{args.threads}: cold prefill {len(prefix)} tokens {len(prefix) / cold:.0f} tok/s")
+    for ms in result["warm_ttft_ms"]:
+        print(f"  warm {args.suffix} tokens at {len(prefix)}: first token {ms:.1f} ms")
+    if tps is not None:
+        print(f"  decode {args.decode} tokens: {tps:.1f} tok/s")
     return 0
 
 
