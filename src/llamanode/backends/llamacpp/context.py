@@ -79,6 +79,8 @@ class LlamaCppContext:
         self._batch = _Batch(L.llama_n_batch(self._ctx))
         self._n_vocab = L.llama_vocab_n_tokens(model.vocab)
         self.identity: BackendIdentity = model.identity(config, int(L.llama_n_ctx(self._ctx)))
+        # computed now: after close() the model may be freed, and kv_bytes() must not touch it
+        self._kv_bytes = int(kv_bytes_per_token(model, config.kv_type) * self.identity.n_ctx)
 
     # tokens
     def tokenize(self, text: str, add_bos: bool) -> list[int]:
@@ -138,7 +140,7 @@ class LlamaCppContext:
             raise SnapshotError("llama.cpp refused the state (layout, type or size differs)")
 
     def kv_bytes(self) -> int:
-        return int(kv_bytes_per_token(self._model, self._config.kv_type) * self.identity.n_ctx)
+        return self._kv_bytes
 
     def close(self) -> None:
         if self._ctx:
