@@ -394,6 +394,26 @@ def test_every_call_on_a_closed_session_raises(model_keeper: KVSession) -> None:
     assert donor.explain_context().closed
 
 
+def test_a_closed_session_never_touches_the_model(model_keeper: KVSession, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Closing the last session of a model frees it: later calls must not reach native code."""
+    from llamanode.backends.llamacpp import context, model
+
+    session = open_real()
+    kv = session.kv_bytes()
+    assert kv > 0
+    session.close()
+
+    def freed(*args: object) -> None:
+        raise AssertionError("the model was used after close")
+
+    monkeypatch.setattr(context, "kv_bytes_per_token", freed)
+    monkeypatch.setattr(model, "_piece", freed)
+    assert session.kv_bytes() == kv
+    with pytest.raises(SessionClosedError):
+        session.tokenize("hello")
+    assert session.explain_context().closed
+
+
 def test_a_backend_failure_makes_the_session_fatal(real: KVSession, monkeypatch: pytest.MonkeyPatch) -> None:
     real.ensure_prefix(real.prefix(TINY))
 
