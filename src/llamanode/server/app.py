@@ -244,6 +244,12 @@ class _Handler(BaseHTTPRequestHandler):
     def do_OPTIONS(self) -> None:
         self._handle()
 
+    def __getattr__(self, name: str) -> Any:
+        """Any other method (HEAD, TRACE, ...) gets 405 or 404 from the router, never a bare 501."""
+        if name.startswith("do_"):
+            return self._handle
+        raise AttributeError(name)
+
     # -- one request ---------------------------------------------------------------------------
     def _handle(self) -> None:
         app = self.server.app
@@ -405,7 +411,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             headers["Connection"] = "close"
         head = self._head(response.status, {**headers, "Content-Length": str(len(payload))})
-        self.wfile.write(head + payload)
+        self.wfile.write(head + (payload if self.command != "HEAD" else b""))
 
     def _send_stream(self, response: StreamResponse, headers: dict[str, str], request: Request) -> None:
         headers.update(

@@ -59,6 +59,12 @@ def build_openapi(app: App) -> dict[str, Any]:
     models: list[tuple[type[BaseModel], Literal["validation"]]] = [(m, "validation") for m in classes]
     refs, top = models_json_schema(models, ref_template="#/components/schemas/{model}")
     schemas: dict[str, Any] = dict(top.get("$defs", {}))
+    served = sorted(app.model_names)
+    for schema in schemas.values():
+        model = schema.get("properties", {}).get("model")
+        if model is not None:  # the only names accepted: say so, so clients (and fuzzers) can know
+            model.pop("minLength", None)
+            model["enum"] = served
     paths: dict[str, dict[str, Any]] = {}
     for route in app.routes:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(
