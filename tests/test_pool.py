@@ -8,7 +8,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -110,16 +110,18 @@ def test_evicted_and_restored_session_decodes_like_a_cold_one(store_dir: Path) -
     with SessionPool(None, CFG, store_dir=store_dir, memory_budget_bytes=budget) as p:
         with p.session("a") as s:
             assert turn(s, "a", Q1) == cold("a", Q1)
-        with p.session("b") as s:  # evicts a to disk
+        with p.session("b") as s:  # evicts a (its state goes to the writer; its context is reused for b)
             assert turn(s, "b", Q1) == cold("b", Q1)
         assert [(w.id, w.live) for w in p.workspaces()] == [("b", True), ("a", False)]
-        with p.session("a") as s:  # evicts b, restores a
+        p.checkpoint("a")  # waits until a's evicted state is on disk
+        with p.session("a") as s:  # evicts b, restores a from disk
             assert turn(s, "a", Q2) == cold("a", Q2)
             prefix = s.explain_context().last_prefix
             assert prefix is not None and prefix.prefilled_tokens == 0
+        p.checkpoint("b")
         stats = p.stats()
-        assert stats.evictions == 2 and stats.restores == 1 and stats.snapshots_written == 2
-        assert stats.peak_live_bytes <= budget
+        assert (stats.evictions, stats.restores, stats.restores_from_memory, stats.snapshots_written) == (2, 1, 0, 2)
+        assert stats.peak_live_bytes <= budget and stats.pending_writes == 0
 
 
 def test_forked_sessions_decode_like_cold_ones(store_dir: Path) -> None:
@@ -415,7 +417,48 @@ def test_closed_pool_and_small_budget_are_refused(store_dir: Path) -> None:
         assert ok.stats().memory_budget_bytes == need
 
 
-def test_a_failed_eviction_keeps_the_workspace_live(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def block_writes(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Make every snapshot write wait for the returned event (the writer thread stalls mid-write)."""
+    import llamanode.store
+
+    gate = threading.Event()
+    original = llamanode.store._write_all
+
+    def gated(fd: int, data: bytes) -> None:
+        assert gate.wait(60)
+        original(fd, data)
+
+    monkeypatch.setattr(llamanode.store, "_write_all", gated)
+    return gate
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_state_still_being_written_restores_from_memory(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with SessionPool(None, CFG, store_dir=store_dir) as probe:
+        budget = probe.budget_for(1)
+    with SessionPool(None, CFG, store_dir=store_dir, memory_budget_bytes=budget) as p:
+        with p.session("a") as s:
+            turn(s, "a", Q1)
+        gate = block_writes(monkeypatch)
+        with p.session("b") as s:  # a's state is exported; its write is stuck
+            turn(s, "b", Q1)
+        assert p.stats().pending_writes == 1
+        with p.session("a") as s:  # restored from the state in memory
+            assert decode(s) == cold("a", Q1, then_continue=True)[MAX_TOKENS:]
+        stats = p.stats()
+        assert stats.restores_from_memory == 1 and stats.peak_live_bytes <= budget
+        gate.set()
+        p.checkpoint("b")
+        assert p.stats().pending_writes == 0
+
+
+def test_failed_writes_keep_states_in_memory(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with SessionPool(None, CFG, store_dir=store_dir) as probe:
         budget = probe.budget_for(1)
     with SessionPool(None, CFG, store_dir=store_dir, memory_budget_bytes=budget) as p:
@@ -426,12 +469,22 @@ def test_a_failed_eviction_keeps_the_workspace_live(store_dir: Path, monkeypatch
             raise OSError(28, "No space left on device")
 
         monkeypatch.setattr("llamanode.store._write_all", disk_full)
-        with pytest.raises(SnapshotError, match="No space left"), p.session("b"):
-            pass
-        assert [(w.id, w.live) for w in p.workspaces()] == [("a", True)]  # nothing was lost
-        assert p.stats().snapshot_failures == 1
-        monkeypatch.undo()
-        with p.session("b") as s:
+        with p.session("b") as s:  # evicting a succeeds; writing it fails in the background
             turn(s, "b", Q1)
-        with p.session("a") as s:
+        wait_until(lambda: p.stats().snapshot_failures == 1)
+        assert [(w.id, w.live) for w in p.workspaces()] == [("b", True), ("a", False)]
+        with pytest.raises(SnapshotError, match="No space left"):
+            p.checkpoint("a")  # retries once, synchronously
+        with p.session("a") as s:  # nothing was lost: a comes back from memory
             assert decode(s) == cold("a", Q1, then_continue=True)[MAX_TOKENS:]
+        wait_until(lambda: p.stats().snapshot_failures == 3)  # the retry of a, then b's write failed
+        with p.session("c") as s:  # a goes to memory as well: two failed states fit the transfer headroom
+            turn(s, "c", Q1)
+        wait_until(lambda: p.stats().snapshot_failures == 4)
+        assert p.stats().pending_writes == 2
+        monkeypatch.undo()
+        p.checkpoint("a")  # retries a's write; success retries the others
+        wait_until(lambda: p.stats().pending_writes == 0)
+        with p.session("b") as s:
+            assert decode(s) == cold("b", Q1, then_continue=True)[MAX_TOKENS:]
+        assert p.stats().snapshot_failures == 4 and p.stats().peak_live_bytes <= budget

@@ -1,9 +1,12 @@
 """SessionPool: many workspaces over one loaded model, a memory budget, and LRU eviction to disk snapshots.
 
 Accounting (pool.stats().live_bytes): every live session's kv_bytes() (its full n_ctx KV allocation), the
-pool's small tokenizer session, and every state buffer in flight. Exporting or importing a state of S bytes
-briefly holds 2S (llama.cpp copies through a ctypes buffer), so a transfer reserves 2S. Admission keeps room
-for one full-context transfer (`transfer_headroom`), so an eviction can always proceed; see budget_for().
+pool's small tokenizer session, and every state buffer that exists: exports and restores in progress and
+evicted states waiting for the background writer. Exporting or importing a state of S bytes briefly holds 2S
+(llama.cpp copies through a ctypes buffer). Admission keeps `transfer_headroom` free: one eviction on its way
+to disk plus one restore, so a switch never waits for the disk. See budget_for().
+
+A switch reuses the evicted workspace's llama context (KVSession.reset) instead of allocating a new one.
 """
 
 from __future__ import annotations
@@ -38,11 +41,12 @@ _STATE_SLACK = 1 << 20
 _RECENT_MISSES = 32
 _RECOVERY_DETAIL = "snapshot refused at startup: its file was missing, truncated or had a damaged header"
 _NEW = ("new", "", "no snapshot")
+Signature = tuple[tuple[int, ...], int, int]  # resident tokens, prefix tokens, generated tokens
 
 
 @dataclass(frozen=True)
 class WorkspaceInfo:
-    """One workspace: live (KV in memory) or evicted (only its snapshot on disk)."""
+    """One workspace: live (KV in memory) or evicted (its snapshot on disk, or on its way there)."""
 
     id: str
     live: bool
@@ -70,16 +74,18 @@ class PoolStats:
 
     live_workspaces: int
     evicted_workspaces: int
-    live_bytes: int  # accounted now: live KV, the tokenizer session, state buffers in flight
+    live_bytes: int  # accounted now: live KV, the tokenizer session, state buffers
     peak_live_bytes: int
     memory_budget_bytes: int | None
     snapshot_bytes: int
     disk_budget_bytes: int | None
     hits: int  # leases of a live workspace
-    restores: int  # leases that restored an evicted workspace from its snapshot
+    restores: int  # leases that restored an evicted workspace (from disk or from a state still being written)
+    restores_from_memory: int
     misses: int  # leases that started cold
     miss_reasons: Mapping[str, int]
     evictions: int
+    pending_writes: int  # evicted states not yet on disk
     snapshots_written: int
     snapshot_failures: int
     collected: int  # snapshots removed by the disk budget
@@ -98,16 +104,24 @@ class _Workspace:
     tokens: tuple[int, ...] = ()  # resident at the last release (routing, info)
     stable: int = 0  # tokens[:stable] are reusable by ensure_prefix
     chain: tuple[str, ...] = ()
-    signature: tuple[object, ...] = ()  # of the live state at the last release
+    signature: Signature | None = None  # of the live state at the last release
     snapshot: SnapshotEntry | None = None
-    snapshot_signature: tuple[object, ...] | None = None  # of the state the snapshot holds
+    snapshot_signature: Signature | None = None  # of the state the snapshot holds
     tick: int = 0  # LRU order
     last_used: float = 0.0
     dropped: bool = False
 
-    @property
-    def clean(self) -> bool:
-        return self.snapshot is not None and self.signature == self.snapshot_signature
+
+@dataclass(eq=False)
+class _Pending:
+    """An evicted state waiting for (or being written by) the background writer."""
+
+    state: SessionState
+    identity: SnapshotIdentity
+    nbytes: int  # accounted in the pool's buffers until written or replaced
+    signature: Signature
+    writing: bool = False
+    error: str = ""
 
 
 class SessionPool:
@@ -128,6 +142,9 @@ class SessionPool:
         self.memory_budget_bytes = memory_budget_bytes
         self._cv = threading.Condition(threading.Lock())
         self._ws: dict[str, _Workspace] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._queue: deque[str] = deque()
+        self._spare: KVSession | None = None  # an evicted workspace's context, ready for the next one
         self._closed = False
         self._closing = False  # close() has begun: no new leases
         self._clock = 0
@@ -137,7 +154,7 @@ class SessionPool:
         self._counts: Counter[str] = Counter()
         self._miss_reasons: Counter[str] = Counter()
         self._recent: deque[MissRecord] = deque(maxlen=_RECENT_MISSES)
-        self._lost: dict[str, tuple[str, str, str]] = {}  # workspace id -> (reason, error, detail) of a lost snapshot
+        self._lost: dict[str, tuple[str, str, str]] = {}  # id -> (reason, error, detail) of a lost snapshot
         self._store = SnapshotStore(store_dir, disk_budget_bytes=disk_budget_bytes)
         try:
             self._anchor = self._open(self.config.replace(num_ctx=_ANCHOR_CTX))
@@ -149,9 +166,11 @@ class SessionPool:
         self._n_ctx = _padded_ctx(self.config.num_ctx)
         self._kv_per_session = int(self._per_token * self._n_ctx)
         self._identity = _with_n_ctx(SnapshotIdentity.of(self._anchor), self._n_ctx)
+        self._writer = threading.Thread(target=self._write_loop, name="llamanode-snapshot-writer", daemon=True)
+        self._writer.start()
         self._check_budget()
         for entry in self._store.entries():
-            self._ws[entry.workspace_id] = self._evicted_workspace(entry)
+            self._ws[entry.workspace_id] = _Workspace(entry.workspace_id, snapshot=entry, last_used=entry.last_used)
         for workspace_id in self._store.recovery.rows_removed:
             self._lost[workspace_id] = ("corrupt", SnapshotCorruptError.__name__, _RECOVERY_DETAIL)
 
@@ -167,8 +186,8 @@ class SessionPool:
 
     @property
     def transfer_headroom(self) -> int:
-        """Bytes kept free for one full-context export or import (2x the state: ctypes copies it)."""
-        return 2 * self.state_bytes_estimate(self._n_ctx)
+        """Bytes admission keeps free: a full-context state on its way to disk (1x) plus a restore (2x)."""
+        return 3 * self.state_bytes_estimate(self._n_ctx)
 
     def budget_for(self, live_sessions: int) -> int:
         """The smallest memory budget that keeps live_sessions workspaces live at once."""
@@ -227,12 +246,15 @@ class SessionPool:
         with self._cv:
             self._clock += 1
             ws.tick, ws.last_used = self._clock, time.time()
-            if ws.session is None and ws.snapshot is None and not ws.dropped:
-                ws.dropped = True  # nothing resident and nothing on disk: the workspace is gone
-                self._ws.pop(ws.id, None)
-            ws.holder = None
-            ws.lease.release()
-            self._cv.notify_all()
+            self._unlease_locked(ws)
+
+    def _unlease_locked(self, ws: _Workspace) -> None:
+        if ws.session is None and ws.snapshot is None and ws.id not in self._pending and not ws.dropped:
+            ws.dropped = True  # nothing resident, nothing on disk: the workspace is gone
+            self._ws.pop(ws.id, None)
+        ws.holder = None
+        ws.lease.release()
+        self._cv.notify_all()
 
     def _remember_resident(self, ws: _Workspace, session: KVSession) -> None:
         report = session.explain_context()
@@ -242,6 +264,13 @@ class SessionPool:
             ws.tokens, ws.chain = tokens, token_chain(tokens)
         ws.signature = (tokens, report.prefix_tokens, report.generated_tokens)
 
+    def _is_clean(self, ws: _Workspace) -> bool:
+        """The live state is already on disk, or on its way there."""
+        pending = self._pending.get(ws.id)
+        if pending is not None and not pending.error:
+            return ws.signature == pending.signature
+        return ws.snapshot is not None and ws.signature == ws.snapshot_signature
+
     def _activate(self, ws: _Workspace) -> KVSession:
         """The live session of a leased workspace: a hit, a restore, or a cold start."""
         if ws.session is not None:
@@ -249,55 +278,81 @@ class SessionPool:
                 self._count("hits")
                 return ws.session
             self._discard_session(ws)
-        self._admit(ws)
-        session = ws.session
-        assert session is not None
-        if ws.snapshot is None:
-            self._miss(ws, session, *self._lost.pop(ws.id, _NEW))
-        else:
-            self._restore(ws, session)
+        session = self._admit(ws)
+        with self._cv:
+            pending = self._pending.get(ws.id)
+        try:
+            if pending is not None:
+                self._restore_from_memory(ws, session, pending)
+            elif ws.snapshot is not None:
+                self._restore(ws, session)
+            else:
+                self._miss(ws, session, *self._lost.pop(ws.id, _NEW))
+        except BaseException:
+            self._discard_session(ws)  # never leave an empty session in place of an evicted state
+            raise
         return session
 
     # -- admission and eviction -------------------------------------------------------------------
-    def _admit(self, ws: _Workspace) -> None:
-        """Reserve a session's KV (evicting others as needed), then open the session."""
-        self._make_room(ws, self._kv_per_session, kind="session")
-        try:
-            session = self._open(self.config)
-        except BaseException:
-            with self._cv:
-                self._kv_live -= self._kv_per_session
-                self._cv.notify_all()
-            raise
+    def _admit(self, ws: _Workspace) -> KVSession:
+        """A session for ws: an evicted workspace's context, reset, or a new one within the budget."""
+        spare = self._make_room(ws, self._kv_per_session, kind="session")
+        if spare is not None:
+            spare.reset()
+            session = spare
+        else:
+            try:
+                session = self._open(self.config)
+            except BaseException:
+                with self._cv:
+                    self._kv_live -= self._kv_per_session
+                    self._cv.notify_all()
+                raise
         with self._cv:
             actual = session.kv_bytes()
-            self._kv_live += actual - self._kv_per_session
+            if spare is None:
+                self._kv_live += actual - self._kv_per_session
             self._note_peak()
             ws.session, ws.kv_bytes = session, actual
             if actual != self._kv_per_session or session.num_ctx != self._n_ctx:
                 self._kv_per_session, self._n_ctx = actual, session.num_ctx
                 self._identity = SnapshotIdentity.of(session)
+        return session
 
-    def _make_room(self, me: _Workspace, nbytes: int, kind: str) -> None:
-        """Wait or evict until nbytes fit, then account them (kind: session KV or a transfer buffer)."""
+    def _make_room(self, me: _Workspace, nbytes: int, kind: str) -> KVSession | None:
+        """Wait or evict until nbytes fit, then account them (kind: session KV or a transfer buffer).
+        For a session, returns a spare context to reuse (already accounted) when there is one."""
         while True:
+            spare: KVSession | None = None
             with self._cv:
                 self._check_open()
+                if kind == "session" and self._spare is not None:
+                    spare, self._spare = self._spare, None
+                    return spare
                 if self._fits(nbytes, kind):
                     if kind == "session":
                         self._kv_live += nbytes
                     else:
                         self._buffers += nbytes
                     self._note_peak()
-                    return
-                victim = None if (kind == "buffer" and self._buffers) else self._take_victim(me)
-                if victim is None:
-                    self._wait_for_room(me, nbytes, kind)
-                    continue
+                    return None
+                if self._spare is not None:  # a buffer needs the room a spare context takes
+                    spare, self._spare = self._spare, None
+                    victim = None
+                else:
+                    victim = None if (kind == "buffer" and self._in_flight()) else self._take_victim(me)
+                    if victim is None:
+                        self._wait_for_room(me, nbytes, kind)
+                        continue
+            if spare is not None:
+                self._close_spare(spare)
+                continue
+            assert victim is not None
             try:
                 self._evict(victim)
             finally:
-                self._unlease(victim)
+                with self._cv:
+                    self._unlease_locked(victim)
 
     def _fits(self, nbytes: int, kind: str) -> bool:
         budget = self.memory_budget_bytes
@@ -307,6 +362,10 @@ class SessionPool:
         if kind == "session":
             return base + nbytes + max(self.transfer_headroom, self._buffers) <= budget
         return base + self._buffers + nbytes <= budget
+
+    def _in_flight(self) -> int:
+        """Buffer bytes that will free themselves: transfers and writes that have not failed."""
+        return self._buffers - sum(p.nbytes for p in self._pending.values() if p.error)
 
     def _take_victim(self, me: _Workspace) -> _Workspace | None:
         """The least recently used live, unleased workspace, leased for eviction (under the pool lock)."""
@@ -318,67 +377,185 @@ class SessionPool:
         return None
 
     def _wait_for_room(self, me: _Workspace, nbytes: int, kind: str) -> None:
+        """Wait for room that will free itself (a transfer, a write, another thread's lease), or raise."""
         mine = threading.get_ident()
-        others = [w for w in self._ws.values() if w is not me and (w.session is not None or w.holder is not None)]
-        if not self._buffers and others and all(w.holder == mine for w in others):
+        if self._in_flight() or any(w.session is not None and w.holder not in (None, mine) for w in self._ws.values()):
+            self._cv.wait(timeout=1.0)
+            return
+        failed = [p.error for p in self._pending.values() if p.error]
+        if failed:
+            raise SnapshotError(
+                f"no room for {me.id!r}: {len(failed)} evicted state(s) are held in memory because snapshot"
+                f" writes failed: {failed[0]}"
+            )
+        if any(w.session is not None and w.holder == mine for w in self._ws.values() if w is not me):
             raise SessionBusyError(
                 f"memory budget is full of workspaces this thread holds; cannot make room for {me.id!r}"
             )
-        if not self._buffers and not others:
-            raise SnapshotError(f"{kind} of {nbytes} B for {me.id!r} does not fit the memory budget")
-        self._cv.wait(timeout=1.0)
-
-    def _unlease(self, ws: _Workspace) -> None:
-        with self._cv:
-            if ws.session is None and ws.snapshot is None and not ws.dropped:
-                ws.dropped = True
-                self._ws.pop(ws.id, None)
-            ws.holder = None
-            ws.lease.release()
-            self._cv.notify_all()
+        raise SnapshotError(f"{kind} of {nbytes} B for {me.id!r} does not fit the memory budget")
 
     def _evict(self, ws: _Workspace) -> None:
-        """Snapshot the workspace (unless its snapshot is current) and free its session. Holds its lease."""
+        """Hand the live state to the writer (unless it is on disk already) and keep the context as a spare.
+        The caller holds ws's lease."""
         session = ws.session
         assert session is not None
-        if not ws.clean and session.resident_tokens() and not session.explain_context().fatal:
-            self._snapshot(ws, session)
-        self._discard_session(ws)
-        self._count("evictions")
+        self._remember_resident(ws, session)
+        healthy = not session.explain_context().fatal
+        if healthy and session.resident_tokens() and not self._is_clean(ws):
+            self._export_for_writer(ws, session)
+        with self._cv:
+            ws.session, kv = None, ws.kv_bytes
+            ws.kv_bytes = 0
+            keep = healthy and self._spare is None and not self._closing
+            if keep:
+                self._spare = session
+            else:
+                self._kv_live -= kv
+            self._counts["evictions"] += 1
+            self._cv.notify_all()
+        if not keep:
+            session.close()
+
+    def _export_for_writer(self, ws: _Workspace, session: KVSession) -> None:
+        held = self._reserve(ws, 2 * self.state_bytes_estimate(len(ws.tokens)))
+        try:
+            state = session.export_state()
+        except BaseException:
+            self._resize(held, 0)
+            raise
+        size = _state_size(state)
+        self._resize(held, 2 * size)  # what the export held at its peak
+        self._resize(held, size)
+        assert ws.signature is not None
+        self._enqueue(ws.id, _Pending(state, SnapshotIdentity.of(session), size, ws.signature))
 
     def _discard_session(self, ws: _Workspace) -> None:
-        session, ws.session = ws.session, None
+        with self._cv:
+            session, ws.session = ws.session, None
+            kv, ws.kv_bytes = ws.kv_bytes, 0
         if session is None:
             return
         session.close()
         with self._cv:
-            self._kv_live -= ws.kv_bytes
-            ws.kv_bytes = 0
+            self._kv_live -= kv
             self._cv.notify_all()
 
-    # -- snapshots ---------------------------------------------------------------------------------
-    def _snapshot(self, ws: _Workspace, session: KVSession) -> None:
-        """Export the live state and write it as the workspace's snapshot (the caller holds the lease)."""
+    def _close_spare(self, spare: KVSession) -> None:
+        kv = spare.kv_bytes()
+        spare.close()
+        with self._cv:
+            self._kv_live -= kv
+            self._cv.notify_all()
+
+    # -- the writer --------------------------------------------------------------------------------
+    def _enqueue(self, workspace_id: str, pending: _Pending) -> None:
+        with self._cv:
+            old = self._pending.get(workspace_id)
+            if old is not None and not old.writing:
+                self._buffers -= old.nbytes  # replaced before it was written
+            self._pending[workspace_id] = pending
+            self._queue.append(workspace_id)
+            self._cv.notify_all()
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._closed:
+                    self._cv.wait()
+                if not self._queue:
+                    return
+                workspace_id = self._queue.popleft()
+                pending = self._pending.get(workspace_id)
+                if pending is None or pending.writing or pending.error:
+                    continue
+                pending.writing = True
+                protect = self._protected()
+            self._write_pending(workspace_id, pending, protect)
+
+    def _write_pending(self, workspace_id: str, pending: _Pending, protect: set[str]) -> None:
+        try:
+            entry, collected = self._store.put(workspace_id, pending.state, pending.identity, protect)
+        except Exception as exc:  # the writer must survive anything; the state stays in memory
+            with self._cv:
+                pending.writing, pending.error = False, str(exc)
+                self._counts["snapshot_failures"] += 1
+                self._cv.notify_all()
+            return
+        with self._cv:
+            pending.writing = False
+            ws = self._ws.get(workspace_id)
+            if ws is not None and not ws.dropped:
+                ws.snapshot, ws.snapshot_signature = entry, pending.signature
+            if self._pending.get(workspace_id) is pending:
+                del self._pending[workspace_id]
+            self._buffers -= pending.nbytes
+            self._counts["snapshots_written"] += 1
+            self._retry_failed_locked()  # the disk works again
+            self._cv.notify_all()
+        self._forget_collected(collected)
+
+    def _retry_failed_locked(self) -> None:
+        for workspace_id, pending in self._pending.items():
+            if pending.error:
+                pending.error = ""
+                self._queue.append(workspace_id)
+
+    def _protected(self) -> set[str]:
+        return {w.id for w in self._ws.values() if w.holder is not None} | set(self._pending)
+
+    def _settle(self, workspace_id: str, keep: bool) -> None:
+        """Wait until workspace_id's evicted state is no longer being written; keep=False also drops a
+        queued or failed one (a newer state replaces it), keep=True waits until it is on disk (retrying a
+        failed write once)."""
+        retried = False
+        with self._cv:
+            while True:
+                pending = self._pending.get(workspace_id)
+                if pending is None:
+                    return
+                if keep and pending.error and not retried:
+                    retried, pending.error = True, ""
+                    self._queue.append(workspace_id)
+                    self._cv.notify_all()
+                if pending.writing or (keep and not pending.error):
+                    self._cv.wait(timeout=1.0)
+                    continue
+                if keep:
+                    raise SnapshotError(f"the snapshot of {workspace_id!r} could not be written: {pending.error}")
+                del self._pending[workspace_id]
+                self._buffers -= pending.nbytes
+                self._cv.notify_all()
+                return
+
+    # -- snapshots and restores ------------------------------------------------------------------------
+    def _snapshot_now(self, ws: _Workspace, session: KVSession) -> None:
+        """Write the live state synchronously (checkpoint, close); the caller holds the lease."""
         self._remember_resident(ws, session)
-        with self._transfer(ws, 2 * self.state_bytes_estimate(len(ws.tokens))) as held:
+        with self._cv:
+            pending = self._pending.get(ws.id)
+        if pending is not None and not pending.error and pending.signature == ws.signature:
+            self._settle(ws.id, keep=True)  # this very state is being written: wait for it
+            return
+        self._settle(ws.id, keep=False)
+        if self._is_clean(ws):
+            return
+        held = self._reserve(ws, 2 * self.state_bytes_estimate(len(ws.tokens)))
+        try:
             state = session.export_state()
             size = _state_size(state)
-            self._resize(held, 2 * size)  # what the export held at its peak
+            self._resize(held, 2 * size)
             self._resize(held, size)
-            self._write(ws, state, SnapshotIdentity.of(session))
+            try:
+                entry, collected = self._store.put(ws.id, state, SnapshotIdentity.of(session), self._protected())
+            except SnapshotError:
+                self._count("snapshot_failures")
+                raise
             del state
-
-    def _write(self, ws: _Workspace, state: SessionState, identity: SnapshotIdentity) -> None:
+        finally:
+            self._resize(held, 0)
         with self._cv:
-            protect = {w.id for w in self._ws.values() if w.holder is not None}
-        try:
-            entry, collected = self._store.put(ws.id, state, identity, protect)
-        except SnapshotError:
-            self._count("snapshot_failures")
-            raise
-        ws.snapshot = entry
-        ws.snapshot_signature = (state.tokens, state.prefix_len, state.generated)
-        self._count("snapshots_written")
+            ws.snapshot, ws.snapshot_signature = entry, ws.signature
+            self._counts["snapshots_written"] += 1
         self._forget_collected(collected)
 
     def _forget_collected(self, collected: Sequence[str]) -> None:
@@ -389,20 +566,20 @@ class SessionPool:
                 if ws is None:
                     continue
                 ws.snapshot, ws.snapshot_signature = None, None
-                if ws.session is None and ws.holder is None:
+                if ws.session is None and ws.holder is None and workspace_id not in self._pending:
                     ws.dropped = True
                     self._ws.pop(workspace_id, None)
                     self._lost[workspace_id] = ("collected", "", "snapshot was removed by the disk budget")
 
     def _restore(self, ws: _Workspace, session: KVSession) -> None:
-        """Load the workspace's snapshot into its fresh session, or start it cold with the reason."""
+        """Load the workspace's snapshot into its empty session, or start it cold with the reason."""
         entry = ws.snapshot
         assert entry is not None
+        held = self._reserve(ws, 2 * entry.size_bytes)
         try:
-            with self._transfer(ws, 2 * entry.size_bytes):
-                _, state = self._store.load(ws.id, SnapshotIdentity.of(session))
-                session.import_state(state)
-                del state
+            _, state = self._store.load(ws.id, SnapshotIdentity.of(session))
+            session.import_state(state)
+            del state
         except SnapshotCorruptError as exc:
             self._refused(ws, session, "corrupt", exc, removed=True)
         except SnapshotMismatchError as exc:
@@ -414,6 +591,22 @@ class SessionPool:
             self._remember_resident(ws, session)
             ws.snapshot_signature = ws.signature
             self._count("restores")
+        finally:
+            self._resize(held, 0)
+
+    def _restore_from_memory(self, ws: _Workspace, session: KVSession, pending: _Pending) -> None:
+        """Import an evicted state that is still queued for (or failed) its write: no disk involved."""
+        held = self._reserve(ws, pending.nbytes)  # import_state copies it once more
+        try:
+            session.import_state(pending.state)
+        finally:
+            self._resize(held, 0)
+        if pending.error:
+            self._settle(ws.id, keep=False)  # live again: the failed copy is not needed any more
+        self._remember_resident(ws, session)
+        with self._cv:
+            self._counts["restores"] += 1
+            self._counts["restores_from_memory"] += 1
 
     def _refused(self, ws: _Workspace, session: KVSession, reason: str, exc: Exception, removed: bool) -> None:
         if removed:
@@ -429,17 +622,10 @@ class SessionPool:
             self._miss_reasons[reason] += 1
             self._recent.append(MissRecord(ws.id, reason, error, detail, time.time()))
 
-    @contextmanager
-    def _transfer(self, ws: _Workspace, nbytes: int) -> Iterator[list[int]]:
-        """Account a state buffer of nbytes while it exists; the body may lower held[0] to the real size."""
+    def _reserve(self, ws: _Workspace, nbytes: int) -> list[int]:
+        """Account a state buffer of nbytes (waiting or evicting for room); _resize(held, 0) releases it."""
         self._make_room(ws, nbytes, kind="buffer")
-        held = [nbytes]
-        try:
-            yield held
-        finally:
-            with self._cv:
-                self._buffers -= held[0]
-                self._cv.notify_all()
+        return [nbytes]
 
     def _resize(self, held: list[int], nbytes: int) -> None:
         with self._cv:
@@ -465,19 +651,13 @@ class SessionPool:
             self._release(source)
 
     def _fork_into(self, source: _Workspace, target: _Workspace) -> None:
-        if target.session is not None or target.snapshot is not None:
+        if target.session is not None or target.snapshot is not None or target.id in self._pending:
             raise InvalidInputError(f"workspace {target.id!r} already exists")
         if self._only_source_can_make_room(source):
-            self._evict(source)  # e.g. a budget of one live session: fork through the snapshot
-        self._admit(target)
-        session = target.session
-        assert session is not None
+            self._evict(source)  # e.g. a budget of one live session: fork through the evicted state
+        session = self._admit(target)
         try:
-            with self._transfer(target, 2 * self._fork_state_bytes(source)):
-                state = self._fork_state(source, session)
-                if state is not None:
-                    session.import_state(state)
-                del state
+            self._copy_state(source, session)
         except BaseException:
             self._discard_session(target)
             raise
@@ -486,87 +666,98 @@ class SessionPool:
 
     def _only_source_can_make_room(self, source: _Workspace) -> bool:
         with self._cv:
-            if source.session is None or self._fits(self._kv_per_session, "session"):
+            if source.session is None or self._spare is not None or self._fits(self._kv_per_session, "session"):
                 return False
             return not any(w.session is not None and w.holder is None for w in self._ws.values())
 
-    def _fork_state_bytes(self, source: _Workspace) -> int:
+    def _copy_state(self, source: _Workspace, session: KVSession) -> None:
+        with self._cv:
+            pending = self._pending.get(source.id)
         if source.session is not None:
-            return self.state_bytes_estimate(len(source.session.resident_tokens()))
-        return source.snapshot.size_bytes if source.snapshot is not None else 0
-
-    def _fork_state(self, source: _Workspace, target: KVSession) -> SessionState | None:
-        if source.session is not None:
-            return source.session.export_state() if source.session.resident_tokens() else None
-        if source.snapshot is None:
-            return None
-        return self._store.load(source.id, SnapshotIdentity.of(target))[1]
+            if source.session.resident_tokens():
+                held = self._reserve(source, 2 * self.state_bytes_estimate(len(source.session.resident_tokens())))
+                try:
+                    session.import_state(source.session.export_state())
+                finally:
+                    self._resize(held, 0)
+        elif pending is not None:
+            held = self._reserve(source, pending.nbytes)
+            try:
+                session.import_state(pending.state)
+            finally:
+                self._resize(held, 0)
+        elif source.snapshot is not None:
+            held = self._reserve(source, 2 * source.snapshot.size_bytes)
+            try:
+                session.import_state(self._store.load(source.id, SnapshotIdentity.of(session))[1])
+            finally:
+                self._resize(held, 0)
 
     def drop(self, workspace_id: str) -> None:
-        """Forget a workspace: its live session and its snapshot."""
+        """Forget a workspace: its live session, any state on its way to disk, and its snapshot."""
         ws = self._lease(workspace_id, create=False)
         try:
             self._discard_session(ws)
+            self._settle(workspace_id, keep=False)
             self._store.remove(workspace_id)
             ws.snapshot = None
         finally:
             with self._cv:
                 ws.dropped = True
                 self._ws.pop(workspace_id, None)
-                ws.holder = None
-                ws.lease.release()
-                self._cv.notify_all()
+                self._unlease_locked(ws)
 
     def checkpoint(self, workspace_id: str) -> None:
-        """Write the workspace's snapshot now, without evicting it (no-op if the snapshot is current)."""
+        """Make the workspace's current state durable on disk now, without evicting it (no-op if it is)."""
         ws = self._lease(workspace_id, create=False)
         try:
             session = ws.session
             if session is not None and session.resident_tokens():
-                self._remember_resident(ws, session)
-                if not ws.clean:
-                    self._snapshot(ws, session)
+                self._snapshot_now(ws, session)
+            else:
+                self._settle(workspace_id, keep=True)
         finally:
             self._release(ws)
 
     def workspaces(self) -> list[WorkspaceInfo]:
         with self._cv:
-            items = list(self._ws.values())
+            items = [(w, w.id in self._pending) for w in self._ws.values()]
         return [
             WorkspaceInfo(
                 id=w.id,
                 live=w.session is not None,
-                resident_tokens=len(w.tokens) if w.session is not None or w.snapshot is None else w.snapshot.n_tokens,
+                resident_tokens=len(w.tokens) if w.tokens or w.snapshot is None or pending else w.snapshot.n_tokens,
                 kv_bytes=w.kv_bytes,
                 snapshot_bytes=w.snapshot.size_bytes if w.snapshot is not None else 0,
                 last_used=w.last_used,
             )
-            for w in sorted(items, key=lambda w: -w.tick)
+            for w, pending in sorted(items, key=lambda item: -item[0].tick)
         ]
 
     def longest_prefix(self, tokens: Sequence[int], min_tokens: int = 32) -> tuple[str | None, int]:
-        """The workspace (live, or on disk under this pool's identity) whose reusable resident tokens share
-        the longest prefix with tokens, and that length; (None, 0) below min_tokens."""
+        """The workspace (live, evicted, or on disk under this pool's identity) whose reusable resident tokens
+        share the longest prefix with tokens, and that length; (None, 0) below min_tokens."""
         query = tuple(tokens)
         query_chain = token_chain(query)
         best: tuple[int, bool, int, str] | None = None
         with self._cv:
             candidates = [(w, w.session is not None) for w in self._ws.values()]
+            key = self._identity.key()
         for ws, live in candidates:
-            mine, chain, stable = self._routing_view(ws, live)
+            mine, chain, stable = self._routing_view(ws, key)
             n = min(_shared_prefix(query, query_chain, mine, chain), stable)
-            key = (n, live, ws.tick, ws.id)
-            if n >= min_tokens and (best is None or key[:3] > best[:3]):
-                best = key
+            rank = (n, live, ws.tick, ws.id)
+            if n >= min_tokens and (best is None or rank[:3] > best[:3]):
+                best = rank
         return (best[3], best[0]) if best is not None else (None, 0)
 
-    def _routing_view(self, ws: _Workspace, live: bool) -> tuple[tuple[int, ...], tuple[str, ...], int]:
+    def _routing_view(self, ws: _Workspace, identity_key: str) -> tuple[tuple[int, ...], tuple[str, ...], int]:
         entry = ws.snapshot
-        if live or entry is None:
+        if ws.tokens or entry is None:
             return ws.tokens, ws.chain, ws.stable
-        if entry.identity_key != self._identity.key():
+        if entry.identity_key != identity_key:
             return (), (), 0
-        return entry.tokens, entry.chain, entry.stable_len
+        return entry.tokens, entry.chain, min(entry.stable_len, entry.n_tokens)
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids of text with the pool's model, as ensure_prefix would make them (for routing)."""
@@ -576,7 +767,9 @@ class SessionPool:
     def stats(self) -> PoolStats:
         with self._cv:
             live = sum(1 for w in self._ws.values() if w.session is not None)
-            evicted = sum(1 for w in self._ws.values() if w.session is None and w.snapshot is not None)
+            evicted = sum(
+                1 for w in self._ws.values() if w.session is None and (w.snapshot is not None or w.id in self._pending)
+            )
             c = self._counts
             return PoolStats(
                 live_workspaces=live,
@@ -588,9 +781,11 @@ class SessionPool:
                 disk_budget_bytes=self._store.disk_budget_bytes,
                 hits=c["hits"],
                 restores=c["restores"],
+                restores_from_memory=c["restores_from_memory"],
                 misses=c["misses"],
                 miss_reasons=dict(self._miss_reasons),
                 evictions=c["evictions"],
+                pending_writes=len(self._pending),
                 snapshots_written=c["snapshots_written"],
                 snapshot_failures=c["snapshot_failures"],
                 collected=c["collected"],
@@ -599,7 +794,8 @@ class SessionPool:
             )
 
     def close(self) -> None:
-        """Snapshot every live workspace whose snapshot is stale, then free everything. Idempotent."""
+        """Snapshot every live workspace whose state is not on disk, wait for pending writes, free
+        everything. Idempotent."""
         with self._cv:
             if self._closed or self._closing:
                 return
@@ -608,10 +804,15 @@ class SessionPool:
         try:
             for ws in items:
                 self._close_workspace(ws)
+            self._flush()
         finally:
             with self._cv:
                 self._closed = True
+                spare, self._spare = self._spare, None
                 self._cv.notify_all()
+            if spare is not None:
+                spare.close()
+            self._writer.join(timeout=60)
             anchor = getattr(self, "_anchor", None)
             if anchor is not None:
                 anchor.close()
@@ -625,11 +826,16 @@ class SessionPool:
             try:
                 session = ws.session
                 if session.resident_tokens() and not session.explain_context().fatal:
-                    self._remember_resident(ws, session)
-                    if not ws.clean:
-                        self._snapshot(ws, session)
+                    self._snapshot_now(ws, session)
             finally:
                 self._discard_session(ws)
+                ws.holder = None
+
+    def _flush(self) -> None:
+        """Wait until the writer has written (or failed) every queued state."""
+        with self._cv:
+            while any(not p.error for p in self._pending.values()):
+                self._cv.wait(timeout=1.0)
 
     def __enter__(self) -> SessionPool:
         return self
@@ -644,10 +850,6 @@ class SessionPool:
             session.close()
             raise InvalidInputError("the registered session backend does not produce KVSession objects")
         return session
-
-    def _evicted_workspace(self, entry: SnapshotEntry) -> _Workspace:
-        stable = min(entry.stable_len, entry.n_tokens)
-        return _Workspace(entry.workspace_id, snapshot=entry, tokens=(), stable=stable, last_used=entry.last_used)
 
     def _check_open(self, leasing: bool = False) -> None:
         if self._closed or (leasing and self._closing):
