@@ -119,6 +119,13 @@ class LlamaCppContext:
     def step(self, token: int, position: int) -> None:
         self.prefill((token,), position)
 
+    def last_logits(self) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """A copy of the logits of the last decoded output (for exactness checks and benchmarks)."""
+        ptr = lib().llama_get_logits_ith(self._ctx, -1)
+        if not ptr:
+            raise SessionFatalError("no logits are live in this context")
+        return np.ctypeslib.as_array(ptr, (self._n_vocab,)).copy()
+
     def new_sampler(self, config: DecodeConfig) -> LlamaCppSampler:
         return LlamaCppSampler(self._ctx, self._model.vocab, self._n_vocab, config)
 
