@@ -27,6 +27,7 @@ from .pool import PoolStats, SessionPool, WorkspaceInfo
 from .session import (
     ContextReport,
     DecodeReport,
+    DecodeStream,
     Divergence,
     PrefillProgress,
     PrefixInput,
@@ -56,6 +57,7 @@ __all__ = [
     "ContextReport",
     "DecodeConfig",
     "DecodeReport",
+    "DecodeStream",
     "Divergence",
     "GrammarError",
     "InvalidInputError",

@@ -27,6 +27,7 @@ from .residency import explain_divergence, segment_residency, token_byte_offsets
 from .session import (
     ContextReport,
     DecodeReport,
+    DecodeStream,
     Divergence,
     PrefillProgress,
     PrefixInput,
@@ -190,7 +191,7 @@ class KVSession:
                 prefill_s=time.perf_counter() - started,
             )
 
-    def decode(self, config: DecodeConfig | None = None) -> Iterator[StreamChunk]:
+    def decode(self, config: DecodeConfig | None = None) -> DecodeStream:
         """Validate now (errors raise here), then stream chunks while holding the session."""
         cfg = config or DecodeConfig()
         with self._lock.hold():
@@ -481,7 +482,7 @@ class KVSession:
             raise SessionFatalError(f"backend failed; the session is unusable: {exc}") from exc
 
     # -- decode ------------------------------------------------------------------------------
-    def _stream(self, cfg: DecodeConfig, sampler: Sampler) -> Iterator[StreamChunk]:
+    def _stream(self, cfg: DecodeConfig, sampler: Sampler) -> DecodeStream:
         with self._lock.hold():
             try:
                 yield from self._decode_loop(cfg, sampler)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -16,6 +16,7 @@ from .manifest import ContextManifest
 __all__ = [
     "ContextReport",
     "DecodeReport",
+    "DecodeStream",
     "Divergence",
     "EmbedFunc",
     "PrefillProgress",
@@ -177,6 +178,10 @@ class SessionState:
     build_id: str
 
 
+# What decode() returns: iterate it for chunks; close() it to stop early (compute stops promptly).
+DecodeStream = Generator[StreamChunk, None, None]
+
+
 @runtime_checkable
 class Session(Protocol):
     """A persistent, workspace-scoped inference session.
@@ -199,7 +204,7 @@ class Session(Protocol):
         self, suffix: SuffixInput, on_progress: Callable[[PrefillProgress], None] | None = None
     ) -> SuffixStatus: ...
 
-    def decode(self, config: DecodeConfig | None = None) -> Iterator[StreamChunk]: ...
+    def decode(self, config: DecodeConfig | None = None) -> DecodeStream: ...
 
     def explain_context(self) -> ContextReport: ...
 
