@@ -140,3 +140,31 @@ def test_metrics_text_format() -> None:
 @pytest.mark.parametrize(("text", "value"), [("1024", 1024), ("2K", 2048), ("1.5G", 3 << 29), ("512MiB", 512 << 20)])
 def test_parse_size(text: str, value: int) -> None:
     assert parse_size(text) == value
+
+
+class _FakePool:
+    def __init__(self, answer: str | None) -> None:
+        self.answer = answer
+        self.tokenized: list[str] = []
+
+    def tokenize(self, text: str) -> list[int]:
+        self.tokenized.append(text)
+        return [ord(c) for c in text]
+
+    def longest_prefix(self, tokens: list[int], min_tokens: int = 32) -> tuple[str | None, int]:
+        return (self.answer, 40) if self.answer else (None, 0)
+
+
+def test_router_prefers_the_longest_remembered_prompt_without_tokenizing() -> None:
+    from llamanode.server.routing import PromptRouter
+
+    pool = _FakePool("from-pool")
+    router = PromptRouter(pool, 32)  # type: ignore[arg-type]
+    router.remember("short", "<sys>hello")
+    router.remember("long", "<sys>hello<user>q1<assistant>")
+    assert router.find("<sys>hello<user>q1<assistant>a1<user>q2") == ("long", "continues")
+    assert pool.tokenized == []
+    assert router.find("<sys>other") == ("from-pool", "prefix")
+    router.forget("long")
+    assert router.find("<sys>hello<user>q1<assistant>a1") == ("short", "continues")
+    assert PromptRouter(_FakePool(None), 32).find("x") == (None, "none")  # type: ignore[arg-type]

@@ -30,6 +30,7 @@ from .metrics import Metrics
 from .model_info import ModelInfo, ModelProbe
 from .native_routes import NativeRoutes
 from .openai_routes import WORKSPACE_HEADER, OpenAIRoutes
+from .routing import PromptRouter
 
 __all__ = ["App", "Route", "ServerSettings", "make_server"]
 
@@ -92,6 +93,7 @@ class App:
         self.metrics = Metrics()
         self.admission = Admission(settings.parallel, settings.max_queue, settings.queue_timeout_s)
         self.engine = Engine(pool, self.admission, self.metrics, config.num_ctx)
+        self.router = PromptRouter(pool, settings.route_min_tokens)
         info = probe.info
         specials = discover_special_tokens(info.chat_template or "", pool.tokenize, (info.bos_token, info.eos_token))
         self.template = ChatTemplate(

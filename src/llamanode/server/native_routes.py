@@ -88,6 +88,7 @@ class NativeRoutes:
         self._info(workspace)
         with self._lock:
             self._declared.discard(workspace)
+        self.app.router.forget(workspace)
         if any(w.id == workspace for w in self.app.pool.workspaces()):
             with self.app.admission.slot(workspace):
                 self.app.pool.drop(workspace)

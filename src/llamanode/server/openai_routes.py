@@ -74,7 +74,7 @@ class OpenAIRoutes:
         self._check_prompt_size(len(split.prefix.encode()) + len(split.suffix.encode()))
         workspace = self._route(request, body.user, lambda: split.text)
         job = self.app.engine.start(request, workspace, (("chat", split.prefix),), split.suffix, config)
-        return self._respond(request, job, body.stream, _include_usage(body), chat=True)
+        return self._respond(request, job, body.stream, _include_usage(body), split.text, chat=True)
 
     # -- /v1/completions -------------------------------------------------------------------------
     def completions(self, request: Request) -> Response:
@@ -91,7 +91,7 @@ class OpenAIRoutes:
         self._check_prompt_size(len(prompt.encode()))
         workspace = self._route(request, body.user, lambda: prompt)
         job = self.app.engine.start(request, workspace, (("prompt", prompt),), None, config)
-        return self._respond(request, job, body.stream, _include_usage(body), chat=False)
+        return self._respond(request, job, body.stream, _include_usage(body), prompt, chat=False)
 
     # -- /v1/embeddings ------------------------------------------------------------------------
     def embeddings(self, request: Request) -> Response:
@@ -176,21 +176,24 @@ class OpenAIRoutes:
         if user:
             request.log["routed_by"] = "user"
             return "user-" + hashlib.sha256(user.encode("utf-8")).hexdigest()[:24]
-        found, _ = self.app.pool.longest_prefix(self.app.pool.tokenize(full_text()), self.app.settings.route_min_tokens)
+        found, how = self.app.router.find(full_text())
         if found is not None:
-            request.log["routed_by"] = "prefix"
+            request.log["routed_by"] = how
             return found
         request.log["routed_by"] = "new"
         return "auto-" + uuid.uuid4().hex[:16]
 
-    def _respond(self, request: Request, job: Job, stream: bool, include_usage: bool, chat: bool) -> Response:
+    def _respond(
+        self, request: Request, job: Job, stream: bool, include_usage: bool, prompt: str, chat: bool
+    ) -> Response:
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         headers = {"X-Llamanode-Workspace": job.workspace}
         if stream:
-            events = _stream_events(self.app, job, ident, created, chat, include_usage)
+            events = _stream_events(self.app, job, ident, created, chat, include_usage, prompt)
             return StreamResponse(events, headers=headers)
         text, finish = _collect(job)
+        self.app.router.remember(job.workspace, prompt)
         base = {
             "id": ident,
             "object": "chat.completion" if chat else "text_completion",
@@ -219,7 +222,9 @@ def _collect(job: Job) -> tuple[str, str]:
     return "".join(parts), finish
 
 
-def _stream_events(app: App, job: Job, ident: str, created: int, chat: bool, include_usage: bool) -> Iterator[bytes]:
+def _stream_events(
+    app: App, job: Job, ident: str, created: int, chat: bool, include_usage: bool, prompt: str
+) -> Iterator[bytes]:
     obj = "chat.completion.chunk" if chat else "text_completion"
     base = {
         "id": ident,
@@ -253,6 +258,7 @@ def _stream_events(app: App, job: Job, ident: str, created: int, chat: bool, inc
                 first = False
             if chunk.finish_reason is not None:
                 yield event(None, chunk.finish_reason)
+        app.router.remember(job.workspace, prompt)
         if include_usage:
             yield sse_event({**base, "choices": [], "usage": job.usage().openai()})
         yield sse_event("[DONE]")

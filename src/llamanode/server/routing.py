@@ -1,0 +1,52 @@
+"""Routing requests that name no workspace to the one whose resident prompt they continue.
+
+First a byte-level check against the last prompt sent to each workspace (a conversation's next
+request starts with its previous prompt: no tokenization needed), then the pool's token-level
+longest shared prefix. A stale entry only costs warmth, never correctness: ensure_prefix always
+reuses exactly the tokens that match.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .engine import PoolLike
+
+__all__ = ["PromptRouter"]
+
+
+class PromptRouter:
+    def __init__(self, pool: PoolLike, min_tokens: int, capacity: int = 256) -> None:
+        self._pool = pool
+        self._min_tokens = min_tokens
+        self._capacity = capacity
+        self._texts: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def find(self, text: str) -> tuple[str | None, str]:
+        """(workspace or None, how): "continues" (byte check), "prefix" (token check) or "none"."""
+        with self._lock:
+            entries = list(self._texts.items())
+        best: str | None = None
+        best_len = 0
+        for workspace, known in entries:
+            if len(known) > best_len and text.startswith(known):
+                best, best_len = workspace, len(known)
+        if best is not None:
+            return best, "continues"
+        found, _ = self._pool.longest_prefix(self._pool.tokenize(text), self._min_tokens)
+        return (found, "prefix") if found is not None else (None, "none")
+
+    def remember(self, workspace: str, text: str) -> None:
+        with self._lock:
+            self._texts.pop(workspace, None)
+            self._texts[workspace] = text
+            while len(self._texts) > self._capacity:
+                self._texts.popitem(last=False)
+
+    def forget(self, workspace: str) -> None:
+        with self._lock:
+            self._texts.pop(workspace, None)
