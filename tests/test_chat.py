@@ -168,3 +168,22 @@ def test_prefix_plus_suffix_tokenizes_like_the_whole_prompt(
     assert split.prefix + split.suffix == smollm2().render(conversation)
     assert tokenize(split.prefix) + tokenize(split.suffix) == tokenize(split.text)
     assert split.suffix.startswith("<|im_start|>")
+
+
+def test_developer_role_is_rendered_as_system_like_llama_server() -> None:
+    text = smollm2().render(msgs(("developer", "Rules."), ("user", "x")))
+    assert text.startswith("<|im_start|>system\nRules.<|im_end|>\n")
+
+
+def test_a_final_assistant_message_is_continued_not_closed() -> None:
+    template = smollm2()
+    conversation = msgs(("user", "Write add."), ("assistant", "def add(a, b):"))
+    split = template.split(conversation)
+    assert (
+        split.text == DEFAULT_SYSTEM + "<|im_start|>user\nWrite add.<|im_end|>\n<|im_start|>assistant\ndef add(a, b):"
+    )
+    assert split.suffix == "<|im_start|>assistant\ndef add(a, b):"
+    empty = template.render(msgs(("user", "u"), ("assistant", "")))
+    assert empty == DEFAULT_SYSTEM + "<|im_start|>user\nu<|im_end|>\n"  # llama-server drops it, no generation prompt
+    with pytest.raises(ChatTemplateError, match="2 or more assistant"):
+        template.render(msgs(("user", "u"), ("assistant", "a"), ("assistant", "b")))

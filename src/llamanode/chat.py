@@ -138,7 +138,8 @@ class ChatTemplate:
 
     def render(self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True) -> str:
         """The prompt text llama-server would tokenize (BOS text stripped when the vocab adds BOS)."""
-        return self._render([m.as_template_value() for m in messages], add_generation_prompt)
+        values, generation, tail = self._prepare(messages, add_generation_prompt)
+        return self._render(values, generation) + (tail or "")
 
     def split(self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True) -> SplitPrompt:
         """Render, then cut right before the special token that opens the last message.
@@ -149,13 +150,40 @@ class ChatTemplate:
         """
         if not messages:
             raise ChatTemplateError("messages must not be empty")
-        values = [m.as_template_value() for m in messages]
-        full = self._render(values, add_generation_prompt)
-        probe = self._render([*values[:-1], {**values[-1], "content": _SENTINEL}], add_generation_prompt)
+        values, generation, tail = self._prepare(messages, add_generation_prompt)
+        full = self._render(values, generation) + (tail or "")
+        if tail is not None:
+            probe = self._render(values, generation) + _SENTINEL
+        elif not values:
+            probe = ""
+        else:
+            probe = self._render([*values[:-1], {**values[-1], "content": _SENTINEL}], generation)
         limit = _common_prefix_len(full, probe)
         seam = max((full.rfind(tok, 0, limit) for tok in self.special_tokens), default=-1)
         seam = max(seam, 0)
         return SplitPrompt(full[:seam], full[seam:])
+
+    def _prepare(
+        self, messages: Sequence[ChatMessage], add_generation_prompt: bool
+    ) -> tuple[list[dict[str, Any]], bool, str | None]:
+        """llama-server's rewrites: (messages to render, add_generation_prompt, continued text or None).
+
+        - `developer` becomes `system` (except for GPT-OSS templates, which know `developer`);
+        - a final assistant message is continued, not closed: the others are rendered with the
+          generation prompt and its content is appended (llama-server's default prefill_assistant).
+        """
+        values = [m.as_template_value() for m in messages]
+        if "<|channel|>" not in self.source:
+            for value in values:
+                if value["role"] == "developer":
+                    value["role"] = "system"
+        if add_generation_prompt and values and values[-1]["role"] == "assistant":
+            if len(values) >= 2 and values[-2]["role"] == "assistant":
+                raise ChatTemplateError("cannot have 2 or more assistant messages at the end of the list")
+            if not values[-1]["content"]:  # llama-server drops an empty one, and adds no generation prompt
+                return values[:-1], False, None
+            return values[:-1], True, str(values[-1]["content"])
+        return values, add_generation_prompt, None
 
     def _render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
         from jinja2 import TemplateError

@@ -1,0 +1,111 @@
+"""Our rendering against llama.cpp's own: llama-server's /apply-template on the same GGUF.
+
+Needs the llama-server binary (bench/build_llama_server.sh); skipped when it is not built.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llamanode import KVSession, default_model_path
+from llamanode.chat import ChatMessage, ChatTemplate, discover_special_tokens
+
+LLAMA_SERVER = Path(os.environ.get("LLAMA_SERVER", Path.home() / ".cache/llamanode/llama-server/bin/llama-server"))
+
+pytestmark = pytest.mark.skipif(not LLAMA_SERVER.exists(), reason=f"{LLAMA_SERVER} not built")
+
+
+@pytest.fixture(scope="module")
+def llama_server() -> Iterator[httpx.Client]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [str(LLAMA_SERVER), "-m", str(default_model_path()), "--port", str(port), "-c", "512", "-t", "1", "-np", "1"]
+    proc = subprocess.Popen([*cmd, "--jinja", "--no-webui"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if client.get("/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, "llama-server did not start"
+            time.sleep(0.2)
+        yield client
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(20)
+
+
+@pytest.fixture(scope="module")
+def ours(model_keeper: KVSession) -> ChatTemplate:
+    source = model_keeper.identity.chat_template
+    specials = discover_special_tokens(source or "", model_keeper.tokenize, ("<|im_start|>", "<|im_end|>"))
+    return ChatTemplate(source, special_tokens=specials)
+
+
+def _theirs(client: httpx.Client, messages: list[dict[str, object]]) -> str:
+    response = client.post("/apply-template", json={"messages": messages})
+    assert response.status_code == 200, response.text
+    return str(response.json()["prompt"])
+
+
+CASES: list[list[dict[str, object]]] = [
+    [{"role": "user", "content": "hi"}],
+    [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "hi"}],
+    [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}],
+    [{"role": "developer", "content": "Rules."}, {"role": "user", "content": "x"}],
+    [{"role": "user", "content": [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]}],
+    [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Sure, here"}],
+    [{"role": "user", "content": "  spaces \n\n and <|im_start|> inside  "}],
+    [{"role": "user", "content": "ünïcödé 😀 \t tabs"}],
+]
+
+
+def _ours(template: ChatTemplate, messages: list[dict[str, object]]) -> str:
+    chat = []
+    for m in messages:
+        content = m["content"]
+        if isinstance(content, list):
+            content = "\n".join(str(part["text"]) for part in content)
+        chat.append(ChatMessage(str(m["role"]), str(content)))
+    split = template.split(chat)
+    assert split.prefix + split.suffix == template.render(chat)
+    return split.text
+
+
+@pytest.mark.parametrize("messages", CASES, ids=[str(i) for i in range(len(CASES))])
+def test_rendering_equals_llama_servers(
+    llama_server: httpx.Client, ours: ChatTemplate, messages: list[dict[str, object]]
+) -> None:
+    assert _ours(ours, messages) == _theirs(llama_server, messages)
+
+
+_text = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=40)
+
+
+@settings(max_examples=40)
+@given(
+    system=st.one_of(st.none(), _text),
+    turns=st.lists(_text, min_size=1, max_size=5),
+)
+def test_random_conversations_render_like_llama_server(
+    llama_server: httpx.Client, ours: ChatTemplate, system: str | None, turns: list[str]
+) -> None:
+    messages: list[dict[str, object]] = [{"role": "system", "content": system}] if system is not None else []
+    messages += [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
+    assert _ours(ours, messages) == _theirs(llama_server, messages)
