@@ -114,8 +114,16 @@ class Turn:
     total_s: float
 
 
-def stream_chat(client: httpx.Client, model: str, messages: list[dict[str, str]], max_tokens: int) -> Turn:
-    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+def stream_chat(client: httpx.Client, model: str, messages: list[dict[str, str]], max_tokens: int, usage: bool) -> Turn:
+    body: dict[str, object] = {
+        "model": model,
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+    }
+    if usage:
+        body["stream_options"] = {"include_usage": True}
     started = time.perf_counter()
     first: float | None = None
     last = started
@@ -218,7 +226,8 @@ def run_chat(
             for server in order:
                 history = histories[server.name]
                 history.append({"role": "user", "content": QUESTIONS[t % len(QUESTIONS)]})
-                turn = stream_chat(clients[server.name], model_ids[server.name], history, max_tokens)
+                usage = not server.name.startswith("llama-cpp-python")  # its server predates stream_options
+                turn = stream_chat(clients[server.name], model_ids[server.name], history, max_tokens, usage)
                 history.append({"role": "assistant", "content": turn.text})
                 results[server.name].append(turn)
                 print(

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from test_server_support import API_KEY, MODEL, ServerProcess, chat, locked_server, server
+from test_server_support import ALLOWED_ORIGIN, API_KEY, MODEL, ServerProcess, chat, locked_server, server
 
 __all__ = ["locked_server", "server"]
 
@@ -218,3 +218,23 @@ def test_cors_is_off_unless_named(server: ServerProcess) -> None:
 def test_foreign_host_header_is_refused(server: ServerProcess) -> None:
     with server.http() as http:
         _error(http.get("/v1/models", headers={"Host": "attacker.example"}), 403, "invalid_host")
+
+
+def test_cors_for_a_named_origin(locked_server: ServerProcess) -> None:
+    with locked_server.http() as http:
+        preflight = http.options(
+            "/v1/chat/completions",
+            headers={"Origin": ALLOWED_ORIGIN, "Access-Control-Request-Method": "POST"},
+        )
+        assert preflight.status_code == 204
+        assert preflight.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+        assert "Authorization" in preflight.headers["access-control-allow-headers"]
+        response = http.get("/v1/models", headers={"Origin": ALLOWED_ORIGIN})
+        assert response.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+        other = http.get("/v1/models", headers={"Origin": "http://localhost:9999"})
+        assert "access-control-allow-origin" not in other.headers
+
+
+def test_session_ids_in_paths_are_validated(server: ServerProcess) -> None:
+    with server.http() as http:
+        _error(http.get("/v1/llamanode/sessions/..%2F..%2Fetc"), 400, "invalid_workspace")

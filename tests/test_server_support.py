@@ -23,6 +23,7 @@ import pytest
 
 MODEL = "SmolLM2-135M-Instruct.Q4_1"
 API_KEY = "test-key-123"
+ALLOWED_ORIGIN = "http://localhost:5173"
 BASE_ARGS = ("--threads", "1", "--ctx", "2048")
 
 
@@ -139,7 +140,17 @@ def server() -> Iterator[ServerProcess]:
 def locked_server() -> Iterator[ServerProcess]:
     """A second server: API key on, small limits, one compute slot and a queue of one."""
     proc = start_server(
-        "--max-body", "64K", "--max-prompt", "16K", "--parallel", "1", "--max-queue", "1", api_key=API_KEY
+        "--max-body",
+        "64K",
+        "--max-prompt",
+        "16K",
+        "--parallel",
+        "1",
+        "--max-queue",
+        "1",
+        "--cors-origin",
+        ALLOWED_ORIGIN,
+        api_key=API_KEY,
     )
     yield proc
     proc.stop()

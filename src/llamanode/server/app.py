@@ -31,10 +31,12 @@ from .model_info import ModelInfo, ModelProbe
 from .native_routes import NativeRoutes
 from .openai_routes import WORKSPACE_HEADER, OpenAIRoutes
 from .routing import PromptRouter
+from .schemas import WORKSPACE_ID_PATTERN
 
 __all__ = ["App", "Route", "ServerSettings", "make_server"]
 
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+_WORKSPACE_RE = re.compile(WORKSPACE_ID_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -276,6 +278,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 route, params = app.match(self.command, parts.path)
                 route_name = route.path
+                _check_params(params)
                 request.params = params
                 if not route.public:
                     self._check_auth()
@@ -366,7 +369,17 @@ class _Handler(BaseHTTPRequestHandler):
         if length > limit:
             self.close_connection = True  # the body stays unread
             raise ApiError(413, f"request body is {length} bytes; the limit is {limit}", code="body_too_large")
-        return self.rfile.read(length) if length else b""
+        if not length:
+            return b""
+        try:
+            body = self.rfile.read(length)
+        except (TimeoutError, ConnectionError) as exc:
+            self.close_connection = True
+            raise ApiError(408, "timed out reading the request body", code="request_timeout") from exc
+        if len(body) < length:
+            self.close_connection = True
+            raise ApiError(400, f"request body ended after {len(body)} of {length} bytes", code="invalid_request")
+        return body
 
     def _preflight(self) -> Response:
         origin = self.headers.get("Origin")
@@ -447,6 +460,12 @@ class _Handler(BaseHTTPRequestHandler):
         lines = [f"HTTP/1.1 {status} {reason}", f"Server: {self.server_version}", f"Date: {self.date_time_string()}"]
         lines.extend(f"{k}: {v}" for k, v in headers.items())
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _check_params(params: dict[str, str]) -> None:
+    workspace = params.get("id")
+    if workspace is not None and not _WORKSPACE_RE.match(workspace):
+        raise ApiError(400, f"session id must match {WORKSPACE_ID_PATTERN}", code="invalid_workspace", param="id")
 
 
 def _is_loopback(host: str) -> bool:

@@ -43,6 +43,7 @@ _ERRORS = {
     "401": "Missing or wrong API key",
     "403": "Host or CORS origin not allowed",
     "404": "Unknown route, model or session",
+    "408": "Timed out reading the request body",
     "405": "Method not allowed on this route",
     "409": "Conflict (session exists, manifest or snapshot mismatch, workspace busy)",
     "410": "Session closed",
