@@ -175,3 +175,9 @@ def test_embeddings_float_and_base64(server: ServerProcess) -> None:
     assert result.usage.prompt_tokens > 0
     floats = client.embeddings.create(model=MODEL, input="hello world", encoding_format="float")
     assert floats.data[0].embedding == pytest.approx(vectors[0], abs=1e-6)
+
+
+def test_embedding_an_input_without_tokens_is_400(server: ServerProcess) -> None:
+    with server.http() as http:
+        response = http.post("/v1/embeddings", json={"model": MODEL, "input": ["ok", "\x1d"]})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "input"

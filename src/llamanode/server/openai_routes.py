@@ -101,12 +101,20 @@ class OpenAIRoutes:
         self._check_prompt_size(sum(len(t.encode()) for t in texts))
         data: list[dict[str, Any]] = []
         tokens = 0
+        counts = [len(self.app.pool.tokenize(text)) for text in texts]
+        if 0 in counts:
+            raise ApiError(
+                400,
+                f"input {counts.index(0)} has no tokens (e.g. only control characters)",
+                param="input",
+                code="invalid_input",
+            )
         with self.app.admission.slot(None):
             for index, text in enumerate(texts):
                 vector = embed(self.app.model_path, self.app.config, text)
                 if body.dimensions is not None and body.dimensions != len(vector):
                     raise from_exception(UnsupportedFeatureError(f"dimensions other than {len(vector)}"), "dimensions")
-                tokens += len(self.app.pool.tokenize(text))
+                tokens += counts[index]
                 value: Any = vector
                 if body.encoding_format == "base64":
                     value = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
