@@ -80,6 +80,7 @@ class Results:
     turns: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     pool_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     restart: dict[str, dict[str, float]] = field(default_factory=dict)
+    forks: list[float] = field(default_factory=list)
     sizes: dict[str, dict[str, float]] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
 
@@ -174,12 +175,23 @@ def switch(plan: Plan, config: Config, prompts: Prompts, root: Path, store: Path
                     results.turns.setdefault(f"pool, {label}", []).append(turn)
                     ms = turn["ttft"] * 1e3, turn["lease"] * 1e3
                     log(f"switch rep {rep} pool {label} {name}: ttft {ms[0]:.0f} ms (lease {ms[1]:.0f})")
+        fork(pools["fits 3"], results)
         for label, pool in pools.items():
             results.pool_stats[label] = _plain(asdict(pool.stats()))
     finally:
         for pool in pools.values():
             pool.close()
     llama(plan, config, prompts, results)
+
+
+def fork(pool: SessionPool, results: Results) -> None:
+    """Fork the live workspace A (export + import into a reused or new context) vs re-prefilling it."""
+    for i in range(3):
+        t0 = now()
+        pool.fork("A", f"A-fork-{i}")
+        results.forks.append(now() - t0)
+        pool.drop(f"A-fork-{i}")
+    log(f"fork of A: {min(results.forks) * 1e3:.0f} ms (best of 3)")
 
 
 def llama(plan: Plan, config: Config, prompts: Prompts, results: Results) -> None:
@@ -304,6 +316,9 @@ def evaluate(results: Results) -> None:
         s[f"switch_{label}_s"] = switch
         s[f"switch_{label}_vs_warm"] = ratio(switch, warm)
         s[f"switch_{label}_vs_cold"] = ratio(switch, cold)
+    s["fork_s"] = stats(results.forks).median
+    s["prefix_prefill_s"] = stats([t["ensure"] for t in results.cold_turns]).median
+    s["fork_vs_prefill"] = ratio(s["prefix_prefill_s"], s["fork_s"])
     s["llama_switch_s"] = med.get("Llama, one context", float("nan"))
     s["llama_same_workspace_s"] = med.get("Llama, same workspace", float("nan"))
     restored, cold_restart = results.restart.get("restored"), results.restart.get("cold")
@@ -337,6 +352,10 @@ def report(results: Results) -> str:
         "## Process restart to first token (workspace A)",
         "",
         _restart_table(results),
+        "",
+        "## Fork (live workspace A into a new workspace)",
+        "",
+        _fork_table(results.summary),
         "",
         "## Snapshot size",
         "",
@@ -376,6 +395,11 @@ def _restart_table(results: Results) -> str:
                          r["suffix_and_first"], int(r["reused"])])  # fmt: skip
     headers = ["start", "spawn to 1st token s", "import s", "pool open s", "prefix warm s", "suffix + 1st s", "reused"]
     return md_table(headers, rows)
+
+
+def _fork_table(s: dict[str, Any]) -> str:
+    row = [s["fork_s"] * 1e3, s["prefix_prefill_s"] * 1e3, f"{s['fork_vs_prefill']:.0f}x"]
+    return md_table(["fork median ms", "prefix prefill median ms", "fork is faster by"], [row])
 
 
 def _target_table(s: dict[str, Any]) -> str:
