@@ -60,10 +60,14 @@ def test_second_turn_is_warm_and_answers_like_a_cold_server(
     server: ServerProcess, locked_server: ServerProcess
 ) -> None:
     convo = conversation("median")
+    mark = server.mark()
     first = chat(server, convo[:2], workspace="oa-warm", max_tokens=24)
     turn2 = [*convo[:2], {"role": "assistant", "content": first.choices[0].message.content}, convo[3]]
     warm = chat(server, turn2, workspace="oa-warm", max_tokens=24)
     assert warm.usage.prompt_tokens_details.cached_tokens > 0  # type: ignore[union-attr]
+    logs = server.wait_logs(mark, 2, "/v1/chat/completions")
+    assert logs[0]["warm_next_tokens"] > 0  # the answer was prefilled after the first response...
+    assert logs[1]["prefilled_tokens"] == 0  # ...so the whole second prefix (answer included) was warm
     cold = chat(locked_server, turn2, workspace="oa-warm-cold", max_tokens=24)
     assert cold.usage.prompt_tokens_details.cached_tokens == 0  # type: ignore[union-attr]
     assert warm.choices[0].message.content == cold.choices[0].message.content

@@ -65,6 +65,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queue-timeout", type=float, default=300.0, help="seconds a request may wait before 503")
     parser.add_argument("--max-body", type=parse_size, default=8 << 20, help="request body limit (default: 8M)")
     parser.add_argument("--max-prompt", type=parse_size, default=2 << 20, help="rendered prompt limit (default: 2M)")
+    parser.add_argument(
+        "--no-warm-next",
+        action="store_true",
+        help="do not prefill a chat answer ahead of the next turn (after the response is sent)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no per-request JSON log lines on stderr")
 
 
@@ -86,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         queue_timeout_s=args.queue_timeout,
         aliases=tuple(args.alias),
         log_requests=not args.quiet,
+        warm_next=not args.no_warm_next,
     )
     app = build_app(
         settings,

@@ -53,6 +53,7 @@ class ServerSettings:
     route_min_tokens: int = 32
     aliases: tuple[str, ...] = ()
     idle_timeout_s: float = 120.0
+    warm_next: bool = True  # after a chat answer, prefill it as the next request will send it back
     log_requests: bool = True
 
 
@@ -184,6 +185,7 @@ class App:
         m.describe("llamanode_requests_total", "counter", "HTTP requests by route and status")
         m.describe("llamanode_refusals_total", "counter", "Requests refused before any work (queue full, too large...)")
         m.describe("llamanode_client_disconnects_total", "counter", "Streams cancelled because the client went away")
+        m.describe("llamanode_warm_next_tokens_total", "counter", "Answer tokens prefilled ahead of the next turn")
 
         def collect() -> list[tuple[str, str, dict[str, str], float]]:
             stats = self.admission.stats()
@@ -304,6 +306,10 @@ class _Handler(BaseHTTPRequestHandler):
             except (BrokenPipeError, ConnectionResetError, TimeoutError):
                 request.log["client_gone"] = True
                 self.close_connection = True
+            finally:
+                after = getattr(response, "after", None)
+                if after is not None:
+                    after()
         app.metrics.inc("llamanode_requests_total", labels={"route": route_name, "status": str(status)})
         if status in (413, 429, 503):
             app.metrics.inc("llamanode_refusals_total", labels={"status": str(status)})

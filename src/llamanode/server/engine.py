@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..config import DecodeConfig
-from ..errors import ContextOverflowError
+from ..errors import ContextOverflowError, LlamaNodeError
 from ..kvsession import KVSession
 from ..session import DecodeReport, PrefixStatus, StreamChunk, SuffixStatus
 from .admission import Admission
@@ -74,8 +74,11 @@ class Job:
         suffix: SuffixStatus | None,
         chunks: Iterator[StreamChunk],
         stack: ExitStack,
+        session: KVSession,
     ) -> None:
         self.engine = engine
+        self.session = session
+        self.after_success: Callable[[KVSession], None] | None = None
         self.request = request
         self.workspace = workspace
         self.prefix = prefix
@@ -84,6 +87,8 @@ class Job:
         self.finish_reason: str | None = None
         self.generated = 0
         self.cancelled = False
+        self.error: LlamaNodeError | None = None
+        self._parts: list[str] = []
         self._chunks = chunks
         self._stack = stack
         self._first_at: float | None = None
@@ -103,27 +108,39 @@ class Job:
         return Usage(self.prompt_tokens, self.cached_tokens, self.generated)
 
     def __iter__(self) -> Iterator[StreamChunk]:
+        """Chunks until the final one. An early end (error, client gone) closes the job at once;
+        a complete one leaves closing to the owner, after the response is written."""
         try:
             for chunk in self._chunks:
                 if self._first_at is None:
                     self._first_at = time.perf_counter()
                 self.generated += len(chunk.token_ids)
+                self._parts.append(chunk.text)
                 if chunk.report is not None:
                     self.report = chunk.report
                     self.generated = chunk.report.generated_tokens
                     self.finish_reason = chunk.finish_reason
+                    self.error = chunk.error
                 yield chunk
                 if chunk.finish_reason is None and self.request.client_gone():
                     raise ClientGone()
-        except (ClientGone, GeneratorExit):
-            if self.report is None:  # closed before the final chunk: the client went away
+        except BaseException:
+            if self.report is None:  # closed before the final chunk: the client went away (or a failure)
                 self.cancelled = True
                 self.request.log["client_gone"] = True
-            raise
-        finally:
             self.close()
+            raise
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)
+
+    @property
+    def completed(self) -> bool:
+        return self.report is not None and self.error is None and not self.cancelled
 
     def close(self) -> None:
+        """Release the workspace. After a complete generation, run after_success first (still leased)."""
         if self._closed:
             return
         self._closed = True
@@ -131,9 +148,16 @@ class Job:
             close = getattr(self._chunks, "close", None)
             if close is not None:
                 close()
+            self.engine.finished(self)
+            if self.after_success is not None and self.completed and not self.request.log.get("client_gone"):
+                started = time.perf_counter()
+                try:
+                    self.after_success(self.session)
+                except LlamaNodeError as exc:  # only a warm-up: the answer is already out
+                    self.request.log["after_error"] = type(exc).__name__
+                self.request.log["after_ms"] = round((time.perf_counter() - started) * 1000, 2)
         finally:
             self._stack.close()
-            self.engine.finished(self)
 
     @property
     def ttft_s(self) -> float | None:
@@ -206,7 +230,7 @@ class Engine:
         except BaseException:
             stack.close()
             raise
-        return Job(self, request, workspace, prefix, suffix_status, chunks, stack)
+        return Job(self, request, workspace, prefix, suffix_status, chunks, stack, session)
 
     def stream_only(self, request: Request, workspace: str, config: DecodeConfig) -> Job:
         """Decode from whatever the workspace holds (the native decode route)."""
@@ -217,7 +241,7 @@ class Engine:
         except BaseException:
             stack.close()
             raise
-        return Job(self, request, workspace, None, None, chunks, stack)
+        return Job(self, request, workspace, None, None, chunks, stack, session)
 
     def record_prefix(self, request: Request, prefix: PrefixStatus) -> None:
         self.metrics.inc("llamanode_prompt_tokens_reused_total", prefix.reused_tokens)

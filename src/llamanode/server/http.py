@@ -53,6 +53,7 @@ class JsonResponse:
     body: Any
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
+    after: Callable[[], None] | None = None  # run once the response is written (or failed to be)
 
 
 @dataclass
@@ -70,6 +71,7 @@ class StreamResponse:
     events: Iterator[bytes]
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
+    after: Callable[[], None] | None = None  # run once the stream is written (or abandoned)
 
 
 Response = JsonResponse | TextResponse | StreamResponse

@@ -127,15 +127,18 @@ class NativeRoutes:
         self._info(workspace)
         job = self.app.engine.stream_only(request, workspace, config)
         if body.stream:
-            return StreamResponse(_decode_events(job), headers={"X-Llamanode-Workspace": workspace})
+            return StreamResponse(_decode_events(job), headers={"X-Llamanode-Workspace": workspace}, after=job.close)
         parts: list[str] = []
         final: dict[str, Any] = {}
-        for chunk in job:
-            parts.append(chunk.text)
-            if chunk.finish_reason is not None:
-                if chunk.error is not None:
-                    raise from_exception(chunk.error)
-                final = {"finish_reason": chunk.finish_reason, "report": to_json(chunk.report)}
+        try:
+            for chunk in job:
+                parts.append(chunk.text)
+                if chunk.finish_reason is not None:
+                    if chunk.error is not None:
+                        raise from_exception(chunk.error)
+                    final = {"finish_reason": chunk.finish_reason, "report": to_json(chunk.report)}
+        finally:
+            job.close()
         return JsonResponse({"text": "".join(parts), **final})
 
     def context(self, request: Request) -> Response:
@@ -181,5 +184,3 @@ def _decode_events(job: Job) -> Iterator[bytes]:
         yield sse_event("[DONE]")
     except ClientGone:
         return
-    finally:
-        job.close()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ..chat import ChatMessage
 from ..config import DecodeConfig
 from ..errors import UnsupportedFeatureError
+from ..kvsession import KVSession
 from ..session import embed
 from .engine import Job
 from .errors import ApiError, from_exception
@@ -74,7 +75,24 @@ class OpenAIRoutes:
         self._check_prompt_size(len(split.prefix.encode()) + len(split.suffix.encode()))
         workspace = self._route(request, body.user, lambda: split.text)
         job = self.app.engine.start(request, workspace, (("chat", split.prefix),), split.suffix, config)
+        if self.app.settings.warm_next:
+            chat = [_message(m) for m in body.messages]
+            job.after_success = lambda session: self._warm_next(request, session, chat, job.text)
         return self._respond(request, job, body.stream, _include_usage(body), split.text, chat=True)
+
+    def _warm_next(self, request: Request, session: KVSession, chat: list[ChatMessage], answer: str) -> None:
+        """Prefill this answer as the next request will send it back, once the response is out.
+
+        The generated tokens' KV came from one-token decode steps and is never reused (it differs
+        from a batched prefill); re-prefilling the answer in a batch while the client reads it
+        makes the next turn's prefix warm up to its new user message, exactly.
+        """
+        if chat[-1].role == "assistant":
+            return
+        expected = self.app.template.split([*chat, ChatMessage("assistant", answer), ChatMessage("user", "")])
+        status = session.ensure_prefix(session.prefix((("chat", expected.prefix),)))
+        self.app.metrics.inc("llamanode_warm_next_tokens_total", status.prefilled_tokens)
+        request.log["warm_next_tokens"] = status.prefilled_tokens
 
     # -- /v1/completions -------------------------------------------------------------------------
     def completions(self, request: Request) -> Response:
@@ -199,8 +217,12 @@ class OpenAIRoutes:
         headers = {"X-Llamanode-Workspace": job.workspace}
         if stream:
             events = _stream_events(self.app, job, ident, created, chat, include_usage, prompt)
-            return StreamResponse(events, headers=headers)
-        text, finish = _collect(job)
+            return StreamResponse(events, headers=headers, after=job.close)
+        try:
+            text, finish = _collect(job)
+        except BaseException:
+            job.close()
+            raise
         self.app.router.remember(job.workspace, prompt)
         base = {
             "id": ident,
@@ -215,7 +237,7 @@ class OpenAIRoutes:
             choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
         else:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-        return JsonResponse({**base, "choices": [choice]}, headers=headers)
+        return JsonResponse({**base, "choices": [choice]}, headers=headers, after=job.close)
 
 
 def _collect(job: Job) -> tuple[str, str]:
@@ -272,8 +294,6 @@ def _stream_events(
         yield sse_event("[DONE]")
     except ClientGone:
         return
-    finally:
-        job.close()
 
 
 def _message(m: ChatMessageIn) -> ChatMessage:
