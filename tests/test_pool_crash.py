@@ -33,12 +33,24 @@ from llamanode import Config, SessionPool
 from llamanode.store import PAUSE_ENV
 {prefix_text}
 store, marker, phase = sys.argv[1:4]
-pool = SessionPool(None, Config(num_ctx=512, num_threads=1), store_dir=store)
+config = Config(num_ctx=512, num_threads=1)
+budget = None
+if phase == "evict":  # one live session: a's v2 is written by the background writer when b evicts it
+    with SessionPool(None, config, store_dir=store + ".probe") as probe:
+        budget = probe.budget_for(1)
+pool = SessionPool(None, config, store_dir=store, memory_budget_bytes=budget)
 for name, version in (("a", 1), ("b", 3)):
     with pool.session(name) as s:
         s.ensure_prefix(s.prefix((("system", prefix_text(version)),)))
     pool.checkpoint(name)
 open(marker + ".ready", "w").close()
+if phase == "evict":
+    with pool.session("a") as s:
+        s.ensure_prefix(s.prefix((("system", prefix_text(2)),)))
+    os.environ[PAUSE_ENV] = "mid_write:" + marker
+    with pool.session("b"):
+        pass
+    pool.close()  # waits for the stalled write
 versions = [2] if phase != "loop" else [2, 4, 5, 6, 7, 8, 9, 10] * 50
 if phase != "loop":
     os.environ[PAUSE_ENV] = phase + ":" + marker
@@ -116,7 +128,7 @@ def assert_store_consistent(store: Path) -> None:
 
 @pytest.mark.parametrize(
     ("phase", "survivor", "cleaned"),
-    [("mid_write", 1, "temp"), ("before_commit", 1, "orphan"), ("before_unlink", 2, "orphan")],
+    [("mid_write", 1, "temp"), ("before_commit", 1, "orphan"), ("before_unlink", 2, "orphan"), ("evict", 1, "temp")],
 )
 def test_sigkill_while_writing_a_snapshot_leaves_a_consistent_store(
     tmp_path: Path, phase: str, survivor: int, cleaned: str

@@ -298,7 +298,11 @@ class SessionPool:
         """A session for ws: an evicted workspace's context, reset, or a new one within the budget."""
         spare = self._make_room(ws, self._kv_per_session, kind="session")
         if spare is not None:
-            spare.reset()
+            try:
+                spare.reset()
+            except BaseException:
+                self._close_spare(spare)
+                raise
             session = spare
         else:
             try:
