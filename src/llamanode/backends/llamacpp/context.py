@@ -137,11 +137,12 @@ class LlamaCppContext:
         written = L.llama_state_seq_get_data(self._ctx, buf, size, 0)
         if written == 0:
             raise SnapshotError("llama_state_seq_get_data wrote nothing")
-        return bytes(buf)[:written]
+        return ctypes.string_at(buf, written)  # one copy, not two
 
     def load_state(self, data: bytes) -> None:
         L = lib()
-        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        # A pointer into the bytes object itself: llama.cpp only reads it, so no copy is needed.
+        buf = ctypes.cast(ctypes.c_char_p(data), ctypes.POINTER(ctypes.c_uint8))
         if L.llama_state_seq_set_data(self._ctx, buf, len(data), 0) != len(data):
             L.llama_memory_seq_rm(self._mem, 0, -1, -1)  # never leave a half-restored sequence
             raise SnapshotError("llama.cpp refused the state (layout, type or size differs)")
