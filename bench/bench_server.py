@@ -429,7 +429,10 @@ def main() -> int:
     parser.add_argument("--skip-llama-server", action="store_true")
     parser.add_argument("--skip-llama-cpp-python", action="store_true")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "server.md")
+    parser.add_argument("--overhead-only", action="store_true", help="only the HTTP overhead (-> server-overhead.md)")
     args = parser.parse_args()
+    if args.overhead_only:
+        return overhead_only(args)
 
     model = default_model_path()
     missing: list[str] = []
@@ -474,6 +477,44 @@ def main() -> int:
         },
     )
     shutil.rmtree(work, ignore_errors=True)
+    print(text)
+    return 0
+
+
+def overhead_only(args: argparse.Namespace) -> int:
+    work = Path(tempfile.mkdtemp(prefix="llamanode-bench-overhead-"))
+    try:
+        http_times, local_times = overhead(default_model_path(), args, args.overhead_reps, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    diffs = [h - loc for h, loc in zip(http_times, local_times, strict=True)]
+    ms = 1000.0
+    text = "\n".join(
+        [
+            "# llamanode serve: HTTP overhead vs the in-process call",
+            "",
+            f"Command: `.venv/bin/python bench/bench_server.py --overhead-only --overhead-reps {args.overhead_reps}`",
+            "",
+            f"Machine: {json.dumps(machine_info())}",
+            "",
+            f"One short warm chat request (max_tokens 1, workspace header), {len(diffs)} pairs of (HTTP, the same "
+            "library calls in process) back to back, one thread each; overhead = median of the paired differences.",
+            "",
+            md_table(
+                ["path", "p50 ms", "p10 ms", "p90 ms"],
+                [
+                    ["HTTP (llamanode serve)", *(v * ms for v in _pcts(http_times))],
+                    ["in process (SessionPool + ChatTemplate)", *(v * ms for v in _pcts(local_times))],
+                    ["paired difference", *(v * ms for v in _pcts(diffs))],
+                ],
+            ),
+            "",
+            f"HTTP overhead p50 <= 5 ms: {verdict(stats(diffs).median * ms <= 5.0)}",
+        ]
+    )
+    out = args.out.with_name("server-overhead.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
     print(text)
     return 0
 
