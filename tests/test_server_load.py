@@ -137,3 +137,23 @@ def test_disconnect_while_not_streaming_also_cancels(server: ServerProcess) -> N
 def test_long_load_run(server: ServerProcess) -> None:
     """The same check for a full minute (slow)."""
     _run_load(server, 60.0)
+
+
+def test_disconnect_during_a_long_prefill_abandons_it(server: ServerProcess) -> None:
+    """A ~1900-token cold prompt prefills in 512-token chunks; hanging up stops it after a chunk."""
+    prompt = "def f(x):\n    return x + 1\n" * 150
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": 4, "temperature": 0, "stream": True}
+    mark = server.mark()
+    sock = _raw_stream(server, body, "dc-prefill")
+    time.sleep(0.3)
+    sock.close()
+    (line,) = server.wait_logs(mark, 1, "/v1/completions", timeout=60)
+    assert line["status"] == 499 and line["client_gone"] and line.get("cancelled_in") == "prefix", line
+    again = server.client().completions.create(
+        model=MODEL,
+        prompt="def g(y):",
+        max_tokens=4,
+        temperature=0,
+        extra_headers={"X-Llamanode-Workspace": "dc-prefill"},
+    )
+    assert again.choices[0].text is not None  # the workspace is usable

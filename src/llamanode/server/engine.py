@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from ..config import DecodeConfig
 from ..errors import ContextOverflowError, LlamaNodeError
 from ..kvsession import KVSession
-from ..session import DecodeReport, PrefixStatus, StreamChunk, SuffixStatus
+from ..session import DecodeReport, PrefillProgress, PrefixStatus, StreamChunk, SuffixStatus
 from .admission import Admission
 from .http import ClientGone, Request
 from .metrics import TPS_BUCKETS, TTFT_BUCKETS, Metrics
@@ -164,6 +164,18 @@ class Job:
         return None if self._first_at is None else self._first_at - self.request.started
 
 
+def _cancel_when_gone(request: Request) -> Callable[[PrefillProgress], None]:
+    """A prefill progress callback that abandons the prefill (after a chunk) once the client is gone."""
+
+    def check(progress: PrefillProgress) -> None:
+        if progress.done_tokens < progress.total_tokens and request.client_gone():
+            request.log["client_gone"] = True
+            request.log["cancelled_in"] = progress.stage
+            raise ClientGone()
+
+    return check
+
+
 class Engine:
     def __init__(self, pool: PoolLike, admission: Admission, metrics: Metrics, num_ctx: int) -> None:
         self.pool = pool
@@ -213,11 +225,12 @@ class Engine:
         try:
             if on_leased is not None:
                 on_leased(session)
-            prefix = session.ensure_prefix(session.prefix(tuple(segments)))
+            cancel = _cancel_when_gone(request)
+            prefix = session.ensure_prefix(session.prefix(tuple(segments)), on_progress=cancel)
             self.record_prefix(request, prefix)
             suffix_status = None
             if suffix:
-                suffix_status = session.prefill_suffix(session.suffix(suffix))
+                suffix_status = session.prefill_suffix(session.suffix(suffix), on_progress=cancel)
                 self.metrics.inc("llamanode_prompt_tokens_prefilled_total", suffix_status.suffix_tokens)
                 request.log["suffix_tokens"] = suffix_status.suffix_tokens
             resident = suffix_status.resident_tokens if suffix_status else prefix.resident_tokens
