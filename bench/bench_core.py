@@ -962,8 +962,11 @@ def plot(results: Results, path: Path) -> bool:
     ax.set_xlabel(f"suffix tokens (prefilled after a {cv['prefix_tokens']}-token resident prefix)")
     ax.set_ylabel("warm time to first token (ms)")
     m = results.machine
+    threads = results.plan.get("llamanode_config", {}).get("threads", "?")
     ax.set_title(
-        f"Warm turn, SmolLM2-135M Q4_1, {m['nproc']} CPUs ({m['date_utc'][:10]}); median, band = min..max", fontsize=9
+        f"Warm turn, SmolLM2-135M Q4_1, {threads} thread(s) on {m['nproc']} CPUs ({m['date_utc'][:10]}); "
+        "median, band = min..max",
+        fontsize=9,
     )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()

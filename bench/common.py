@@ -187,11 +187,24 @@ def file_segments(text: str, marker: str = "# file: ") -> list[tuple[str, str]]:
 
 
 def fit_text(tokenize: Tokenize, make: Callable[[str], str], body: str, n_tokens: int) -> str:
-    """make(body[:cut]) with exactly n_tokens tokens; body is repeated when it is too short."""
+    """make(body[:cut]) with exactly n_tokens tokens; body is repeated when it is too short.
+
+    If no cut near the boundary gives exactly n_tokens (a long token such as an indentation run
+    can jump the count by more than one), the body's start is shifted by a few characters and
+    the search repeated.
+    """
     if len(tokenize(make(""))) > n_tokens:
         raise ValueError(f"the frame alone is longer than {n_tokens} tokens")
     while len(tokenize(make(body))) < n_tokens:
         body = body + "\n" + body
+    for shift in range(0, 400, 13):
+        text = _exact_cut(tokenize, make, body[shift:], n_tokens)
+        if text is not None:
+            return text
+    raise ValueError(f"no cut of the body gives exactly {n_tokens} tokens")
+
+
+def _exact_cut(tokenize: Tokenize, make: Callable[[str], str], body: str, n_tokens: int) -> str | None:
     lo, hi = 0, len(body)
     while lo < hi:  # smallest cut whose text has >= n_tokens tokens
         mid = (lo + hi) // 2
@@ -203,7 +216,7 @@ def fit_text(tokenize: Tokenize, make: Callable[[str], str], body: str, n_tokens
         text = make(body[:cut])
         if len(tokenize(text)) == n_tokens:
             return text
-    raise ValueError(f"no cut of the body gives exactly {n_tokens} tokens")
+    return None
 
 
 def chatml_prefix(tokenize: Tokenize, n_tokens: int, body: str | None = None, intro: str = SYSTEM_INTRO) -> str:
@@ -230,10 +243,15 @@ def chatml_suffix(tokenize: Tokenize, n_tokens: int, variant: int) -> str:
     start = (variant * 1733) % max(1, len(src) - 4096)
     snippet = src[start : start + 8192]
 
-    def make(b: str) -> str:
-        return f"{opener} this code:\n```python\n{b}" + ASSISTANT_TAIL
+    frames = (f"{opener} this code:\n```python\n{{}}", f"{opener}: {{}}", f"{opener.split()[0]} {{}}")
+    for frame in frames:  # short suffixes get a shorter frame
 
-    return fit_text(tokenize, make, snippet, n_tokens)
+        def make(b: str, frame: str = frame) -> str:
+            return frame.format(b) + ASSISTANT_TAIL
+
+        if len(tokenize(make(""))) < n_tokens:
+            return fit_text(tokenize, make, snippet, n_tokens)
+    raise ValueError(f"a suffix needs more than {n_tokens} tokens")
 
 
 # -- machine and output ----------------------------------------------------------------------
