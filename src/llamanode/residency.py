@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 
 from .manifest import ContextManifest, ManifestSegment
@@ -44,8 +45,9 @@ def segment_residency(
     for seg, start in zip(manifest.segments, _segment_starts(manifest.segments), strict=True):
         t0 = t1 = None
         if offsets is not None:
-            t0 = next((i for i, off in enumerate(offsets) if off >= start), n_tokens)
-            t1 = next((i for i, off in enumerate(offsets) if off >= start + seg.byte_len), n_tokens)
+            # offsets never decrease, so the first token at or after a byte is a binary search
+            t0 = bisect_left(offsets, start)
+            t1 = bisect_left(offsets, start + seg.byte_len)
         kept = 0 if t0 is None or t1 is None else max(0, min(reused, t1) - t0)
         span = None if t0 is None or t1 is None else t1 - t0
         state = "reused" if span is not None and kept == span else ("partial" if kept else "prefilled")
