@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import threading
 from pathlib import Path
 from types import ModuleType
@@ -19,9 +18,6 @@ def lib() -> ModuleType:
     """The ctypes module, with llama.cpp's logging silenced and the backend initialised."""
     global _LOG_CALLBACK
     with _init_lock:
-        # OpenMP workers spin while waiting by default; with sessions sharing few cores that made a
-        # warm turn 10x slower in bench_core's contention phase. The caller's setting wins.
-        os.environ.setdefault("OMP_WAIT_POLICY", "passive")
         from llama_cpp import llama_cpp as L
 
         _LOG_CALLBACK = L.llama_log_callback(lambda level, text, user_data: None)
