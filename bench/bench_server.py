@@ -247,13 +247,16 @@ def overhead(model: Path, args: argparse.Namespace, reps: int, work: Path) -> tu
     """One short warm request (max_tokens 1): HTTP vs the same calls in process, back to back.
 
     A dedicated llamanode server and the in-process pool both use one thread (so the two never
-    fight over spinning llama.cpp threads); the pairs alternate their order.
+    fight over spinning llama.cpp threads); the pairs alternate their order. The server runs with
+    --no-warm-next: warming the next turn after each answer is extra work after the response (the
+    chat benchmark measures it), not part of serving this request.
     """
     port = free_port()
     server = Server(
         "llamanode-overhead",
         [sys.executable, "-m", "llamanode.cli", "serve", "--port", str(port), "--model", str(model), "--ctx", "2048",
-         "--threads", "1", "--parallel", "1", "--store-dir", str(work / "store-overhead"), "--quiet"],
+         "--threads", "1", "--parallel", "1", "--store-dir", str(work / "store-overhead"), "--quiet",
+         "--no-warm-next"],
         port,
         "/health",
     )  # fmt: skip
@@ -498,7 +501,8 @@ def overhead_only(args: argparse.Namespace) -> int:
             f"Machine: {json.dumps(machine_info())}",
             "",
             f"One short warm chat request (max_tokens 1, workspace header), {len(diffs)} pairs of (HTTP, the same "
-            "library calls in process) back to back, one thread each; overhead = median of the paired differences.",
+            "library calls in process) back to back, one thread each, server with --no-warm-next; "
+            "overhead = median of the paired differences.",
             "",
             md_table(
                 ["path", "p50 ms", "p10 ms", "p90 ms"],
