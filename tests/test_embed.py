@@ -55,3 +55,8 @@ def test_too_long_a_text_overflows(model_keeper: KVSession) -> None:
     with pytest.raises(ContextOverflowError) as info:
         llamanode.embed(None, None, "word " * 3000)
     assert info.value.stage == "embed" and info.value.additional_tokens > info.value.num_ctx
+
+
+def test_text_without_tokens_is_invalid_input() -> None:
+    with pytest.raises(InvalidInputError, match="no tokens"):
+        llamanode.embed(None, None, "\x1d")

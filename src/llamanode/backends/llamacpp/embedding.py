@@ -57,6 +57,8 @@ def embed_text(model_path: str, config: Config, text: str) -> list[float]:
         n = L.llama_tokenize(vocab, raw, len(raw), arr, len(arr), False, False)
         if n > _MAX_TOKENS or n < 0:
             raise ContextOverflowError("embed", 0, abs(n), _MAX_TOKENS)
+        if n == 0:
+            raise InvalidInputError("text has no tokens to embed (only control characters?)")
         L.llama_memory_clear(L.llama_get_memory(ctx), True)
         batch = L.llama_batch_get_one(arr, n)
         if L.llama_decode(ctx, batch) != 0:
