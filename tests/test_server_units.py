@@ -168,3 +168,12 @@ def test_router_prefers_the_longest_remembered_prompt_without_tokenizing() -> No
     router.forget("long")
     assert router.find("<sys>hello<user>q1<assistant>a1") == ("short", "continues")
     assert PromptRouter(_FakePool(None), 32).find("x") == (None, "none")  # type: ignore[arg-type]
+
+
+def test_a_full_memory_budget_is_503_not_a_conflict() -> None:
+    from llamanode.errors import MemoryBudgetError
+    from llamanode.server.errors import from_exception
+
+    error = from_exception(MemoryBudgetError("budget full"))
+    assert error.status == 503
+    assert error.code == "memory_budget_full"

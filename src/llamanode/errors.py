@@ -4,6 +4,7 @@
     ├── SessionUnavailableError     no backend registered / native library missing
     ├── SessionClosedError          the session was closed
     ├── SessionBusyError            re-entrant call while a decode stream is open
+    │   └── MemoryBudgetError       the pool cannot make room: live workspaces are all leased
     ├── SessionFatalError           the backend marked the session unusable
     ├── ContextOverflowError        prefix, suffix or decode would exceed num_ctx
     ├── ManifestMismatchError       manifest refused (names the field)
@@ -25,6 +26,7 @@ __all__ = [
     "InvalidInputError",
     "LlamaNodeError",
     "ManifestMismatchError",
+    "MemoryBudgetError",
     "SessionBusyError",
     "SessionClosedError",
     "SessionFatalError",
@@ -50,6 +52,10 @@ class SessionClosedError(LlamaNodeError):
 
 class SessionBusyError(LlamaNodeError):
     """A call re-entered a session that is busy in the same thread."""
+
+
+class MemoryBudgetError(SessionBusyError):
+    """The memory budget is full of leased workspaces; retry when one is released."""
 
 
 class SessionFatalError(LlamaNodeError):

@@ -22,6 +22,7 @@ from pathlib import Path
 from .config import Config
 from .errors import (
     InvalidInputError,
+    MemoryBudgetError,
     SessionBusyError,
     SessionClosedError,
     SnapshotCorruptError,
@@ -393,7 +394,7 @@ class SessionPool:
                 f" writes failed: {failed[0]}"
             )
         if any(w.session is not None and w.holder == mine for w in self._ws.values() if w is not me):
-            raise SessionBusyError(
+            raise MemoryBudgetError(
                 f"memory budget is full of workspaces this thread holds; cannot make room for {me.id!r}"
             )
         raise SnapshotError(f"{kind} of {nbytes} B for {me.id!r} does not fit the memory budget")
