@@ -40,7 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     tree = args.src or Path(__file__).resolve().parent.parent
     files = {name: (tree / name).read_text(encoding="utf-8") for name in args.files}
-    decode = DecodeConfig(max_tokens=args.max_tokens, stop=("<|im_end|>", "\n\n"))
+    decode = DecodeConfig(max_tokens=args.max_tokens, stop=("<|im_end|>", "\n\n"), repeat_penalty=1.2)
     print(f"llamanode demo: {len(files)} files of {tree} as the stable prefix", flush=True)
     with open_session(args.model, config_from_args(args)) as session:
         assert isinstance(session, KVSession)
