@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, BinaryIO
 
+from .buffers import read_hashed
 from .errors import SnapshotCorruptError, SnapshotMismatchError
 from .kvsession import KVSession
 from .manifest import ContextManifest, ManifestSegment, byte_hash
@@ -272,9 +273,8 @@ def read_snapshot(f: BinaryIO, expected: SnapshotIdentity | None) -> tuple[Snaps
     f.seek(offset)
     n_tok = 4 * header.n_tokens
     head = _read_exact(f, n_tok + header.text_bytes)
-    kv = _read_exact(f, header.kv_bytes)
     digest = hashlib.sha256(head)
-    digest.update(kv)
+    kv = read_hashed(f, header.kv_bytes, digest)
     if digest.hexdigest() != header.payload_sha256:
         raise SnapshotCorruptError("snapshot payload checksum mismatch")
     tokens = tokens_from_bytes(head[:n_tok])

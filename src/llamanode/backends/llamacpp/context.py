@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ...buffers import fresh_bytes
 from ...config import Config, DecodeConfig
 from ...errors import SessionFatalError, SessionUnavailableError, SnapshotError
 from ...kvsession import KVSession
@@ -133,11 +134,11 @@ class LlamaCppContext:
     def state_bytes(self) -> bytes:
         L = lib()
         size = L.llama_state_seq_get_size(self._ctx, 0)
-        buf = (ctypes.c_uint8 * size)()
-        written = L.llama_state_seq_get_data(self._ctx, buf, size, 0)
+        data, view = fresh_bytes(size)  # llama.cpp writes straight into the bytes object: no zero-fill, no copy
+        written = L.llama_state_seq_get_data(self._ctx, ctypes.cast(view, ctypes.POINTER(ctypes.c_uint8)), size, 0)
         if written == 0:
             raise SnapshotError("llama_state_seq_get_data wrote nothing")
-        return ctypes.string_at(buf, written)  # one copy, not two
+        return data if written == size else data[:written]
 
     def load_state(self, data: bytes) -> None:
         L = lib()
