@@ -60,6 +60,7 @@ class Plan:
     llama_rounds: int
     size_tokens: int
     threads: int
+    switch_only: bool = False  # seed + switch phases only (for iterating on the switch path)
 
 
 FULL = Plan("full", 4096, 92, 3, 2, 1024, 2)
@@ -181,7 +182,8 @@ def switch(plan: Plan, config: Config, prompts: Prompts, root: Path, store: Path
     finally:
         for pool in pools.values():
             pool.close()
-    llama(plan, config, prompts, results)
+    if not plan.switch_only:
+        llama(plan, config, prompts, results)
 
 
 def fork(pool: SessionPool, results: Results) -> None:
@@ -329,7 +331,9 @@ def evaluate(results: Results) -> None:
     s["verdicts"] = {
         "switch <= 1.5x warm": verdict(worst <= TARGETS["switch_vs_warm_max"]),
         "switch <= 0.05x cold": verdict(max(s["switch_fits 1_vs_cold"], s["switch_fits 2_vs_cold"]) <= 0.05),
-        "restart-to-warm >= 20x re-prefill": verdict(s.get("restart_warm_vs_prefill", 0) >= 20),
+        "restart-to-warm >= 20x re-prefill": (
+            verdict(s["restart_warm_vs_prefill"] >= 20) if "restart_warm_vs_prefill" in s else "not run"
+        ),
     }
 
 
@@ -431,8 +435,9 @@ def run(plan: Plan) -> Results:
             prompts = Prompts(probe.tokenize, plan)
             store = seed(plan, config, prompts, root, results)
             switch(plan, config, prompts, root, store, results)
-            restart(plan, config, prompts, root, store, results)
-            sizes(plan, root, store, results)
+            if not plan.switch_only:
+                restart(plan, config, prompts, root, store, results)
+                sizes(plan, root, store, results)
     evaluate(results)
     results.machine["loadavg_end"] = list(os.getloadavg())
     return results
@@ -443,8 +448,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 512-token prefixes, 1 repetition")
     parser.add_argument("--out", type=Path, default=None, help="JSON results (default bench/out/pool[-quick].json)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: 2)")
+    parser.add_argument("--switch-only", action="store_true", help="only seed and switch (no Llama, restart, size)")
     args = parser.parse_args(argv)
-    plan = QUICK if args.quick else FULL
+    plan = dataclasses.replace(QUICK if args.quick else FULL, switch_only=args.switch_only)
     if args.threads:
         plan = dataclasses.replace(plan, threads=args.threads)
     out = args.out or OUT_DIR / f"pool{'-quick' if args.quick else ''}.json"

@@ -107,7 +107,7 @@ def test_restored_session_decodes_like_a_cold_one(store_dir: Path) -> None:
 def test_evicted_and_restored_session_decodes_like_a_cold_one(store_dir: Path) -> None:
     with SessionPool(None, CFG, store_dir=store_dir) as probe:
         budget = probe.budget_for(1)
-    with SessionPool(None, CFG, store_dir=store_dir, memory_budget_bytes=budget) as p:
+    with SessionPool(None, CFG, store_dir=store_dir, memory_budget_bytes=budget, keep_written_states=False) as p:
         with p.session("a") as s:
             assert turn(s, "a", Q1) == cold("a", Q1)
         with p.session("b") as s:  # evicts a (its state goes to the writer; its context is reused for b)
@@ -122,6 +122,51 @@ def test_evicted_and_restored_session_decodes_like_a_cold_one(store_dir: Path) -
         stats = p.stats()
         assert (stats.evictions, stats.restores, stats.restores_from_memory, stats.snapshots_written) == (2, 1, 0, 2)
         assert stats.peak_live_bytes <= budget and stats.pending_writes == 0
+
+
+def test_a_written_state_kept_in_memory_restores_exactly(store_dir: Path) -> None:
+    with SessionPool(None, CFG, store_dir=store_dir) as probe:
+        budget = probe.budget_for(1)
+    with SessionPool(None, CFG, store_dir=store_dir, memory_budget_bytes=budget) as p:
+        with p.session("a") as s:
+            assert turn(s, "a", Q1) == cold("a", Q1)
+        with p.session("b") as s:  # evicts a
+            turn(s, "b", Q1)
+        p.checkpoint("a")  # a is on disk now, and kept in memory
+        assert (p.stats().pending_writes, p.stats().kept_states) == (0, 1)
+        with p.session("a") as s:  # evicts b; a comes back from the kept copy, not the file
+            assert s.explain_context().last_divergence.cause == "restored"  # type: ignore[union-attr]
+            assert decode(s) == cold("a", Q1, then_continue=True)[MAX_TOKENS:]
+        with p.session("a") as s:
+            assert turn(s, "a", Q2) == cold("a", Q2)
+        p.checkpoint("b")
+        stats = p.stats()
+        assert (stats.restores, stats.restores_from_memory, stats.kept_states) == (1, 1, 1)  # b is kept now
+        assert stats.peak_live_bytes <= budget and stats.transfer_seconds.get("read", 0.0) == 0.0
+
+
+def test_kept_states_yield_room_and_the_dropped_ones_restore_from_disk(store_dir: Path) -> None:
+    with SessionPool(None, CFG, store_dir=store_dir) as probe:
+        budget = probe.budget_for(1)
+    with SessionPool(None, CFG, store_dir=store_dir, memory_budget_bytes=budget) as p:
+        first: dict[str, list[int]] = {"w0": []}
+        with p.session("w0") as s:
+            first["w0"] = turn(s, "w0", Q1)
+        p.checkpoint("w0")
+        state_size = p.workspaces()[0].snapshot_bytes
+        n = p.transfer_headroom // state_size + 3  # more evicted states than the headroom holds
+        assert n <= 40, "prompts too small for this test"
+        for i in range(1, n):
+            with p.session(f"w{i}") as s:
+                first[f"w{i}"] = turn(s, f"w{i}", Q1)
+            p.checkpoint(f"w{i - 1}")
+            stats = p.stats()
+            assert stats.live_bytes <= budget and stats.kept_states * state_size <= p.transfer_headroom
+        with p.session("w0") as s:  # its kept copy was dropped for room: restored from the verified file
+            assert turn(s, "w0", Q2) == cold("w0", Q2)
+        stats = p.stats()
+        assert stats.restores - stats.restores_from_memory == 1 and stats.transfer_seconds["read"] > 0
+        assert stats.peak_live_bytes <= budget and first["w0"] == cold("w0", Q1)
 
 
 def test_forked_sessions_decode_like_cold_ones(store_dir: Path) -> None:

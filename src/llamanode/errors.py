@@ -1,20 +1,20 @@
 """One exception tree for llamanode.
 
-    LlamaNodeError
-    ├── SessionUnavailableError     no backend registered / native library missing
-    ├── SessionClosedError          the session was closed
-    ├── SessionBusyError            re-entrant call while a decode stream is open
-    │   └── MemoryBudgetError       the pool cannot make room: live workspaces are all leased
-    ├── SessionFatalError           the backend marked the session unusable
-    ├── ContextOverflowError        prefix, suffix or decode would exceed num_ctx
-    ├── ManifestMismatchError       manifest refused (names the field)
-    ├── UnsupportedFeatureError     a deliberately unsupported surface
-    ├── InvalidInputError (ValueError)
-    │   ├── ConfigError             bad or unknown option
-    │   └── GrammarError            GBNF / JSON schema rejected
-    └── SnapshotError
-        ├── SnapshotCorruptError    checksum, truncation, bad header
-        └── SnapshotMismatchError   snapshot of another model / build / config
+LlamaNodeError
+├── SessionUnavailableError     no backend registered / native library missing
+├── SessionClosedError          the session was closed
+├── SessionBusyError            re-entrant call while a decode stream is open
+│   └── MemoryBudgetError       the pool cannot make room: live workspaces are all leased
+├── SessionFatalError           the backend marked the session unusable
+├── ContextOverflowError        prefix, suffix or decode would exceed num_ctx
+├── ManifestMismatchError       manifest refused (names the field)
+├── UnsupportedFeatureError     a deliberately unsupported surface
+├── InvalidInputError (ValueError)
+│   ├── ConfigError             bad or unknown option
+│   └── GrammarError            GBNF / JSON schema rejected
+└── SnapshotError
+    ├── SnapshotCorruptError    checksum, truncation, bad header
+    └── SnapshotMismatchError   snapshot of another model / build / config
 """
 
 from __future__ import annotations

@@ -438,9 +438,7 @@ class KVSession:
         if r.logits_for > keep:
             r.logits_for = -1
 
-    def _extend(
-        self, tokens: Sequence[int], stage: str, on_progress: ProgressFn | None, rewind: int = 0
-    ) -> None:
+    def _extend(self, tokens: Sequence[int], stage: str, on_progress: ProgressFn | None, rewind: int = 0) -> None:
         """Prefill tokens after the resident ones in batches of >= 2, reporting progress.
 
         rewind re-prefills that many resident tokens in the same batch (a lone new token

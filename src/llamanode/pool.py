@@ -2,18 +2,21 @@
 
 Accounting (pool.stats().live_bytes): every live session's kv_bytes() (its full n_ctx KV allocation), the
 pool's small tokenizer session, and every state buffer that exists: exports and restores in progress and
-evicted states waiting for the background writer. Exporting or importing a state of S bytes briefly holds 2S
-(llama.cpp copies through a ctypes buffer). Admission keeps `transfer_headroom` free: one eviction on its way
-to disk plus one restore, so a switch never waits for the disk. See budget_for().
+evicted states waiting for the background writer. A state of S bytes holds S: llama.cpp exports straight
+into it and imports straight from it. Admission keeps `transfer_headroom` free: two evictions on their way to
+disk plus one restore, so a switch does not wait for the writer, which runs at the lowest CPU priority and
+catches up between turns. See budget_for().
 
 A switch reuses the evicted workspace's llama context (KVSession.reset) instead of allocating a new one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -87,11 +90,16 @@ class PoolStats:
     miss_reasons: Mapping[str, int]
     evictions: int
     pending_writes: int  # evicted states not yet on disk
+    writes_cancelled: int  # evicted states restored from memory before their write began (not written)
+    kept_states: int  # evicted states on disk and still in memory (accounted in live_bytes; dropped first)
     snapshots_written: int
     snapshot_failures: int
     collected: int  # snapshots removed by the disk budget
     forks: int
     recent_misses: tuple[MissRecord, ...]
+    # Cumulative seconds spent moving states: export (evictions, checkpoints), read (snapshot read and
+    # verify), import (into a context), wait (for memory room), write (the background writer's puts).
+    transfer_seconds: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -137,13 +145,18 @@ class SessionPool:
         store_dir: Path | str | None = None,
         memory_budget_bytes: int | None = None,
         disk_budget_bytes: int | None = None,
+        keep_written_states: bool = True,
     ) -> None:
         self.model_path = str(model_path or default_model_path())
         self.config = config or Config()
         self.memory_budget_bytes = memory_budget_bytes
+        # Keep an evicted state in memory after its write (accounted, dropped first when room is needed),
+        # so a switch back to it imports from memory instead of reading and verifying the file.
+        self.keep_written_states = keep_written_states
         self._cv = threading.Condition(threading.Lock())
         self._ws: dict[str, _Workspace] = {}
         self._pending: dict[str, _Pending] = {}
+        self._kept: OrderedDict[str, _Pending] = OrderedDict()  # written states still in memory, LRU first
         self._queue: deque[str] = deque()
         self._spare: KVSession | None = None  # an evicted workspace's context, ready for the next one
         self._closed = False
@@ -154,6 +167,7 @@ class SessionPool:
         self._peak = 0
         self._counts: Counter[str] = Counter()
         self._miss_reasons: Counter[str] = Counter()
+        self._seconds: defaultdict[str, float] = defaultdict(float)
         self._recent: deque[MissRecord] = deque(maxlen=_RECENT_MISSES)
         self._lost: dict[str, tuple[str, str, str]] = {}  # id -> (reason, error, detail) of a lost snapshot
         self._store = SnapshotStore(store_dir, disk_budget_bytes=disk_budget_bytes)
@@ -187,7 +201,7 @@ class SessionPool:
 
     @property
     def transfer_headroom(self) -> int:
-        """Bytes admission keeps free: a full-context state on its way to disk (1x) plus a restore (2x)."""
+        """Bytes admission keeps free: two full-context states on their way to disk plus one restore."""
         return 3 * self.state_bytes_estimate(self._n_ctx)
 
     def budget_for(self, live_sessions: int) -> int:
@@ -282,9 +296,12 @@ class SessionPool:
         session = self._admit(ws)
         with self._cv:
             pending = self._pending.get(ws.id)
+            kept = self._take_kept(ws)
         try:
             if pending is not None:
                 self._restore_from_memory(ws, session, pending)
+            elif kept is not None:
+                self._restore_from_kept(ws, session, kept)
             elif ws.snapshot is not None:
                 self._restore(ws, session)
             else:
@@ -334,6 +351,10 @@ class SessionPool:
                 if kind == "session" and self._spare is not None:
                     spare, self._spare = self._spare, None
                     return spare
+                while (
+                    not self._fits(nbytes, kind) and self._kept_stand_in_the_way(kind) and self._drop_one_kept_locked()
+                ):
+                    pass  # kept states are on disk already: dropping them is free
                 if self._fits(nbytes, kind):
                     if kind == "session":
                         self._kv_live += nbytes
@@ -370,7 +391,8 @@ class SessionPool:
 
     def _in_flight(self) -> int:
         """Buffer bytes that will free themselves: transfers and writes that have not failed."""
-        return self._buffers - sum(p.nbytes for p in self._pending.values() if p.error)
+        failed = sum(p.nbytes for p in self._pending.values() if p.error)
+        return self._buffers - failed - sum(p.nbytes for p in self._kept.values())
 
     def _take_victim(self, me: _Workspace) -> _Workspace | None:
         """The least recently used live, unleased workspace, leased for eviction (under the pool lock)."""
@@ -385,7 +407,9 @@ class SessionPool:
         """Wait for room that will free itself (a transfer, a write, another thread's lease), or raise."""
         mine = threading.get_ident()
         if self._in_flight() or any(w.session is not None and w.holder not in (None, mine) for w in self._ws.values()):
+            began = time.perf_counter()
             self._cv.wait(timeout=1.0)
+            self._seconds["wait"] += time.perf_counter() - began  # under the pool lock again
             return
         failed = [p.error for p in self._pending.values() if p.error]
         if failed:
@@ -422,14 +446,14 @@ class SessionPool:
             session.close()
 
     def _export_for_writer(self, ws: _Workspace, session: KVSession) -> None:
-        held = self._reserve(ws, 2 * self.state_bytes_estimate(len(ws.tokens)))
+        held = self._reserve(ws, self.state_bytes_estimate(len(ws.tokens)))
         try:
-            state = session.export_state()
+            with self._timed("export"):
+                state = session.export_state()
         except BaseException:
             self._resize(held, 0)
             raise
         size = _state_size(state)
-        self._resize(held, 2 * size)  # what the export held at its peak
         self._resize(held, size)
         assert ws.signature is not None
         self._enqueue(ws.id, _Pending(state, SnapshotIdentity.of(session), size, ws.signature))
@@ -458,11 +482,13 @@ class SessionPool:
             old = self._pending.get(workspace_id)
             if old is not None and not old.writing:
                 self._buffers -= old.nbytes  # replaced before it was written
+            self._drop_kept_locked(workspace_id)
             self._pending[workspace_id] = pending
             self._queue.append(workspace_id)
             self._cv.notify_all()
 
     def _write_loop(self) -> None:
+        _yield_cpu_to_compute()
         while True:
             with self._cv:
                 while not self._queue and not self._closed:
@@ -479,7 +505,8 @@ class SessionPool:
 
     def _write_pending(self, workspace_id: str, pending: _Pending, protect: set[str]) -> None:
         try:
-            entry, collected = self._store.put(workspace_id, pending.state, pending.identity, protect)
+            with self._timed("write"):
+                entry, collected = self._store.put(workspace_id, pending.state, pending.identity, protect)
         except Exception as exc:  # the writer must survive anything; the state stays in memory
             with self._cv:
                 pending.writing, pending.error = False, str(exc)
@@ -491,9 +518,15 @@ class SessionPool:
             ws = self._ws.get(workspace_id)
             if ws is not None and not ws.dropped:
                 ws.snapshot, ws.snapshot_signature = entry, pending.signature
-            if self._pending.get(workspace_id) is pending:
+            current = self._pending.get(workspace_id) is pending
+            if current:
                 del self._pending[workspace_id]
-            self._buffers -= pending.nbytes
+            evicted = ws is not None and ws.session is None and not ws.dropped
+            if current and self.keep_written_states and evicted and not self._closing:
+                self._drop_kept_locked(workspace_id)
+                self._kept[workspace_id] = pending  # its bytes stay accounted in _buffers
+            else:
+                self._buffers -= pending.nbytes
             self._counts["snapshots_written"] += 1
             self._retry_failed_locked()  # the disk works again
             self._cv.notify_all()
@@ -544,12 +577,11 @@ class SessionPool:
         self._settle(ws.id, keep=False)
         if self._is_clean(ws):
             return
-        held = self._reserve(ws, 2 * self.state_bytes_estimate(len(ws.tokens)))
+        held = self._reserve(ws, self.state_bytes_estimate(len(ws.tokens)))
         try:
-            state = session.export_state()
-            size = _state_size(state)
-            self._resize(held, 2 * size)
-            self._resize(held, size)
+            with self._timed("export"):
+                state = session.export_state()
+            self._resize(held, _state_size(state))
             try:
                 entry, collected = self._store.put(ws.id, state, SnapshotIdentity.of(session), self._protected())
             except SnapshotError:
@@ -571,6 +603,7 @@ class SessionPool:
                 if ws is None:
                     continue
                 ws.snapshot, ws.snapshot_signature = None, None
+                self._drop_kept_locked(workspace_id)
                 if ws.session is None and ws.holder is None and workspace_id not in self._pending:
                     ws.dropped = True
                     self._ws.pop(workspace_id, None)
@@ -580,10 +613,12 @@ class SessionPool:
         """Load the workspace's snapshot into its empty session, or start it cold with the reason."""
         entry = ws.snapshot
         assert entry is not None
-        held = self._reserve(ws, 2 * entry.size_bytes)
+        held = self._reserve(ws, entry.size_bytes)
         try:
-            _, state = self._store.load(ws.id, SnapshotIdentity.of(session))
-            session.import_state(state)
+            with self._timed("read"):
+                _, state = self._store.load(ws.id, SnapshotIdentity.of(session))
+            with self._timed("import"):
+                session.import_state(state)
             del state
         except SnapshotCorruptError as exc:
             self._refused(ws, session, "corrupt", exc, removed=True)
@@ -601,17 +636,64 @@ class SessionPool:
 
     def _restore_from_memory(self, ws: _Workspace, session: KVSession, pending: _Pending) -> None:
         """Import an evicted state that is still queued for (or failed) its write: no disk involved."""
-        held = self._reserve(ws, pending.nbytes)  # import_state copies it once more
-        try:
-            session.import_state(pending.state)
-        finally:
-            self._resize(held, 0)
-        if pending.error:
-            self._settle(ws.id, keep=False)  # live again: the failed copy is not needed any more
+        with self._timed("import"):
+            session.import_state(pending.state)  # read in place: no buffer beyond the one already accounted
+        self._cancel_write(ws.id, pending)
         self._remember_resident(ws, session)
         with self._cv:
             self._counts["restores"] += 1
             self._counts["restores_from_memory"] += 1
+
+    def _cancel_write(self, workspace_id: str, pending: _Pending) -> None:
+        """The workspace is live again from pending: unless its write has begun, it is not written (the
+        snapshot on disk stays the previous one; the next eviction writes the newer state)."""
+        with self._cv:
+            if self._pending.get(workspace_id) is pending and not pending.writing:
+                del self._pending[workspace_id]
+                self._buffers -= pending.nbytes
+                self._counts["writes_cancelled"] += 1
+                self._cv.notify_all()
+
+    def _restore_from_kept(self, ws: _Workspace, session: KVSession, kept: _Pending) -> None:
+        """Import a written state the pool kept in memory (no read, no verify: these bytes never left
+        this process), then free it."""
+        try:
+            self._restore_from_memory(ws, session, kept)
+        finally:
+            self._resize([kept.nbytes], 0)
+
+    def _take_kept(self, ws: _Workspace) -> _Pending | None:
+        """ws's kept state if it is exactly what its snapshot holds (under the pool lock); the pool stops
+        keeping it either way, since the lease makes the workspace live."""
+        kept = self._kept.get(ws.id)
+        if kept is None:
+            return None
+        self._kept.move_to_end(ws.id)
+        if ws.snapshot is not None and kept.signature == ws.snapshot_signature:
+            del self._kept[ws.id]
+            return kept
+        self._drop_kept_locked(ws.id)
+        return None
+
+    def _kept_stand_in_the_way(self, kind: str) -> bool:
+        """Whether dropping kept states can make room: always for a buffer; for a session only while the
+        buffers exceed the headroom a session admission keeps free anyway."""
+        return bool(self._kept) and (kind == "buffer" or self._buffers > self.transfer_headroom)
+
+    def _drop_one_kept_locked(self) -> bool:
+        """Drop the least recently used kept state of a workspace nobody leases; False if there is none."""
+        for workspace_id in self._kept:
+            ws = self._ws.get(workspace_id)
+            if ws is None or ws.holder is None:
+                self._drop_kept_locked(workspace_id)
+                return True
+        return False
+
+    def _drop_kept_locked(self, workspace_id: str) -> None:
+        kept = self._kept.pop(workspace_id, None)
+        if kept is not None:
+            self._buffers -= kept.nbytes
+            self._cv.notify_all()
 
     def _refused(self, ws: _Workspace, session: KVSession, reason: str, exc: Exception, removed: bool) -> None:
         if removed:
@@ -677,22 +759,20 @@ class SessionPool:
 
     def _copy_state(self, source: _Workspace, session: KVSession) -> None:
         with self._cv:
-            pending = self._pending.get(source.id)
+            pending, kept = self._pending.get(source.id), self._kept.get(source.id)
         if source.session is not None:
             if source.session.resident_tokens():
-                held = self._reserve(source, 2 * self.state_bytes_estimate(len(source.session.resident_tokens())))
+                held = self._reserve(source, self.state_bytes_estimate(len(source.session.resident_tokens())))
                 try:
                     session.import_state(source.session.export_state())
                 finally:
                     self._resize(held, 0)
         elif pending is not None:
-            held = self._reserve(source, pending.nbytes)
-            try:
-                session.import_state(pending.state)
-            finally:
-                self._resize(held, 0)
+            session.import_state(pending.state)
+        elif kept is not None and source.snapshot is not None and kept.signature == source.snapshot_signature:
+            session.import_state(kept.state)
         elif source.snapshot is not None:
-            held = self._reserve(source, 2 * source.snapshot.size_bytes)
+            held = self._reserve(source, source.snapshot.size_bytes)
             try:
                 session.import_state(self._store.load(source.id, SnapshotIdentity.of(session))[1])
             finally:
@@ -704,6 +784,8 @@ class SessionPool:
         try:
             self._discard_session(ws)
             self._settle(workspace_id, keep=False)
+            with self._cv:
+                self._drop_kept_locked(workspace_id)
             self._store.remove(workspace_id)
             ws.snapshot = None
         finally:
@@ -791,11 +873,14 @@ class SessionPool:
                 miss_reasons=dict(self._miss_reasons),
                 evictions=c["evictions"],
                 pending_writes=len(self._pending),
+                writes_cancelled=c["writes_cancelled"],
+                kept_states=len(self._kept),
                 snapshots_written=c["snapshots_written"],
                 snapshot_failures=c["snapshot_failures"],
                 collected=c["collected"],
                 forks=c["forks"],
                 recent_misses=tuple(self._recent),
+                transfer_seconds={k: round(v, 6) for k, v in self._seconds.items()},
             )
 
     def close(self) -> None:
@@ -813,6 +898,8 @@ class SessionPool:
         finally:
             with self._cv:
                 self._closed = True
+                for workspace_id in list(self._kept):
+                    self._drop_kept_locked(workspace_id)
                 spare, self._spare = self._spare, None
                 self._cv.notify_all()
             if spare is not None:
@@ -860,6 +947,15 @@ class SessionPool:
         if self._closed or (leasing and self._closing):
             raise SessionClosedError("the session pool is closed")
 
+    @contextmanager
+    def _timed(self, name: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._seconds[name] += time.perf_counter() - began
+
     def _count(self, name: str) -> None:
         with self._cv:
             self._counts[name] += 1
@@ -869,6 +965,13 @@ class SessionPool:
 
     def _note_peak(self) -> None:
         self._peak = max(self._peak, self._live_bytes())
+
+
+def _yield_cpu_to_compute() -> None:
+    """Run the calling thread at the lowest CPU priority: a snapshot write waits for idle cores
+    instead of stalling the threads of the next prefill (which all wait for the slowest)."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux, or not permitted: keep the priority
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 def _check_id(workspace_id: str) -> None:
