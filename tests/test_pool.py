@@ -305,6 +305,7 @@ def test_many_workspaces_under_a_small_budget_stay_correct_and_warm(store_dir: P
         stats = p.stats()
         assert stats.peak_live_bytes <= budget and stats.live_bytes <= budget
         assert stats.misses == 5 and stats.miss_reasons == {"new": 5} and stats.restores == 5
+        wait_until(lambda: p.stats().pending_writes == 0)  # no lease held: the writer writes at once
         infos = p.workspaces()
         assert all(isinstance(i, WorkspaceInfo) for i in infos) and len(infos) == 5
         assert sum(i.live for i in infos) <= 2 and all(i.snapshot_bytes > 0 or i.live for i in infos)
@@ -501,6 +502,44 @@ def test_a_state_still_being_written_restores_from_memory(store_dir: Path, monke
         gate.set()
         p.checkpoint("b")
         assert p.stats().pending_writes == 0
+
+
+def test_writes_wait_for_an_idle_pool_and_a_state_live_again_is_not_written(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("llamanode.pool.WRITE_DEFER_S", 120.0)  # only idleness or need may start a write
+    with SessionPool(None, CFG, store_dir=store_dir) as probe:
+        budget = probe.budget_for(2)
+    with SessionPool(None, CFG, store_dir=store_dir, memory_budget_bytes=budget) as p:
+        holding, release = threading.Event(), threading.Event()
+
+        def hold_z() -> None:
+            with p.session("z") as s:
+                turn(s, "z", Q1)
+                holding.set()
+                release.wait(timeout=60)
+
+        other = threading.Thread(target=hold_z)
+        other.start()
+        try:
+            assert holding.wait(timeout=60)
+            with p.session("a") as s:
+                turn(s, "a", Q1)
+            with p.session("b") as s:  # evicts a: its write waits, z's lease is held
+                turn(s, "b", Q1)
+            time.sleep(0.3)
+            assert (p.stats().pending_writes, p.stats().snapshots_written) == (1, 0)
+            with p.session("a") as s:  # evicts b; a is live again from memory, so its write is dropped
+                assert turn(s, "a", Q2) == cold("a", Q2)
+            stats = p.stats()
+            assert (stats.writes_cancelled, stats.pending_writes, stats.snapshots_written) == (1, 1, 0)
+        finally:
+            release.set()
+            other.join(timeout=60)
+        wait_until(lambda: p.stats().pending_writes == 0)  # idle now: b is written at once
+        assert p.stats().snapshots_written == 1 and p.stats().peak_live_bytes <= budget
+        with SnapshotStore(store_dir, exclusive=False) as store:
+            assert store.get("b") is not None and store.get("a") is None
 
 
 def test_failed_writes_keep_states_in_memory(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

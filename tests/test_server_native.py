@@ -97,6 +97,8 @@ def test_health_metrics_and_openapi(server: ServerProcess) -> None:
             'llamanode_workspaces{state="evicted"}',
             "llamanode_queue_depth",
             "llamanode_requests_total",
+            "llamanode_pool_kept_states",
+            "llamanode_pool_writes_cancelled",
         ):
             assert name in text, name
         spec = http.get("/openapi.json").json()

@@ -4,8 +4,9 @@ Accounting (pool.stats().live_bytes): every live session's kv_bytes() (its full 
 pool's small tokenizer session, and every state buffer that exists: exports and restores in progress and
 evicted states waiting for the background writer. A state of S bytes holds S: llama.cpp exports straight
 into it and imports straight from it. Admission keeps `transfer_headroom` free: two evictions on their way to
-disk plus one restore, so a switch does not wait for the writer, which runs at the lowest CPU priority and
-catches up between turns. See budget_for().
+disk plus one restore, so a switch does not wait for the writer. The writer runs at the lowest CPU
+priority and waits for a moment without leases (WRITE_DEFER_S at most, none if memory or a checkpoint
+needs the write); a state restored before its write starts is not written. See budget_for().
 
 A switch reuses the evicted workspace's llama context (KVSession.reset) instead of allocating a new one.
 """
@@ -43,6 +44,9 @@ _ANCHOR_CTX = 256  # the tokenizer session: keeps the model loaded and tokenizes
 _STATE_SLACK_PER_TOKEN = 64  # token ids, prefix text and cell metadata, per token (generous)
 _STATE_SLACK = 1 << 20
 _RECENT_MISSES = 32
+# An evicted state is written when no lease is held (no turn is computing), when its memory or its
+# durability is asked for, or at the latest this long after eviction: a write during a turn slows it.
+WRITE_DEFER_S = 5.0
 _RECOVERY_DETAIL = "snapshot refused at startup: its file was missing, truncated or had a damaged header"
 _NEW = ("new", "", "no snapshot")
 Signature = tuple[tuple[int, ...], int, int]  # resident tokens, prefix tokens, generated tokens
@@ -131,6 +135,7 @@ class _Pending:
     signature: Signature
     writing: bool = False
     error: str = ""
+    queued_at: float = field(default_factory=time.monotonic)
 
 
 class SessionPool:
@@ -158,6 +163,7 @@ class SessionPool:
         self._pending: dict[str, _Pending] = {}
         self._kept: OrderedDict[str, _Pending] = OrderedDict()  # written states still in memory, LRU first
         self._queue: deque[str] = deque()
+        self._urgent = 0  # threads waiting for a write (room, checkpoint, close): the writer defers nothing
         self._spare: KVSession | None = None  # an evicted workspace's context, ready for the next one
         self._closed = False
         self._closing = False  # close() has begun: no new leases
@@ -408,7 +414,8 @@ class SessionPool:
         mine = threading.get_ident()
         if self._in_flight() or any(w.session is not None and w.holder not in (None, mine) for w in self._ws.values()):
             began = time.perf_counter()
-            self._cv.wait(timeout=1.0)
+            with self._urgently():
+                self._cv.wait(timeout=1.0)
             self._seconds["wait"] += time.perf_counter() - began  # under the pool lock again
             return
         failed = [p.error for p in self._pending.values() if p.error]
@@ -495,6 +502,10 @@ class SessionPool:
                     self._cv.wait()
                 if not self._queue:
                     return
+                delay = self._write_delay_locked()
+                if delay > 0:
+                    self._cv.wait(timeout=delay)
+                    continue
                 workspace_id = self._queue.popleft()
                 pending = self._pending.get(workspace_id)
                 if pending is None or pending.writing or pending.error:
@@ -502,6 +513,25 @@ class SessionPool:
                 pending.writing = True
                 protect = self._protected()
             self._write_pending(workspace_id, pending, protect)
+
+    def _write_delay_locked(self) -> float:
+        """Seconds the writer should still wait before writing the head of the queue (0: write now)."""
+        pending = self._pending.get(self._queue[0])
+        if pending is None or pending.writing or pending.error or self._urgent or self._closing:
+            return 0.0
+        if not any(w.holder is not None for w in self._ws.values()):
+            return 0.0  # idle: no turn to slow down
+        return max(0.0, pending.queued_at + WRITE_DEFER_S - time.monotonic())
+
+    @contextmanager
+    def _urgently(self) -> Iterator[None]:
+        """Within this block (pool lock held), the writer writes at once: someone waits for it."""
+        self._urgent += 1
+        self._cv.notify_all()
+        try:
+            yield
+        finally:
+            self._urgent -= 1
 
     def _write_pending(self, workspace_id: str, pending: _Pending, protect: set[str]) -> None:
         try:
@@ -556,7 +586,8 @@ class SessionPool:
                     self._queue.append(workspace_id)
                     self._cv.notify_all()
                 if pending.writing or (keep and not pending.error):
-                    self._cv.wait(timeout=1.0)
+                    with self._urgently():
+                        self._cv.wait(timeout=1.0)
                     continue
                 if keep:
                     raise SnapshotError(f"the snapshot of {workspace_id!r} could not be written: {pending.error}")
@@ -927,7 +958,8 @@ class SessionPool:
         """Wait until the writer has written (or failed) every queued state."""
         with self._cv:
             while any(not p.error for p in self._pending.values()):
-                self._cv.wait(timeout=1.0)
+                with self._urgently():
+                    self._cv.wait(timeout=1.0)
 
     def __enter__(self) -> SessionPool:
         return self

@@ -202,6 +202,9 @@ class App:
                 value = getattr(pool_stats, name)
                 if isinstance(value, int | float) and not isinstance(value, bool):
                     rows.append((f"llamanode_pool_{name}", f"Workspace pool: {name}", {}, float(value)))
+            for kind, seconds in sorted(getattr(pool_stats, "transfer_seconds", {}).items()):
+                help_text = "Seconds spent moving workspace states, by kind (export, read, import, wait, write)"
+                rows.append(("llamanode_pool_transfer_seconds", help_text, {"kind": kind}, float(seconds)))
             return rows
 
         m.add_collector(collect)
