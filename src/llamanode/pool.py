@@ -591,10 +591,14 @@ class SessionPool:
                     continue
                 if keep:
                     raise SnapshotError(f"the snapshot of {workspace_id!r} could not be written: {pending.error}")
-                del self._pending[workspace_id]
-                self._buffers -= pending.nbytes
-                self._cv.notify_all()
+                self._forget_pending_locked(workspace_id)
                 return
+
+    def _forget_pending_locked(self, workspace_id: str) -> None:
+        """Drop an evicted state that is not being written (queued or failed) and free its bytes."""
+        pending = self._pending.pop(workspace_id)
+        self._buffers -= pending.nbytes
+        self._cv.notify_all()
 
     # -- snapshots and restores ------------------------------------------------------------------------
     def _snapshot_now(self, ws: _Workspace, session: KVSession) -> None:
@@ -680,10 +684,8 @@ class SessionPool:
         snapshot on disk stays the previous one; the next eviction writes the newer state)."""
         with self._cv:
             if self._pending.get(workspace_id) is pending and not pending.writing:
-                del self._pending[workspace_id]
-                self._buffers -= pending.nbytes
+                self._forget_pending_locked(workspace_id)
                 self._counts["writes_cancelled"] += 1
-                self._cv.notify_all()
 
     def _restore_from_kept(self, ws: _Workspace, session: KVSession, kept: _Pending) -> None:
         """Import a written state the pool kept in memory (no read, no verify: these bytes never left
@@ -696,15 +698,19 @@ class SessionPool:
     def _take_kept(self, ws: _Workspace) -> _Pending | None:
         """ws's kept state if it is exactly what its snapshot holds (under the pool lock); the pool stops
         keeping it either way, since the lease makes the workspace live."""
+        kept = self._kept_copy(ws)
+        if kept is not None:
+            del self._kept[ws.id]  # its bytes stay accounted until _restore_from_kept frees them
+        else:
+            self._drop_kept_locked(ws.id)  # a stale copy, if any
+        return kept
+
+    def _kept_copy(self, ws: _Workspace) -> _Pending | None:
+        """ws's kept state if it is exactly what ws's snapshot holds."""
         kept = self._kept.get(ws.id)
-        if kept is None:
+        if kept is None or ws.snapshot is None or kept.signature != ws.snapshot_signature:
             return None
-        self._kept.move_to_end(ws.id)
-        if ws.snapshot is not None and kept.signature == ws.snapshot_signature:
-            del self._kept[ws.id]
-            return kept
-        self._drop_kept_locked(ws.id)
-        return None
+        return kept
 
     def _kept_stand_in_the_way(self, kind: str) -> bool:
         """Whether dropping kept states can make room: always for a buffer; for a session only while the
@@ -790,7 +796,7 @@ class SessionPool:
 
     def _copy_state(self, source: _Workspace, session: KVSession) -> None:
         with self._cv:
-            pending, kept = self._pending.get(source.id), self._kept.get(source.id)
+            pending, kept = self._pending.get(source.id), self._kept_copy(source)
         if source.session is not None:
             if source.session.resident_tokens():
                 held = self._reserve(source, self.state_bytes_estimate(len(source.session.resident_tokens())))
@@ -800,7 +806,7 @@ class SessionPool:
                     self._resize(held, 0)
         elif pending is not None:
             session.import_state(pending.state)
-        elif kept is not None and source.snapshot is not None and kept.signature == source.snapshot_signature:
+        elif kept is not None:
             session.import_state(kept.state)
         elif source.snapshot is not None:
             held = self._reserve(source, source.snapshot.size_bytes)
