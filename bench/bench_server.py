@@ -385,7 +385,7 @@ def report(
                 theirs = stats([t.ttft_s for t in results[s.name][1:]]).median
                 target_rows.append([f"warm TTFT p50 <= {s.name}", ours * ms, theirs * ms, verdict(ours <= theirs)])
     if http_times:
-        over = stats([h - loc for h, loc in zip(http_times, local_times, strict=True)]).median * ms
+        over = stats(_paired_diffs(http_times, local_times)).median * ms
         target_rows.append(["HTTP overhead p50 <= 5 ms (paired)", over, 5.0, verdict(over <= 5.0)])
         lines += [
             "",
@@ -393,17 +393,7 @@ def report(
             "of (HTTP, the same library calls in process) back to back, one thread each; overhead = median of the "
             "paired differences.",
             "",
-            md_table(
-                ["path", "p50 ms", "p10 ms", "p90 ms"],
-                [
-                    ["HTTP (llamanode serve)", *(v * ms for v in _pcts(http_times))],
-                    ["in process (SessionPool + ChatTemplate)", *(v * ms for v in _pcts(local_times))],
-                    [
-                        "paired difference",
-                        *(v * ms for v in _pcts([h - loc for h, loc in zip(http_times, local_times, strict=True)])),
-                    ],
-                ],
-            ),
+            _overhead_table(http_times, local_times),
         ]
     if target_rows:
         lines += ["", "Targets:", "", md_table(["target", "llamanode", "reference", "verdict"], target_rows)]
@@ -484,13 +474,29 @@ def main() -> int:
     return 0
 
 
+def _paired_diffs(http_times: list[float], local_times: list[float]) -> list[float]:
+    return [h - loc for h, loc in zip(http_times, local_times, strict=True)]
+
+
+def _overhead_table(http_times: list[float], local_times: list[float]) -> str:
+    """Percentiles (ms) of the HTTP path, the in-process path and their paired differences."""
+    rows = [
+        ("HTTP (llamanode serve)", http_times),
+        ("in process (SessionPool + ChatTemplate)", local_times),
+        ("paired difference", _paired_diffs(http_times, local_times)),
+    ]
+    return md_table(
+        ["path", "p50 ms", "p10 ms", "p90 ms"], [[name, *(v * 1000.0 for v in _pcts(t))] for name, t in rows]
+    )
+
+
 def overhead_only(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="llamanode-bench-overhead-"))
     try:
         http_times, local_times = overhead(default_model_path(), args, args.overhead_reps, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    diffs = [h - loc for h, loc in zip(http_times, local_times, strict=True)]
+    diffs = _paired_diffs(http_times, local_times)
     ms = 1000.0
     text = "\n".join(
         [
@@ -504,14 +510,7 @@ def overhead_only(args: argparse.Namespace) -> int:
             "library calls in process) back to back, one thread each, server with --no-warm-next; "
             "overhead = median of the paired differences.",
             "",
-            md_table(
-                ["path", "p50 ms", "p10 ms", "p90 ms"],
-                [
-                    ["HTTP (llamanode serve)", *(v * ms for v in _pcts(http_times))],
-                    ["in process (SessionPool + ChatTemplate)", *(v * ms for v in _pcts(local_times))],
-                    ["paired difference", *(v * ms for v in _pcts(diffs))],
-                ],
-            ),
+            _overhead_table(http_times, local_times),
             "",
             f"HTTP overhead p50 <= 5 ms: {verdict(stats(diffs).median * ms <= 5.0)}",
         ]
