@@ -81,6 +81,12 @@ def snapshot_file(store_dir: Path, workspace_id: str) -> Path:
         return store.path_of(entry)
 
 
+def budget_for(store_dir: Path, live_sessions: int) -> int:
+    """The smallest memory budget that keeps live_sessions workspaces of CFG live (asked of a probe pool)."""
+    with SessionPool(None, CFG, store_dir=store_dir) as probe:
+        return probe.budget_for(live_sessions)
+
+
 def write_one(store_dir: Path, name: str = "a", config: Config = CFG, model: str | None = None) -> None:
     with SessionPool(model, config, store_dir=store_dir) as p, p.session(name) as s:
         turn(s, name, Q1)
@@ -105,8 +111,7 @@ def test_restored_session_decodes_like_a_cold_one(store_dir: Path) -> None:
 
 
 def test_evicted_and_restored_session_decodes_like_a_cold_one(store_dir: Path) -> None:
-    with SessionPool(None, CFG, store_dir=store_dir) as probe:
-        budget = probe.budget_for(1)
+    budget = budget_for(store_dir, 1)
     with SessionPool(None, CFG, store_dir=store_dir, memory_budget_bytes=budget, keep_written_states=False) as p:
         with p.session("a") as s:
             assert turn(s, "a", Q1) == cold("a", Q1)
@@ -125,8 +130,7 @@ def test_evicted_and_restored_session_decodes_like_a_cold_one(store_dir: Path) -
 
 
 def test_a_written_state_kept_in_memory_restores_exactly(store_dir: Path) -> None:
-    with SessionPool(None, CFG, store_dir=store_dir) as probe:
-        budget = probe.budget_for(1)
+    budget = budget_for(store_dir, 1)
     with SessionPool(None, CFG, store_dir=store_dir, memory_budget_bytes=budget) as p:
         with p.session("a") as s:
             assert turn(s, "a", Q1) == cold("a", Q1)
@@ -146,8 +150,7 @@ def test_a_written_state_kept_in_memory_restores_exactly(store_dir: Path) -> Non
 
 
 def test_kept_states_yield_room_and_the_dropped_ones_restore_from_disk(store_dir: Path) -> None:
-    with SessionPool(None, CFG, store_dir=store_dir) as probe:
-        budget = probe.budget_for(1)
+    budget = budget_for(store_dir, 1)
     with SessionPool(None, CFG, store_dir=store_dir, memory_budget_bytes=budget) as p:
         first: dict[str, list[int]] = {"w0": []}
         with p.session("w0") as s:
@@ -284,8 +287,7 @@ def test_snapshot_of_another_kv_cache_type_is_refused(store_dir: Path) -> None:
 # -- budgets, leases, threads ----------------------------------------------------------------------------
 def test_many_workspaces_under_a_small_budget_stay_correct_and_warm(store_dir: Path) -> None:
     names = [f"w{i}" for i in range(5)]
-    with SessionPool(None, CFG, store_dir=store_dir) as probe:
-        budget = probe.budget_for(2)
+    budget = budget_for(store_dir, 2)
     with SessionPool(None, CFG, store_dir=store_dir, memory_budget_bytes=budget) as p:
         first: dict[str, list[int]] = {}
         for name in names:
@@ -368,8 +370,7 @@ def test_nested_lease_of_the_same_workspace_is_refused(pool: SessionPool) -> Non
 
 
 def test_eviction_never_touches_a_leased_workspace(store_dir: Path) -> None:
-    with SessionPool(None, CFG, store_dir=store_dir) as probe:
-        budget = probe.budget_for(1)
+    budget = budget_for(store_dir, 1)
     with SessionPool(None, CFG, store_dir=store_dir, memory_budget_bytes=budget) as p:
         with p.session("a") as s:
             s.ensure_prefix(s.prefix((("system", prefix_text("a")),)))
@@ -486,8 +487,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30) -> None:
 
 
 def test_a_state_still_being_written_restores_from_memory(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with SessionPool(None, CFG, store_dir=store_dir) as probe:
-        budget = probe.budget_for(1)
+    budget = budget_for(store_dir, 1)
     with SessionPool(None, CFG, store_dir=store_dir, memory_budget_bytes=budget) as p:
         with p.session("a") as s:
             turn(s, "a", Q1)
@@ -508,8 +508,7 @@ def test_writes_wait_for_an_idle_pool_and_a_state_live_again_is_not_written(
     store_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("llamanode.pool.WRITE_DEFER_S", 120.0)  # only idleness or need may start a write
-    with SessionPool(None, CFG, store_dir=store_dir) as probe:
-        budget = probe.budget_for(2)
+    budget = budget_for(store_dir, 2)
     with SessionPool(None, CFG, store_dir=store_dir, memory_budget_bytes=budget) as p:
         holding, release = threading.Event(), threading.Event()
 
@@ -543,8 +542,7 @@ def test_writes_wait_for_an_idle_pool_and_a_state_live_again_is_not_written(
 
 
 def test_failed_writes_keep_states_in_memory(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with SessionPool(None, CFG, store_dir=store_dir) as probe:
-        budget = probe.budget_for(1)
+    budget = budget_for(store_dir, 1)
     with SessionPool(None, CFG, store_dir=store_dir, memory_budget_bytes=budget) as p:
         with p.session("a") as s:
             turn(s, "a", Q1)
