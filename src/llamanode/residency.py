@@ -91,19 +91,18 @@ def explain_divergence(
             return Divergence("shrunk", lcp, None, len(new_text), detail)
         return None
     token_byte = offsets[lcp] if offsets is not None and lcp < len(offsets) else None
+    token_segment = _segment_at(new_manifest, token_byte) if token_byte is not None else None
     if lcp == stable_limit and generated_blocked:
-        segment = _segment_at(new_manifest, token_byte) if token_byte is not None else None
-        return Divergence("generated_tokens", lcp, segment, token_byte, "decode-step KV is re-prefilled in a batch")
+        detail = "decode-step KV is re-prefilled in a batch"
+        return Divergence("generated_tokens", lcp, token_segment, token_byte, detail)
     byte_diff = _first_byte_difference(old_text, new_text)
     if byte_diff == len(new_text) < len(old_text):  # cut inside a token: its new last token re-tokenized
-        segment = _segment_at(new_manifest, token_byte) if token_byte is not None else None
         detail = f"prefix shrank from {old_prefix_tokens} to {new_tokens} tokens, cutting its last token"
-        return Divergence("shrunk", lcp, segment, token_byte, detail)
-    if lcp >= old_prefix_tokens:
-        segment = _segment_at(new_manifest, byte_diff if token_byte is None else token_byte)
-        return Divergence("appended", lcp, segment, token_byte, "text added after the resident prefix")
+        return Divergence("shrunk", lcp, token_segment, token_byte, detail)
     edited = _segment_at(new_manifest, byte_diff)
-    first = _segment_at(new_manifest, token_byte) if token_byte is not None else edited
+    first = token_segment if token_byte is not None else edited
+    if lcp >= old_prefix_tokens:
+        return Divergence("appended", lcp, first, token_byte, "text added after the resident prefix")
     if first != edited:
         detail = f"edit in {edited!r} at byte {byte_diff} re-merged tokens from byte {token_byte} of {first!r}"
         return Divergence("token_boundary", lcp, first, token_byte, detail)
