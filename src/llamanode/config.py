@@ -149,6 +149,10 @@ class DecodeConfig(_Options):
         _require(self.grammar is None or isinstance(self.grammar, str), "grammar must be GBNF text")
         _require(self.json_schema is None or isinstance(self.json_schema, Mapping), "json_schema must be a mapping")
         _require(not (self.grammar and self.json_schema is not None), "give grammar or json_schema, not both")
+        _require(
+            self.json_schema is None or not stop,
+            "stop strings cannot be combined with json_schema: a stop string inside the JSON would cut it short",
+        )
 
     @property
     def greedy(self) -> bool:
