@@ -12,30 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from ...config import Config
+from ...digest_cache import file_digest
 from ...errors import SessionUnavailableError
 from ...manifest import byte_hash
 from ..base import BackendIdentity
 from .cpu import RepackDecision, weight_repack_for
 from .native import build_id, lib
 
-__all__ = ["LoadedModel", "acquire_model", "file_digest", "release_model"]
+__all__ = ["LoadedModel", "acquire_model", "release_model"]
 
-_digests: dict[tuple[str, int, int], str] = {}
 _models: dict[tuple[str, bool], LoadedModel] = {}  # (path, repack): repacking is a load parameter
 _models_lock = threading.Lock()
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of the weights file, memoised by (path, size, mtime)."""
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _digests:
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _digests[key] = h.hexdigest()
-    return _digests[key]
 
 
 @dataclass
