@@ -71,25 +71,14 @@ def _object(draw: st.DrawFn, depth: int, defs: dict[str, Any]) -> Pair:
     if extra == "false":
         schema["additionalProperties"] = False
     elif extra in ("schema", "true") or not names:
-        value_schema, _ = draw(_leaf())
+        value_schema, value = draw(_leaf())
         if extra == "schema":
             schema["additionalProperties"] = value_schema
         elif extra == "true":
             schema["additionalProperties"] = True
         for key in draw(st.lists(_EXTRA_KEY.filter(lambda k: k not in names), max_size=2, unique=True)):
-            instance[key] = draw(_instance_of(value_schema)) if extra == "schema" else draw(_SCALARS)
+            instance[key] = value if extra == "schema" else draw(_SCALARS)
     return schema, instance
-
-
-def _instance_of(leaf: dict[str, Any]) -> st.SearchStrategy[Any]:
-    return st.just(leaf.get("const", (leaf.get("enum") or [None])[0])) if "type" not in leaf else _typed(leaf)
-
-
-def _typed(leaf: dict[str, Any]) -> st.SearchStrategy[Any]:
-    kind = leaf["type"] if isinstance(leaf["type"], str) else "null"
-    if kind == "string":
-        return st.text(_CHARS, min_size=leaf.get("minLength", 0), max_size=leaf.get("maxLength", 4))
-    return {"integer": st.integers(-9, 9), "number": st.integers(-9, 9), "boolean": st.booleans()}.get(kind, st.none())
 
 
 @st.composite

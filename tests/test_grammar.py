@@ -250,6 +250,8 @@ UNSUPPORTED = [
     ({"type": "integer", "enum": ["a"]}, "no enum"),
     ({"enum": ["ab", "c"], "maxLength": 1}, "maxLength"),
     ({"const": float("nan")}, "not a JSON value"),
+    ({"enum": ["ok", "\ud800"]}, "not a JSON value"),
+    ({"type": "object", "properties": {"\udfff": {}}}, "not a JSON value"),
     ({"type": "object", "properties": {"a": {}}, "additionalProperties": False, "required": ["b"]}, "forbidden"),
 ]
 
@@ -258,6 +260,13 @@ UNSUPPORTED = [
 def test_what_cannot_be_honoured_is_a_grammar_error_naming_it(schema: dict[str, object], named: str) -> None:
     with pytest.raises(GrammarError, match=re.escape(named)):
         json_schema_gbnf(schema)
+
+
+def test_const_and_enum_together_admit_only_their_common_value(engine: Engine) -> None:
+    gbnf = json_schema_gbnf({"const": "b", "enum": ["a", "b"]})
+    assert engine.admits(gbnf, '"b"') and not engine.admits(gbnf, '"a"')
+    with pytest.raises(GrammarError, match="no common value"):
+        json_schema_gbnf({"const": "c", "enum": ["a", "b"]})
 
 
 def test_annotations_are_ignored() -> None:

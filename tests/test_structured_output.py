@@ -29,7 +29,7 @@ QUESTIONS = (
 )
 _question = st.one_of(st.sampled_from(QUESTIONS), st.text(min_size=1, max_size=40))
 _sampling = st.one_of(st.just((0.0, None)), st.tuples(st.just(0.9), st.integers(0, 2**31)))
-_PROPERTY = settings(max_examples=20, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+_HEALTH = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 
 
 def _prompt(question: str, schema: object) -> str:
@@ -85,14 +85,22 @@ def test_an_answer_cut_by_max_tokens_says_length(session: KVSession) -> None:
         json.loads(text)
 
 
-@_PROPERTY
-@given(schema=schemas, question=_question, sampling=_sampling)
-def test_every_constrained_answer_that_stops_is_valid(
+def _constrained_answer_is_valid(
     session: KVSession, schema: dict[str, Any], question: str, sampling: tuple[float, int | None]
 ) -> None:
     temperature, seed = sampling
     config = DecodeConfig(max_tokens=MAX_TOKENS, json_schema=schema, temperature=temperature, seed=seed)
     _check(*_answer(session, _prompt(question, schema), config), schema)
+
+
+test_every_constrained_answer_that_stops_is_valid = settings(max_examples=12, suppress_health_check=_HEALTH)(
+    given(schema=schemas, question=_question, sampling=_sampling)(_constrained_answer_is_valid)
+)
+test_every_constrained_answer_that_stops_is_valid_thorough = pytest.mark.slow(
+    settings(max_examples=150, suppress_health_check=_HEALTH)(
+        given(schema=schemas, question=_question, sampling=_sampling)(_constrained_answer_is_valid)
+    )
+)
 
 
 # -- through the HTTP server (response_format), with the official openai client ----------------
@@ -115,7 +123,7 @@ def _chat(
     )
 
 
-@settings(max_examples=10, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=6, suppress_health_check=_HEALTH)
 @given(schema=schemas, question=_question, sampling=_sampling)
 def test_server_json_schema_answers_that_stop_are_valid(
     server: ServerProcess, schema: dict[str, Any], question: str, sampling: tuple[float, int | None]
@@ -126,7 +134,7 @@ def test_server_json_schema_answers_that_stop_are_valid(
     _check(choice.message.content, choice.finish_reason, result.usage.completion_tokens, schema)
 
 
-@settings(max_examples=6, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=4, suppress_health_check=_HEALTH)
 @given(question=_question, sampling=_sampling)
 def test_server_json_object_answers_that_stop_are_objects(
     server: ServerProcess, question: str, sampling: tuple[float, int | None]

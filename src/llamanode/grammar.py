@@ -93,9 +93,11 @@ def _class_char(ch: str) -> str:
 
 def _json_text(value: object, where: str) -> str:
     try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text.encode("utf-8")  # a lone surrogate passes json.dumps but is no text a model can write
     except (TypeError, ValueError) as exc:
         raise GrammarError(f"{where}: {value!r} is not a JSON value ({exc})") from exc
+    return text
 
 
 def _repeat(lo: int, hi: int | None) -> str:
@@ -155,8 +157,8 @@ class _Builder:
         core = drop_annotations(schema)
         if set(core) == {"$ref"}:
             return self.ref(core["$ref"], path)
-        if "$ref" in core or "allOf" in core:
-            return self.expr(all_of([core], self.resolve, path), path)
+        if "$ref" in core or "allOf" in core or {"const", "enum"} <= core.keys():
+            return self.expr(all_of([core], self.resolve, path), path)  # merged: no $ref, allOf or const left
         if "anyOf" in core or "oneOf" in core:
             return self.union(core, path)
         if "enum" in core or "const" in core:
