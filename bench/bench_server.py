@@ -38,6 +38,7 @@ from llamanode import Config, DecodeConfig
 from llamanode.chat import ChatMessage, ChatTemplate, discover_special_tokens
 from llamanode.pool import SessionPool
 from llamanode.session import default_model_path
+from raw_loop import repack_decision
 
 LLAMA_SERVER = Path(os.environ.get("LLAMA_SERVER", Path.home() / ".cache/llamanode/llama-server/bin/llama-server"))
 QUESTIONS = (
@@ -172,6 +173,7 @@ def servers(model: Path, args: argparse.Namespace, store: Path) -> list[Server]:
         )
     )  # fmt: skip
     if LLAMA_SERVER.exists() and not args.skip_llama_server:
+        repack = "--repack" if repack_decision().enabled else "--no-repack"  # llamanode's choice (AMX: off)
         for label, fa in (("llama-server (-fa off)", "off"), ("llama-server (-fa auto)", "auto")):
             port = free_port()
             found.append(
@@ -179,7 +181,7 @@ def servers(model: Path, args: argparse.Namespace, store: Path) -> list[Server]:
                     label,
                     [str(LLAMA_SERVER), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
                      "-c", str(args.ctx), "-t", threads, "-tb", threads, "-np", "1", "-fa", fa, "--jinja",
-                     "--no-webui"],
+                     "--no-webui", repack],
                     port,
                     "/health",
                 )

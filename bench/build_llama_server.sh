@@ -5,6 +5,10 @@
 #   bench/build_llama_server.sh            # -> ~/.cache/llamanode/llama-server/bin/llama-server
 #
 # About 5.5 minutes on 2 cores. Build outputs live in the cache directory and are never committed.
+#
+# The build is native (like the llama-cpp-python wheel), so on an AMX CPU it carries the AMX kernel
+# that crashes on long prefills (llama.cpp#20824). Whoever launches it must pass llamanode's
+# weight-repack choice: bench/bench_server.py adds --no-repack when llamanode turns repacking off.
 set -euo pipefail
 
 VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
@@ -15,8 +19,16 @@ PIP="${PIP:-$(dirname "$0")/../.venv/bin/pip}"
 [ -x "$PIP" ] || PIP="pip"
 JOBS="${JOBS:-$(nproc)}"
 
+PY="$(dirname "$0")/../.venv/bin/python"
+repack_choice() {  # llamanode's decision on this CPU, for the flag llama-server must be launched with
+    [ -x "$PY" ] || return 0
+    "$PY" -c 'from llamanode.backends.llamacpp.cpu import weight_repack_for as w; d = w("auto")
+print(f"weight repack on this CPU: {d.label} ({d.reason}); launch llama-server with", "--repack" if d.enabled else "--no-repack")' || true
+}
+
 if [ -x "$OUT/bin/llama-server" ]; then
     echo "already built: $OUT/bin/llama-server"
+    repack_choice
     exit 0
 fi
 
@@ -35,3 +47,4 @@ cmake --build "$OUT/build" --target llama-server -j "$JOBS"
 mkdir -p "$OUT/bin"
 cp "$OUT/build/bin/llama-server" "$OUT/bin/llama-server"
 echo "built: $OUT/bin/llama-server"
+repack_choice

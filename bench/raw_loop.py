@@ -1,7 +1,8 @@
 """The raw floor: the plainest llama_decode loop on llama-cpp-python's low-level ctypes API.
 
 No llamanode code runs here: one model, one context per setting, one reusable batch filled
-through numpy views, greedy sampling by argmax over the live logits. Whatever llamanode adds
+through numpy views, greedy sampling by argmax over the live logits. Only llamanode's pure
+weight-repack decision is reused, so the floor loads its weights exactly as llamanode does. Whatever llamanode adds
 on top of this is overhead; the fastest setting of this loop is the floor it is held to.
 
 Run alone for a quick look: `.venv/bin/python bench/raw_loop.py [--prefix 4096 --suffix 92]`.
@@ -24,6 +25,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import chatml_prefix, chatml_suffix, now
+from llamanode.backends.llamacpp.cpu import RepackDecision, decide_weight_repack
 
 __all__ = ["RawContext", "RawModel", "RawSetting"]
 
@@ -55,13 +57,20 @@ class RawSetting:
         return f"{self.n_batch}/{self.n_ubatch} fa={'on' if self.flash_attn else 'off'}"
 
 
+def repack_decision(setting: str = "auto") -> RepackDecision:
+    """llamanode's weight-repack choice for this CPU (off where llama.cpp's AMX kernel crashes)."""
+    return decide_weight_repack(_lib().llama_print_system_info().decode("utf-8", "replace"), setting)
+
+
 class RawModel:
     """A loaded GGUF (CPU only) and its vocabulary."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, weight_repack: str = "auto") -> None:
         L = _lib()
+        self.repack = repack_decision(weight_repack)
         params = L.llama_model_default_params()
         params.n_gpu_layers = 0
+        params.use_extra_bufts = self.repack.enabled
         self.handle = L.llama_model_load_from_file(os.fsencode(path), params)
         if not self.handle:
             raise RuntimeError(f"could not load {path}")
@@ -219,12 +228,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--decode", type=int, default=0, help="also greedy-decode this many tokens (tok/s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument(
+        "--weight-repack", default="auto", choices=["auto", "on", "off"], help="as Config.weight_repack"
+    )
     args = parser.parse_args(argv)
     if args.model is None:
         from llamanode import default_model_path
 
         args.model = str(default_model_path())
-    model = RawModel(args.model)
+    model = RawModel(args.model, args.weight_repack)
     setting = RawSetting(args.batch, args.ubatch, args.flash_attn)
     ctx = RawContext(model, setting, args.prefix + max(args.suffix, args.decode, 128) + 256, args.threads)
     prefix = model.tokenize(chatml_prefix(model.tokenize, args.prefix))
@@ -239,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = {
         "setting": setting.label,
         "threads": args.threads,
+        "weight_repack": model.repack.label,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "prefix_tokens": len(prefix),
         "cold_prefill_tok_s": len(prefix) / cold,
@@ -248,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
+    print(f"weight repack {model.repack.label}: {model.repack.reason}")
     print(f"{setting.label} t{args.threads}: cold prefill {len(prefix)} tokens {len(prefix) / cold:.0f} tok/s")
     for ms in result["warm_ttft_ms"]:
         print(f"  warm {args.suffix} tokens at {len(prefix)}: first token {ms:.1f} ms")

@@ -26,6 +26,18 @@ settings.register_profile(
 settings.register_profile("thorough", parent=settings.get_profile("llamanode"), max_examples=2000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "llamanode"))
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Model digests are remembered in a directory of this run, never the user's cache (servers inherit it)."""
+    before = os.environ.get("LLAMANODE_CACHE_DIR")
+    os.environ["LLAMANODE_CACHE_DIR"] = str(tmp_path_factory.mktemp("llamanode-cache"))
+    yield
+    if before is None:
+        del os.environ["LLAMANODE_CACHE_DIR"]
+    else:
+        os.environ["LLAMANODE_CACHE_DIR"] = before
+
+
 REAL_CONFIG = Config(num_ctx=2048, num_threads=1)
 SMALL_CONFIG = Config(num_ctx=256, num_threads=1)
 

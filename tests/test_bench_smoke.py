@@ -36,3 +36,20 @@ def test_bench_core_quick(tmp_path: Path) -> None:
     assert results["warm"]["ttft_ms"]["llamanode"]["n"] == 2
     assert "### Targets" in proc.stdout
     assert out.with_suffix(".md").is_file()
+
+
+@pytest.mark.slow
+def test_bench_startup_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "startup.json"
+    args = ["--size-gb", "0.2", "--reps", "1", "--dir", str(tmp_path), "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "bench_startup.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    seconds = json.loads(out.read_text())["seconds"]
+    assert seconds["digest, remembered"]["median"] < seconds["digest, page cache warm"]["median"]
+    assert "| digest, remembered |" in proc.stdout

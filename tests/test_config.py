@@ -50,6 +50,8 @@ BAD_CONFIG: list[dict[str, Any]] = [
     {"kv_cache_type": "q4_0", "flash_attn": False},
     {"prompt_format": ""},
     {"disable_bos": 1},
+    {"weight_repack": "sometimes"},
+    {"weight_repack": True},
 ]
 
 
@@ -101,6 +103,7 @@ BAD_DECODE: list[dict[str, Any]] = [
     {"grammar": 5},
     {"json_schema": "{}"},
     {"grammar": 'root ::= "a"', "json_schema": {"type": "string"}},
+    {"json_schema": {"type": "object"}, "stop": ("}",)},  # a stop string could cut the JSON short
 ]
 
 

@@ -3,7 +3,10 @@
 llama-server renders the template with its own Jinja engine (lstrip_blocks and trim_blocks on,
 `raise_exception`, `strftime_now`, a JSON-style `tojson`), passes `messages`, `bos_token`,
 `eos_token`, `enable_thinking` and `add_generation_prompt` (only when true), then strips a leading
-BOS text when the vocabulary adds BOS itself. `ChatTemplate` does the same with jinja2's sandbox.
+BOS text when the vocabulary adds BOS itself. `ChatTemplate` does the same with jinja2's sandbox,
+plus what llama.cpp and transformers accept beyond jinja2: the `{% generation %}` tag (its body is
+rendered) and string/dict methods used as filters (`x | strip`). A template that cannot be
+rendered is refused when the ChatTemplate is built, naming the construct and its line.
 
 `ChatTemplate.split` cuts the rendered prompt into a stable prefix (every message but the last)
 and a volatile suffix (the last message and the generation prompt), right before a special
@@ -41,6 +44,25 @@ CHATML_TEMPLATE = (
     "{%- endif -%}"
 )
 
+# llama.cpp's engine lets these methods be used as filters too (common/jinja/value.cpp); jinja2 does not
+_METHOD_FILTERS: dict[str, Callable[..., Any]] = {
+    "strip": lambda s, chars=None: s.strip(chars),
+    "lstrip": lambda s, chars=None: s.lstrip(chars),
+    "rstrip": lambda s, chars=None: s.rstrip(chars),
+    "split": lambda s, sep=None, maxsplit=-1: s.split(sep, maxsplit),
+    "rsplit": lambda s, sep=None, maxsplit=-1: s.rsplit(sep, maxsplit),
+    "startswith": lambda s, prefix: s.startswith(prefix),
+    "endswith": lambda s, suffix: s.endswith(suffix),
+    "keys": lambda d: list(d.keys()),
+    "values": lambda d: list(d.values()),
+    "get": lambda d, key, default=None: d.get(key, default),
+}
+# Conversations rendered once at construction: a template none of them renders cannot serve.
+_PROBES: tuple[tuple[tuple[str, str], ...], ...] = (
+    (("user", "Hello."),),
+    (("system", "Be brief."), ("user", "Hello.")),
+    (("user", "Hello."), ("assistant", "Hi."), ("user", "Bye.")),
+)
 _SENTINEL = "\x00llamanode-seam\x00"
 _SPECIAL_CANDIDATE = re.compile(r"<[^<>\s'\"\\]{1,64}>")
 
@@ -76,8 +98,39 @@ class SplitPrompt:
         return self.prefix + self.suffix
 
 
+class _RaisedByTemplate(Exception):
+    """The cause of a ChatTemplateError raised by the template's own raise_exception()."""
+
+
 def _raise_exception(message: object) -> None:
-    raise ChatTemplateError(f"chat template raised: {message}")
+    raise ChatTemplateError(f"chat template raised: {message}") from _RaisedByTemplate(message)
+
+
+def _template_line(exc: BaseException) -> str:
+    """' (line N)' for the innermost frame of the template in exc's traceback, else ''."""
+    tb, line = exc.__traceback__, None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return f" (line {line})" if line is not None else ""
+
+
+def _generation_tag() -> type[Any]:
+    """transformers' `{% generation %}...{% endgeneration %}` (it marks assistant text for training
+    masks): rendered as its body, as llama.cpp does."""
+    from jinja2 import nodes
+    from jinja2.ext import Extension
+    from jinja2.parser import Parser
+
+    class GenerationTag(Extension):
+        tags = {"generation"}  # noqa: RUF012 (jinja2 declares it a class-level set)
+
+        def parse(self, parser: Parser) -> list[nodes.Node]:
+            next(parser.stream)
+            return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+    return GenerationTag
 
 
 def _strftime_now(fmt: str) -> str:
@@ -115,7 +168,7 @@ class ChatTemplate:
         add_eos: bool = False,
         special_tokens: Collection[str] = (),
     ) -> None:
-        from jinja2 import TemplateError
+        from jinja2 import TemplateError, TemplateSyntaxError
         from jinja2.ext import loopcontrols
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -127,14 +180,39 @@ class ChatTemplate:
         self.add_eos = add_eos
         self.special_tokens = tuple(sorted(set(special_tokens), key=len, reverse=True))
         env = ImmutableSandboxedEnvironment(
-            trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False, extensions=[loopcontrols]
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=False,
+            extensions=[loopcontrols, _generation_tag()],
         )
-        env.filters["tojson"] = _tojson
+        env.filters.update(_METHOD_FILTERS, tojson=_tojson)
         env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now, tojson=_tojson)
         try:
             self._template = env.from_string(self.source)
+        except TemplateSyntaxError as exc:
+            message = f"the model's chat template does not compile: {exc.message} (line {exc.lineno})"
+            raise ChatTemplateError(message) from exc
         except TemplateError as exc:
             raise ChatTemplateError(f"the model's chat template does not compile: {exc}") from exc
+        self._check_renders()
+
+    def _check_renders(self) -> None:
+        """Refuse a template that renders none of the probe conversations for want of a construct.
+
+        A template that refuses them itself (raise_exception: e.g. no system role) is the model's
+        rule, not a construct llamanode lacks, so it passes.
+        """
+        failures: list[ChatTemplateError] = []
+        for probe in _PROBES:
+            try:
+                self.render([ChatMessage(role, content) for role, content in probe])
+                return
+            except ChatTemplateError as exc:
+                failures.append(exc)
+        causes = [f.__cause__ or f for f in failures if not isinstance(f.__cause__, _RaisedByTemplate)]
+        if causes:
+            where = _template_line(causes[0])
+            raise ChatTemplateError(f"llamanode cannot render the model's chat template{where}: {causes[0]}")
 
     def render(self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True) -> str:
         """The prompt text llama-server would tokenize (BOS text stripped when the vocab adds BOS)."""
@@ -201,7 +279,8 @@ class ChatTemplate:
         except ChatTemplateError:
             raise
         except (TemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
-            raise ChatTemplateError(f"chat template failed to render these messages: {exc}") from exc
+            where = _template_line(exc)
+            raise ChatTemplateError(f"chat template failed to render these messages{where}: {exc}") from exc
         if self.add_bos and self.bos_token and text.startswith(self.bos_token):
             text = text[len(self.bos_token) :]
         if self.add_eos and self.eos_token and text.endswith(self.eos_token):

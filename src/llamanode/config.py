@@ -10,9 +10,10 @@ from typing import Any, TypeVar
 
 from .errors import ConfigError
 
-__all__ = ["KV_CACHE_TYPES", "Config", "DecodeConfig"]
+__all__ = ["KV_CACHE_TYPES", "WEIGHT_REPACK_SETTINGS", "Config", "DecodeConfig"]
 
 KV_CACHE_TYPES = ("", "f16", "q8_0", "q4_0")
+WEIGHT_REPACK_SETTINGS = ("auto", "on", "off")
 _T = TypeVar("_T", bound="_Options")
 
 
@@ -51,8 +52,9 @@ def _require_int(name: str, value: object, low: int, high: int | None = None) ->
 class Config(_Options):
     """Runtime configuration of a session. Defaults are measured (docs/benchmarks.md).
 
-    Fields that change KV contents (kv_cache_type, flash_attn, num_gpu_layers, tensor_split)
-    are part of the manifest's runtime digest; the rest only change speed.
+    Fields that change KV contents (kv_cache_type, flash_attn, num_gpu_layers, tensor_split, and
+    the effective weight_repack choice) are part of the manifest's runtime digest; the rest only
+    change speed.
     """
 
     num_ctx: int = 8192  # the default model's n_ctx_train; f16 KV costs ~23 KB/token (188 MB)
@@ -66,6 +68,9 @@ class Config(_Options):
     prompt_format: str = "model"  # "model" = the GGUF's own chat template; or "chatml", "llama3", ...
     prompt_template_digest: str = ""  # digest of the caller's rendered template, if it renders itself
     disable_bos: bool = False  # True: never add BOS, whatever the vocabulary says
+    # llama.cpp's weight repacking (extra buffer types): "auto" = on unless the CPU has AMX_INT8,
+    # whose kernel crashes on long prefills (llama.cpp#20824); "on"/"off" force it.
+    weight_repack: str = "auto"
 
     def __post_init__(self) -> None:
         _require_int("num_ctx", self.num_ctx, 16)
@@ -89,6 +94,10 @@ class Config(_Options):
         )
         _require(bool(self.prompt_format), "prompt_format must not be empty")
         _require(isinstance(self.disable_bos, bool), "disable_bos must be a bool")
+        _require(
+            self.weight_repack in WEIGHT_REPACK_SETTINGS,
+            f"weight_repack must be one of {WEIGHT_REPACK_SETTINGS}, got {self.weight_repack!r}",
+        )
 
     @property
     def kv_type(self) -> str:
@@ -140,6 +149,10 @@ class DecodeConfig(_Options):
         _require(self.grammar is None or isinstance(self.grammar, str), "grammar must be GBNF text")
         _require(self.json_schema is None or isinstance(self.json_schema, Mapping), "json_schema must be a mapping")
         _require(not (self.grammar and self.json_schema is not None), "give grammar or json_schema, not both")
+        _require(
+            self.json_schema is None or not stop,
+            "stop strings cannot be combined with json_schema: a stop string inside the JSON would cut it short",
+        )
 
     @property
     def greedy(self) -> bool:

@@ -26,8 +26,10 @@ def run(args: argparse.Namespace) -> int:
         "model_path": str(args.model or default_model_path()),
     }
     if session_available():
+        from ..backends.llamacpp.cpu import CpuFeatures, weight_repack_for
         from ..backends.llamacpp.native import system_info
 
+        repack = weight_repack_for(config.weight_repack)
         with open_session(args.model, config) as session:
             ident = session.identity  # type: ignore[attr-defined]
             facts.update(
@@ -38,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
                 add_bos=ident.add_bos,
                 chat_template="yes" if ident.chat_template else "no",
                 config=config.kv_shaping() | {"num_batch": config.num_batch, "threads": config.threads},
-                cpu=system_info(),
+                cpu_features=" ".join(CpuFeatures.parse(system_info()).flags),
+                weight_repack=f"{repack.label} ({repack.reason})",
                 capabilities=CAPABILITIES,
             )
     if args.json:

@@ -32,12 +32,12 @@ class ModelInfo:
 class ModelProbe:
     """Holds one reference to the loaded model for the server's lifetime."""
 
-    def __init__(self, model_path: str | Path) -> None:
+    def __init__(self, model_path: str | Path, weight_repack: str = "auto") -> None:
         from ..backends.llamacpp.model import acquire_model
         from ..backends.llamacpp.native import lib
 
         L = lib()
-        self._model: Any = acquire_model(str(model_path))
+        self._model: Any = acquire_model(str(model_path), weight_repack)  # the pool's choice: one copy
         m = self._model
         vocab = m.vocab
         bos, eos = L.llama_vocab_bos(vocab), L.llama_vocab_eos(vocab)

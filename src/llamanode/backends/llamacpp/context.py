@@ -160,7 +160,7 @@ class LlamaCppContext:
 
 
 def open_llamacpp_session(model_path: str, config: Config) -> KVSession:
-    model = acquire_model(model_path)
+    model = acquire_model(model_path, config.weight_repack)
     try:
         context = LlamaCppContext(model, config)
     except BaseException:

@@ -13,7 +13,7 @@ from .native import lib
 
 __all__ = ["embed_text"]
 
-_contexts: dict[tuple[str, int], tuple[int, object]] = {}
+_contexts: dict[tuple[str, bool, int], tuple[int, object]] = {}
 _lock = threading.Lock()
 _MAX_TOKENS = 2048
 
@@ -21,8 +21,8 @@ _MAX_TOKENS = 2048
 def _embedding_context(model_path: str, config: Config) -> tuple[int, int, int]:
     """(ctx, vocab, n_embd) for a model; created once per process and model."""
     L = lib()
-    model = acquire_model(model_path)
-    key = (str(model.path), config.threads)
+    model = acquire_model(model_path, config.weight_repack)
+    key = (str(model.path), model.repack.enabled, config.threads)
     if key not in _contexts:
         cp = L.llama_context_default_params()
         cp.n_ctx = cp.n_batch = cp.n_ubatch = _MAX_TOKENS

@@ -12,29 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from ...config import Config
+from ...digest_cache import file_digest
 from ...errors import SessionUnavailableError
 from ...manifest import byte_hash
 from ..base import BackendIdentity
+from .cpu import RepackDecision, weight_repack_for
 from .native import build_id, lib
 
-__all__ = ["LoadedModel", "acquire_model", "file_digest", "release_model"]
+__all__ = ["LoadedModel", "acquire_model", "release_model"]
 
-_digests: dict[tuple[str, int, int], str] = {}
-_models: dict[str, LoadedModel] = {}
+_models: dict[tuple[str, bool], LoadedModel] = {}  # (path, repack): repacking is a load parameter
 _models_lock = threading.Lock()
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of the weights file, memoised by (path, size, mtime)."""
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _digests:
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _digests[key] = h.hexdigest()
-    return _digests[key]
 
 
 @dataclass
@@ -47,6 +35,7 @@ class LoadedModel:
     chat_template: str | None
     description: str
     vocab_add_bos: bool
+    repack: RepackDecision
     refs: int = 0
     pieces: dict[int, bytes] = field(default_factory=dict)
 
@@ -58,7 +47,9 @@ class LoadedModel:
         return piece
 
     def identity(self, config: Config, n_ctx: int) -> BackendIdentity:
-        runtime = byte_hash(json.dumps({"build": build_id(), **config.kv_shaping()}, sort_keys=True))
+        # repacked weights take other matmul kernels, so they write other KV numbers
+        shaping = {"build": build_id(), **config.kv_shaping(), "weight_repack": self.repack.enabled}
+        runtime = byte_hash(json.dumps(shaping, sort_keys=True))
         template = self.chat_template if config.prompt_format == "model" else None
         template_key = {"format": config.prompt_format, "template": template, "caller": config.prompt_template_digest}
         return BackendIdentity(
@@ -109,12 +100,13 @@ def _meta(handle: int, key: bytes) -> str:
     return "" if n < 0 else buf.value.decode("utf-8", "replace")
 
 
-def _load(path: Path) -> LoadedModel:
+def _load(path: Path, repack: RepackDecision) -> LoadedModel:
     L = lib()
     if not path.is_file():
         raise SessionUnavailableError(f"model file not found: {path}")
     params = L.llama_model_default_params()
     params.n_gpu_layers = 0
+    params.use_extra_bufts = repack.enabled
     handle = L.llama_model_load_from_file(os.fsencode(path), params)
     if not handle:
         raise SessionUnavailableError(f"llama.cpp could not load {path} (not a GGUF model?)")
@@ -132,17 +124,19 @@ def _load(path: Path) -> LoadedModel:
         chat_template=template.decode("utf-8") if template else None,
         description=f"{name} ({desc.value.decode('utf-8', 'replace')})".strip(),
         vocab_add_bos=bool(L.llama_vocab_get_add_bos(vocab)),
+        repack=repack,
     )
 
 
-def acquire_model(model_path: str) -> LoadedModel:
-    """The loaded model for a path, loading it on first use; pair with release_model."""
+def acquire_model(model_path: str, weight_repack: str = "auto") -> LoadedModel:
+    """The loaded model for a path and repack setting, loading it on first use; pair with release_model."""
     path = Path(model_path).resolve()
+    repack = weight_repack_for(weight_repack)
     with _models_lock:
-        model = _models.get(str(path))
+        model = _models.get((str(path), repack.enabled))
         if model is None:
-            model = _load(path)
-            _models[str(path)] = model
+            model = _load(path, repack)
+            _models[(str(path), repack.enabled)] = model
         model.refs += 1
         return model
 
@@ -152,7 +146,7 @@ def release_model(model: LoadedModel) -> None:
     with _models_lock:
         model.refs -= 1
         if model.refs == 0:
-            _models.pop(str(model.path), None)
+            _models.pop((str(model.path), model.repack.enabled), None)
             lib().llama_model_free(model.handle)
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 from typing import Any
 
 from ...config import DecodeConfig
 from ...errors import GrammarError
+from ...grammar import json_schema_gbnf
 from .native import lib
 
 __all__ = ["LlamaCppSampler", "grammar_text"]
@@ -19,12 +19,7 @@ def grammar_text(config: DecodeConfig) -> str | None:
         return config.grammar
     if config.json_schema is None:
         return None
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-    try:
-        return str(json_schema_to_gbnf(json.dumps(dict(config.json_schema))))
-    except Exception as exc:  # the converter raises bare exceptions of several kinds
-        raise GrammarError(f"json_schema could not be compiled to a grammar: {exc}") from exc
+    return json_schema_gbnf(config.json_schema)  # llamanode's own converter (see grammar.py for why)
 
 
 class LlamaCppSampler:
