@@ -74,9 +74,27 @@ def test_a_segment_edited_every_turn_moves_last_after_evidence_and_stays() -> No
     assert order(out[2]) == ("system", "map", "b", "c", "a")  # the second edit in a row moves it
     moved = out[2].report.moves
     assert [(m.name, m.reason, m.before, m.after) for m in moved] == [("a", "volatile", 2, 4)]
-    assert "score 0.75 >= 0.60" in moved[0].detail
+    assert "score 0.75 >= 0.60; changes 1.00/turn > body breaks 0.25/turn" in moved[0].detail
     assert {order(a) for a in out[2:]} == {("system", "map", "b", "c", "a")}
     assert all(a.report.moves == () and a.report.kept_segments == 4 for a in out[3:])
+
+
+def test_a_segment_does_not_move_behind_a_body_that_breaks_more_often() -> None:
+    """Files come and go every turn; the map changes twice in a row, but less often than the files break."""
+    asm = ContextAssembler()
+    reports = []
+    maps = ["M0"] * 4 + ["M1", "M2"] + ["M2"] * 3  # edited in two turns in a row: score 0.75
+    for t, repo_map in enumerate(maps):
+        files = {f"f{t}": "x", f"f{t + 1}": "y"}  # one file leaves, one arrives, one changes each turn
+        reports.append(asm.assemble({"system": "S", "map": repo_map, **files}, ["system"]).report)
+    assert reports[5].segments[1].score == pytest.approx(0.75) and reports[5].body_break_rate > 0.6
+    assert all(r.order[:2] == ("system", "map") for r in reports)
+    assert not any(m.reason == "volatile" for r in reports for m in r.moves)
+    # the same map edits in a quiet body do move it
+    quiet = ContextAssembler()
+    for t in range(8):
+        last = quiet.assemble({"system": "S", "map": f"M{t}", "f1": "x", "f2": "y"}, ["system"]).report
+    assert last.order == ("system", "f1", "f2", "map") and last.body_break_rate < 0.4
 
 
 def test_pinned_segments_stay_put_however_often_they_change() -> None:
@@ -196,6 +214,9 @@ def test_state_round_trips_through_json_and_continues_identically() -> None:
         lambda s: s.update(policy={"decay": 2.0}),
         lambda s: s.update(policy={"speed": 1}),
         lambda s: s.update(segments=[]),
+        lambda s: s.update(body=[1]),
+        lambda s: s["segments"]["a"].update(volatile=1),
+        lambda s: s["segments"]["a"].update(score=True),
     ],
 )
 def test_bad_state_is_refused(mutate: Callable[[dict[str, object]], None]) -> None:

@@ -8,7 +8,7 @@ learns each segment's volatility from the turns it sees and moves a segment only
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from .config import _Options, _require
@@ -30,22 +30,28 @@ STATE_FORMAT = "llamanode.assembler/1"
 
 @dataclass(frozen=True)
 class AssemblerPolicy(_Options):
-    """How much evidence moves a segment. The score is a decayed rate of text changes per turn seen.
+    """How much evidence moves a segment.
 
-    With the defaults one edit gives 0.5 (the order stays); a second edit within two turns crosses
-    0.6 and the segment joins the volatile tail; it settles back after its score decays to 0.2.
+    A segment joins the volatile tail when its score (a fast-decayed rate of text changes per turn
+    seen) reaches volatile_at and its slower change rate exceeds the break rate of the body it would
+    move behind (body segments that changed or left per turn): moving behind segments that break
+    more often than it changes would cost more than it saves. With the defaults one edit gives a
+    score of 0.5 (the order stays) and a second within two turns 0.75; a tail segment settles back
+    once its score decays to 0.2.
     """
 
-    decay: float = 0.5  # weight of the past: score = decay * score + (1 - decay) * changed
-    volatile_at: float = 0.6  # score at or above which a segment joins the volatile tail
+    decay: float = 0.5  # weight of the past in the score: score = decay * score + (1 - decay) * changed
+    rate_decay: float = 0.9  # weight of the past in the slower change and break rates
+    volatile_at: float = 0.6  # score at or above which a segment may join the volatile tail
     stable_at: float = 0.2  # score at or below which a tail segment returns before the tail
     forget_after: int = 64  # turns an absent segment's history is kept
 
     def __post_init__(self) -> None:
-        for name in ("decay", "volatile_at", "stable_at"):
+        for name in ("decay", "rate_decay", "volatile_at", "stable_at"):
             value = getattr(self, name)
             _require(isinstance(value, int | float) and not isinstance(value, bool), f"{name} must be a number")
         _require(0.0 < self.decay < 1.0, f"decay must be in (0, 1), got {self.decay}")
+        _require(0.0 < self.rate_decay < 1.0, f"rate_decay must be in (0, 1), got {self.rate_decay}")
         _require(0.0 <= self.stable_at < self.volatile_at <= 1.0, "need 0 <= stable_at < volatile_at <= 1")
         _require(isinstance(self.forget_after, int) and self.forget_after >= 1, "forget_after must be an int >= 1")
 
@@ -61,6 +67,7 @@ class SegmentVolatility:
     changed: bool  # its text differs from the last time it was seen
     seen: int  # turns it was present
     changes: int  # turns its text had changed
+    rate: float  # slower-decayed changes per turn, compared with the body's break rate
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,7 @@ class AssemblyReport:
     segments: tuple[SegmentVolatility, ...]  # in order
     moves: tuple[SegmentMove, ...]
     waiting: tuple[str, ...]  # tail segments ready to settle, kept in place until a move costs nothing
+    body_break_rate: float  # how often a segment before the tail changed or left, per turn
     kept_segments: int  # leading segments identical (name and text) to the last turn's: reusable as they are
 
     def describe(self) -> str:
@@ -109,6 +117,12 @@ class _Track:
     seen: int = 1
     changes: int = 0
     last_turn: int = 0
+    recent_changes: float = 0.0  # changes and turns, both decayed by rate_decay: their ratio is the rate
+    recent_turns: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.recent_changes / self.recent_turns if self.recent_turns else 0.0
 
 
 class ContextAssembler:
@@ -125,6 +139,12 @@ class ContextAssembler:
         self._order: list[str] = []
         self._pinned: list[str] = []
         self._tracks: dict[str, _Track] = {}
+        self._body_breaks = 0.0  # body segments that changed or left, and body segments seen, both decayed
+        self._body_turns = 0.0
+
+    @property
+    def body_break_rate(self) -> float:
+        return self._body_breaks / self._body_turns if self._body_turns else 0.0
 
     def assemble(
         self, segments: Sequence[tuple[str, str]] | Mapping[str, str], pinned: Collection[str] = ()
@@ -136,6 +156,7 @@ class ContextAssembler:
         head = [name for name, _ in pairs if name in pins]
         before = [(name, self._tracks[name].digest) for name in self._order]
         self._turn += 1
+        self._count_body_breaks(texts)
         changed, moves = self._observe(pairs, pins)
         order, waiting = self._arrange(head, [name for name, _ in pairs], before, changed, moves)
         moves += self._pin_moves(head, texts)
@@ -146,6 +167,7 @@ class ContextAssembler:
             segments=tuple(self._volatility(name, name in pins, name in changed) for name in order),
             moves=tuple(sorted(_placed(moves, self._order, order), key=_move_key)),
             waiting=tuple(waiting),
+            body_break_rate=self.body_break_rate,
             kept_segments=_common_lead(before, self._keyed(order)),
         )
         self._order, self._pinned = order, head
@@ -170,6 +192,8 @@ class ContextAssembler:
                 continue
             differs = digest != track.digest
             track.score = self.policy.decay * track.score + (1.0 - self.policy.decay) * differs
+            track.recent_changes = self.policy.rate_decay * track.recent_changes + differs
+            track.recent_turns = self.policy.rate_decay * track.recent_turns + 1.0
             track.digest, track.seen, track.changes = digest, track.seen + 1, track.changes + differs
             track.last_turn = self._turn
             if differs:
@@ -177,10 +201,21 @@ class ContextAssembler:
             if name not in self._order:
                 where = _arrival_place(name in pins, track.volatile)
                 moves.append(SegmentMove(name, None, None, "returned", f"seen in {track.seen - 1} turns; {where}"))
-            if name not in pins and not track.volatile and track.score >= self.policy.volatile_at:
+            if name not in pins and not track.volatile and self._clearly_volatile(track):
                 track.volatile = True
-                moves.append(SegmentMove(name, None, None, "volatile", self._evidence(track, ">=")))
+                rates = f"; changes {track.rate:.2f}/turn > body breaks {self.body_break_rate:.2f}/turn"
+                moves.append(SegmentMove(name, None, None, "volatile", self._evidence(track, ">=") + rates))
         return changed, moves
+
+    def _clearly_volatile(self, track: _Track) -> bool:
+        return track.score >= self.policy.volatile_at and track.rate > self.body_break_rate
+
+    def _count_body_breaks(self, texts: Mapping[str, str]) -> None:
+        """Last turn's segments between the pins and the tail: how many changed or left."""
+        body = [n for n in self._order if n not in self._pinned and not self._tracks[n].volatile]
+        broke = sum(n not in texts or byte_hash(texts[n]) != self._tracks[n].digest for n in body)
+        self._body_breaks = self.policy.rate_decay * self._body_breaks + broke
+        self._body_turns = self.policy.rate_decay * self._body_turns + len(body)
 
     def _evidence(self, track: _Track, cmp: str) -> str:
         bound = self.policy.volatile_at if cmp == ">=" else self.policy.stable_at
@@ -235,7 +270,7 @@ class ContextAssembler:
 
     def _volatility(self, name: str, pinned: bool, changed: bool) -> SegmentVolatility:
         t = self._tracks[name]
-        return SegmentVolatility(name, t.score, t.volatile, pinned, changed, t.seen, t.changes)
+        return SegmentVolatility(name, t.score, t.volatile, pinned, changed, t.seen, t.changes, t.rate)
 
     # -- persistence ---------------------------------------------------------------------------
     def export_state(self) -> dict[str, Any]:
@@ -246,6 +281,7 @@ class ContextAssembler:
             "turn": self._turn,
             "order": list(self._order),
             "pinned": list(self._pinned),
+            "body": [self._body_breaks, self._body_turns],
             "segments": {name: asdict(track) for name, track in self._tracks.items()},
         }
 
@@ -262,6 +298,7 @@ class ContextAssembler:
         made._tracks = {str(n): _track(n, t) for n, t in _field(state, "segments", dict).items()}
         made._order = [str(n) for n in _field(state, "order", list)]
         made._pinned = [str(n) for n in _field(state, "pinned", list)]
+        made._body_breaks, made._body_turns = _body(state.get("body"))
         missing = [n for n in made._order + made._pinned if n not in made._tracks]
         if missing or not set(made._pinned) <= set(made._order) or len(set(made._order)) != len(made._order):
             raise InvalidInputError(f"assembler state: order and pins must name tracked segments once ({missing})")
@@ -330,17 +367,21 @@ def _field(state: Mapping[str, Any], name: str, kind: type) -> Any:
     return value
 
 
+_TRACK_FIELDS = {f.name: str(f.type) for f in fields(_Track)}
+_KINDS: dict[str, type | tuple[type, ...]] = {"str": str, "int": int, "float": (int, float), "bool": bool}
+
+
 def _track(name: object, data: object) -> _Track:
-    if not isinstance(data, Mapping) or set(data) != {"digest", "score", "volatile", "seen", "changes", "last_turn"}:
-        raise InvalidInputError(f"assembler state: segment {name!r} is malformed")
-    try:
-        return _Track(
-            digest=str(data["digest"]),
-            score=float(data["score"]),
-            volatile=bool(data["volatile"]),
-            seen=int(data["seen"]),
-            changes=int(data["changes"]),
-            last_turn=int(data["last_turn"]),
-        )
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"assembler state: segment {name!r} is malformed: {exc}") from exc
+    if not isinstance(data, Mapping) or set(data) != set(_TRACK_FIELDS):
+        raise InvalidInputError(f"assembler state: segment {name!r} must have exactly {sorted(_TRACK_FIELDS)}")
+    for key, kind in _TRACK_FIELDS.items():
+        value = data[key]
+        if isinstance(value, bool) != (kind == "bool") or not isinstance(value, _KINDS[kind]):
+            raise InvalidInputError(f"assembler state: segment {name!r}: {key} must be a {kind}")
+    return _Track(**data)
+
+
+def _body(value: object) -> tuple[float, float]:
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int | float) for v in value)):
+        raise InvalidInputError("assembler state: 'body' must be [breaks, turns]")
+    return float(value[0]), float(value[1])
