@@ -54,12 +54,12 @@ def check_fits(trace: Trace, tok: Any, num_ctx: int) -> None:
             raise SystemExit(f"turn {turn.commit} needs {need} tokens > num_ctx {num_ctx}: lower --max-files-bytes")
 
 
-def oracle(trace: Trace, tok: Any) -> list[dict[str, int]]:
+def oracle_rows(trace: Trace, tok: Any) -> list[dict[str, int]]:
     """Per turn: prefix tokens, and tokens of the segments new or changed since the turn before."""
     rows: list[dict[str, int]] = []
     before: set[tuple[str, str]] = set()
     for turn in trace.turns:
-        fresh = [text for pair in turn.segments if pair not in before for text in pair[1:]]
+        fresh = [text for name, text in turn.segments if (name, text) not in before]
         rows.append(
             {"prefix_tokens": count(tok, turn.prefix_text), "recomputed_tokens": sum(count(tok, t) for t in fresh)}
         )
@@ -93,7 +93,7 @@ def totals(results: Sequence[TurnResult], names: Sequence[str]) -> dict[str, dic
 
 
 def report(
-    trace: Trace, results: Sequence[TurnResult], summary: dict[str, dict[str, float]], floor: list[dict[str, int]]
+    trace: Trace, results: Sequence[TurnResult], summary: dict[str, dict[str, float]], oracle: list[dict[str, int]]
 ) -> str:
     turns = md_table(
         ["turn", "commit", "strategy", "prefix", "reused", "recomputed", "suffix", "TTFT ms", "first token"],
@@ -126,8 +126,8 @@ def report(
         ]
         for name, t in summary.items()
     ]
-    prefix = sum(f["prefix_tokens"] for f in floor)
-    recomputed = sum(f["recomputed_tokens"] for f in floor)
+    prefix = sum(o["prefix_tokens"] for o in oracle)
+    recomputed = sum(o["recomputed_tokens"] for o in oracle)
     rows.append(
         ["oracle (tokens only)", prefix, prefix - recomputed, recomputed, ratio(recomputed, prefix)] + ["n/a"] * 4
     )
@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup = ReplaySetup(str(llamanode.default_model_path()), Config(num_ctx=args.num_ctx, num_threads=args.threads))
     tok = vocab(setup.model_path)
     check_fits(trace, tok, args.num_ctx)
-    floor = oracle(trace, tok)
+    oracle = oracle_rows(trace, tok)
     log(f"replaying {len(trace.turns)} turns of {trace.repo} through {', '.join(names)}")
 
     def show(r: TurnResult) -> None:
@@ -176,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     results = replay(trace, [STRATEGIES[n](setup) for n in names], args.think, show)
     summary = totals(results, names)
-    text = report(trace, results, summary, floor)
+    text = report(trace, results, summary, oracle)
     print(text)
     if args.json:
         write_json(
@@ -191,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "options": asdict(trace.options),
                     "turns": [{"commit": t.commit, "subject": t.subject, "notes": list(t.notes)} for t in trace.turns],
                 },
-                "oracle": floor,
+                "oracle": oracle,
                 "totals": summary,
                 "turns": [asdict(r) for r in results],
             },

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -328,3 +331,20 @@ def test_assembled_prefix_is_exact_and_reuses_more_after_edits(real: KVSession, 
     assert real.explain_context().last_divergence.segment == "calc"
     ahead = len(real.tokenize(base["system"] + base["repo_map"] + base["text"]))
     assert reused[3] >= ahead > reused[1]
+
+
+@pytest.mark.slow
+def test_the_demo_shows_one_edit_moving_nothing_and_the_third_edit_costing_least() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "llamanode.cli", "demo", "--threads", "1", "--max-tokens", "4"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    prefilled = [int(n) for n in re.findall(r"\+ prefilled (\d+) prefix tokens", proc.stdout)]
+    assert len(prefilled) == 6 and prefilled[1] == prefilled[2] == 0
+    assert prefilled[5] < prefilled[3] < prefilled[4]
+    assert "assembler: config.py changed (score 0.50, no clear evidence yet): order kept" in proc.stdout
+    assert "assembler: config.py volatile: text changed in 2 of 5 turns" in proc.stdout
