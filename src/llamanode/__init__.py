@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .assembler import AssemblerPolicy, Assembly, AssemblyReport, ContextAssembler, SegmentMove, SegmentVolatility
 from .backends.llamacpp import register as _register_llamacpp
 from .config import Config, DecodeConfig
 from .errors import (
@@ -51,8 +52,12 @@ from .session import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AssemblerPolicy",
+    "Assembly",
+    "AssemblyReport",
     "Config",
     "ConfigError",
+    "ContextAssembler",
     "ContextManifest",
     "ContextOverflowError",
     "ContextReport",
@@ -71,7 +76,9 @@ __all__ = [
     "PrefillProgress",
     "PrefixInput",
     "PrefixStatus",
+    "SegmentMove",
     "SegmentResidency",
+    "SegmentVolatility",
     "Session",
     "SessionBusyError",
     "SessionClosedError",

@@ -14,7 +14,7 @@ __all__ = ["main"]
 
 # name -> (module under llamanode.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("demo", "run the coding-loop demo: a cold turn, warm turns, an edit mid-prefix"),
+    "demo": ("demo", "run the coding-loop demo: a cold turn, warm turns, edits mid-prefix ordered by the assembler"),
     "info": ("info", "show the model, the llama.cpp build and what this runtime can do"),
     "serve": ("serve", "serve the OpenAI-compatible HTTP API over pooled, persistent workspaces"),
     "snapshot": ("snapshot", "check stored workspace snapshots (verify)"),

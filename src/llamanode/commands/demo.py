@@ -1,7 +1,9 @@
 """`llamanode demo`: the coding loop on the embedded model, over llamanode's own source tree.
 
 Turn 1 is cold; turns 2-3 keep the prefix and send new suffixes (test output, a question);
-turn 4 edits a file in the middle of the prefix, so only the tail after the edit is prefilled.
+turns 4-6 edit the same file in the middle of the prefix. A ContextAssembler orders the segments:
+one edit moves nothing (only the tail after the edit is prefilled), the second moves the file last,
+and the third then prefills only that file's changed part.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..assembler import AssemblyReport, ContextAssembler
 from ..config import DecodeConfig
 from ..kvsession import KVSession
 from ..session import PrefillProgress, open_session
@@ -28,6 +31,7 @@ TURNS = (
     ("question", "Which class keeps stop strings from being emitted?"),
 )
 EDIT_FILE = "config.py"
+EDITS = tuple(f"max_tokens: int | None = {n}" for n in (256, 128, 512, 384))  # the same length: the map stays
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -42,14 +46,17 @@ def run(args: argparse.Namespace) -> int:
     files = {name: (tree / name).read_text(encoding="utf-8") for name in args.files}
     decode = DecodeConfig(max_tokens=args.max_tokens, stop=("<|im_end|>", "\n\n"), repeat_penalty=1.2)
     print(f"llamanode demo: {len(files)} files of {tree} as the stable prefix", flush=True)
+    assembler = ContextAssembler()
     with open_session(args.model, config_from_args(args)) as session:
         assert isinstance(session, KVSession)
         print(f"model: {session.identity.description}; num_ctx {session.num_ctx}\n", flush=True)
         for turn, (kind, text) in enumerate(TURNS, start=1):
-            _turn(session, turn, f"cold start, {kind}" if turn == 1 else f"warm, new {kind}", files, text, decode)
-        edited = dict(files)
-        edited[EDIT_FILE] = files[EDIT_FILE].replace("num_batch: int = 512", "num_batch: int = 256", 1)
-        _turn(session, len(TURNS) + 1, f"after editing {EDIT_FILE} mid-prefix", edited, TURNS[0][1], decode)
+            label = f"cold start, {kind}" if turn == 1 else f"warm, new {kind}"
+            _turn(session, assembler, turn, label, files, text, decode)
+        for n, (kind, text) in enumerate(TURNS, start=1):
+            edited = {**files, EDIT_FILE: files[EDIT_FILE].replace(EDITS[0], EDITS[n], 1)}
+            label = f"edit {n} of {EDIT_FILE} mid-prefix, {kind}"
+            _turn(session, assembler, len(TURNS) + n, label, edited, text, decode)
     return 0
 
 
@@ -73,11 +80,18 @@ def _progress(update: PrefillProgress) -> None:
 
 
 def _turn(
-    session: KVSession, turn: int, label: str, files: dict[str, str], question: str, decode: DecodeConfig
+    session: KVSession,
+    assembler: ContextAssembler,
+    turn: int,
+    label: str,
+    files: dict[str, str],
+    question: str,
+    decode: DecodeConfig,
 ) -> None:
     print(f"-- turn {turn}: {label}", flush=True)
     started = time.perf_counter()
-    prefix = session.ensure_prefix(session.prefix(_segments(files)), on_progress=_progress)
+    assembly = assembler.assemble(_segments(files), pinned=["system"])
+    prefix = session.ensure_prefix(session.prefix(assembly.segments), on_progress=_progress)
     suffix = session.prefill_suffix(session.suffix(f"\nQuestion: {question}<|im_end|>\n<|im_start|>assistant\n"))
     first: float | None = None
     answer = []
@@ -96,6 +110,7 @@ def _turn(
         f"decode {report.tokens_per_s if report else 0:.1f} tok/s"
     )
     _explain(session)
+    _explain_order(assembly.report)
 
 
 def _explain(session: KVSession) -> None:
@@ -105,4 +120,16 @@ def _explain(session: KVSession) -> None:
     where = f" in segment {why.segment!r} at token {why.token_index}" if why and why.segment else ""
     print(f"   explain_context: {report.resident_tokens}/{report.num_ctx} tokens resident; {cause}{where}")
     states: Sequence[str] = [f"{s.name}={s.state}" for s in report.segments]
-    print(f"   segments: {', '.join(states)}\n", flush=True)
+    print(f"   segments: {', '.join(states)}", flush=True)
+
+
+def _explain_order(report: AssemblyReport) -> None:
+    """What the assembler made of this turn's changes (nothing to say on the first turn)."""
+    why = {m.name: f"{m.reason}: {m.detail}" for m in report.moves}
+    for s in report.segments:
+        if s.changed and s.name not in why:
+            kept = f"changed (score {s.score:.2f}, no clear evidence yet): order kept"
+            why[s.name] = "changed; already last" if s.volatile else kept
+    if report.turn > 1 and why:
+        print(f"   assembler: {'; '.join(f'{name} {text}' for name, text in why.items())}", flush=True)
+    print(flush=True)

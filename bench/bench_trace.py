@@ -1,0 +1,205 @@
+"""Real-history replay (issue 12): review turns built from git commits, replayed through every strategy.
+
+    .venv/bin/python bench/bench_trace.py --turns 12 --json bench/out/trace-replay.json
+    .venv/bin/python bench/bench_trace.py --repo ~/src/other-project --turns 12     # any local clone
+    .venv/bin/python bench/bench_trace.py --trace bench/out/trace.json               # a saved trace
+
+Per turn and strategy: prefix tokens, reused, recomputed, suffix tokens and time to first token;
+totals, and ratios against `Llama` (same prompt text, same model and settings, same run, turns
+interleaved). The `oracle` row counts tokens only: per turn, the tokens of the segments that are new or
+changed since the turn before, i.e. what exact reuse recomputes if every changed segment sat last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import llamanode
+from common import machine_info, md_table, ratio, write_json
+from git_trace import Trace, add_trace_options, build_trace, load_trace, options_from_args
+from llamanode import Config
+from replay import STRATEGIES, ReplaySetup, TurnResult, replay
+
+BASELINE = "llama"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def vocab(model_path: str) -> Any:
+    from llama_cpp import Llama
+
+    return Llama(model_path=model_path, vocab_only=True, verbose=False)
+
+
+def count(tok: Any, text: str) -> int:
+    return len(tok.tokenize(text.encode(), add_bos=False, special=True))
+
+
+def check_fits(trace: Trace, tok: Any, num_ctx: int) -> None:
+    """Refuse a trace whose turns do not fit num_ctx before anything is timed."""
+    for turn in trace.turns:
+        need = count(tok, turn.prefix_text + turn.suffix) + 1
+        if need > num_ctx:
+            raise SystemExit(f"turn {turn.commit} needs {need} tokens > num_ctx {num_ctx}: lower --max-files-bytes")
+
+
+def oracle_rows(trace: Trace, tok: Any) -> list[dict[str, int]]:
+    """Per turn: prefix tokens, and tokens of the segments new or changed since the turn before."""
+    rows: list[dict[str, int]] = []
+    before: set[tuple[str, str]] = set()
+    for turn in trace.turns:
+        fresh = [text for name, text in turn.segments if (name, text) not in before]
+        rows.append(
+            {"prefix_tokens": count(tok, turn.prefix_text), "recomputed_tokens": sum(count(tok, t) for t in fresh)}
+        )
+        before = set(turn.segments)
+    return rows
+
+
+def totals(results: Sequence[TurnResult], names: Sequence[str]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for name in names:
+        mine = [r for r in results if r.strategy == name]
+        warm = [r for r in mine if r.turn > 0]
+        prefix = sum(r.prefix_tokens for r in mine)
+        recomputed = sum(r.recomputed_tokens for r in mine)
+        out[name] = {
+            "turns": len(mine),
+            "prefix_tokens": prefix,
+            "reused_tokens": sum(r.reused_tokens for r in mine),
+            "recomputed_tokens": recomputed,
+            "recomputed_share": ratio(recomputed, prefix),
+            "suffix_tokens": sum(r.suffix_tokens for r in mine),
+            "ttft_s": sum(r.ttft_s for r in mine),
+            "warm_ttft_s": sum(r.ttft_s for r in warm),  # every turn after the cold first one
+            "warm_recomputed_tokens": sum(r.recomputed_tokens for r in warm),
+        }
+    base = out.get(BASELINE)
+    for row in out.values():
+        for key in ("ttft_s", "warm_ttft_s", "recomputed_tokens", "warm_recomputed_tokens"):
+            row[f"{key}_vs_{BASELINE}"] = ratio(row[key], base[key]) if base else float("nan")
+    return out
+
+
+def report(
+    trace: Trace, results: Sequence[TurnResult], summary: dict[str, dict[str, float]], oracle: list[dict[str, int]]
+) -> str:
+    turns = md_table(
+        ["turn", "commit", "strategy", "prefix", "reused", "recomputed", "suffix", "TTFT ms", "first token"],
+        [
+            [
+                r.turn,
+                r.commit,
+                r.strategy,
+                r.prefix_tokens,
+                r.reused_tokens,
+                r.recomputed_tokens,
+                r.suffix_tokens,
+                r.ttft_s * 1000,
+                repr(r.first_token),
+            ]
+            for r in sorted(results, key=lambda r: (r.turn, r.strategy))
+        ],
+    )
+    rows = [
+        [
+            name,
+            int(t["prefix_tokens"]),
+            int(t["reused_tokens"]),
+            int(t["recomputed_tokens"]),
+            t["recomputed_share"],
+            t["ttft_s"],
+            t[f"ttft_s_vs_{BASELINE}"],
+            t["warm_ttft_s"],
+            t[f"warm_ttft_s_vs_{BASELINE}"],
+        ]
+        for name, t in summary.items()
+    ]
+    prefix = sum(o["prefix_tokens"] for o in oracle)
+    recomputed = sum(o["recomputed_tokens"] for o in oracle)
+    rows.append(
+        ["oracle (tokens only)", prefix, prefix - recomputed, recomputed, ratio(recomputed, prefix)] + ["n/a"] * 4
+    )
+    head = ["strategy", "prefix tok", "reused", "recomputed", "share", "TTFT s", f"vs {BASELINE}", "warm TTFT s", "vs"]
+    return (
+        f"### Trace: {len(trace.turns)} turns of {trace.repo} at {trace.head[:12]}\n\n{turns}\n\n"
+        f"### Totals (warm: turns after the first)\n\n{md_table(head, rows)}\n"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    add_trace_options(parser)
+    parser.add_argument("--trace", type=Path, default=None, help="replay a saved trace (its first --turns turns)")
+    parser.add_argument("--save-trace", type=Path, default=None, help="also write the trace that was replayed")
+    parser.add_argument(
+        "--strategies", default=",".join(STRATEGIES), help=f"comma-separated, from {', '.join(STRATEGIES)}"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="threads for every system (%(default)s)"
+    )
+    parser.add_argument("--num-ctx", type=int, default=8192, help="context size for every system (%(default)s)")
+    parser.add_argument("--think", type=float, default=0.0, help="agent think time between turns, s (%(default)s)")
+    parser.add_argument("--json", type=Path, default=None, help="write results (and a .md next to it)")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.strategies.split(",") if n.strip()]
+    unknown = [n for n in names if n not in STRATEGIES]
+    if unknown:
+        parser.error(f"unknown strategies {unknown}; known: {', '.join(STRATEGIES)}")
+    trace = load_trace(args.trace) if args.trace else build_trace(args.repo, options_from_args(args))
+    trace = Trace(trace.repo, trace.head, trace.options, trace.turns[: args.turns])
+    if args.save_trace:
+        write_json(args.save_trace, trace.to_json())
+    setup = ReplaySetup(str(llamanode.default_model_path()), Config(num_ctx=args.num_ctx, num_threads=args.threads))
+    tok = vocab(setup.model_path)
+    check_fits(trace, tok, args.num_ctx)
+    oracle = oracle_rows(trace, tok)
+    log(f"replaying {len(trace.turns)} turns of {trace.repo} through {', '.join(names)}")
+
+    def show(r: TurnResult) -> None:
+        log(
+            f"turn {r.turn} {r.strategy:>10}: reused {r.reused_tokens}/{r.prefix_tokens}, TTFT {r.ttft_s * 1000:.0f} ms"
+        )
+
+    results = replay(trace, [STRATEGIES[n](setup) for n in names], args.think, show)
+    summary = totals(results, names)
+    text = report(trace, results, summary, oracle)
+    print(text)
+    if args.json:
+        write_json(
+            args.json,
+            {
+                "command": " ".join(sys.argv),
+                "machine": machine_info(),
+                "args": {k: str(v) for k, v in vars(args).items()},
+                "trace": {
+                    "repo": trace.repo,
+                    "head": trace.head,
+                    "options": asdict(trace.options),
+                    "turns": [{"commit": t.commit, "subject": t.subject, "notes": list(t.notes)} for t in trace.turns],
+                },
+                "oracle": oracle,
+                "totals": summary,
+                "turns": [asdict(r) for r in results],
+            },
+        )
+        args.json.with_suffix(".md").write_text(text, encoding="utf-8")
+        log(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,249 @@
+"""Replaying a trace through the systems under test: the strategy interface, built-in strategies, the driver.
+
+A strategy owns one system (its own context) and answers each turn up to its first token. Add one by
+subclassing and registering it in STRATEGIES:
+
+- `exact`      llamanode, segments in the trace's order, ordinary longest-common-prefix reuse
+- `assembler`  llamanode, segments ordered by a ContextAssembler learning this trace's volatility
+- `llama`      llama-cpp-python's `Llama`, the same prompt text, its own prefix-match reuse (the baseline)
+
+Hooks for what comes next: `think(index, upcoming, seconds)` runs between two turns with the agent's
+think time and may look at the upcoming turn's segments (an agent knows which files changed before it
+asks), never its suffix: a pre-warming strategy starts its work there and returns after `seconds`.
+`arrange()` is memoised per turn, so think() and turn() see the same order; `detail()` adds a
+strategy's own per-turn figures (e.g. what an approximate mode approximated, and its quality).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import llamanode
+from common import now
+from git_trace import Trace, TraceTurn
+from llamanode import Config, ContextAssembler, DecodeConfig, PrefixStatus, Session
+
+__all__ = [
+    "STRATEGIES",
+    "AssemblerStrategy",
+    "LlamaStrategy",
+    "LlamanodeStrategy",
+    "ReplaySetup",
+    "Strategy",
+    "TurnResult",
+    "replay",
+]
+
+
+@dataclass(frozen=True)
+class ReplaySetup:
+    """What every strategy is built from: the same model and settings for all."""
+
+    model_path: str
+    config: Config  # llamanode's; Llama gets the same num_ctx, batch sizes, threads and flash attention
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    strategy: str
+    turn: int
+    commit: str
+    prefix_tokens: int
+    reused_tokens: int  # prefix tokens whose KV was kept
+    recomputed_tokens: int  # prefix tokens prefilled this turn
+    suffix_tokens: int
+    ttft_s: float  # from the turn's request to its first token
+    first_token: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class Strategy(Protocol):
+    name: str
+
+    def start(self) -> None: ...
+
+    def think(self, index: int, upcoming: TraceTurn, seconds: float) -> None: ...
+
+    def turn(self, index: int, turn: TraceTurn) -> TurnResult: ...
+
+    def close(self) -> None: ...
+
+
+class LlamanodeStrategy:
+    """llamanode with the trace's own segment order: ensure_prefix, prefill_suffix, first token."""
+
+    name = "exact"
+
+    def __init__(self, setup: ReplaySetup) -> None:
+        self.setup = setup
+        self._session: Session | None = None
+        self._arranged: dict[int, tuple[tuple[str, str], ...]] = {}
+
+    @property
+    def session(self) -> Session:
+        assert self._session is not None, "start() first"
+        return self._session
+
+    def start(self) -> None:
+        self._session = llamanode.open_session(self.setup.model_path, self.setup.config)
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+
+    def arrange(self, index: int, turn: TraceTurn) -> tuple[tuple[str, str], ...]:
+        """This turn's segments in the order this strategy sends them (decided once per turn)."""
+        if index not in self._arranged:
+            self._arranged[index] = self.order(index, turn)
+        return self._arranged[index]
+
+    def order(self, index: int, turn: TraceTurn) -> tuple[tuple[str, str], ...]:
+        return turn.segments
+
+    def think(self, index: int, upcoming: TraceTurn, seconds: float) -> None:
+        """Between turns: nothing to do, and idle time changes nothing for this strategy."""
+
+    def turn(self, index: int, turn: TraceTurn) -> TurnResult:
+        segments = self.arrange(index, turn)
+        session = self.session
+        started = now()
+        status = session.ensure_prefix(session.prefix(segments))
+        suffix = session.prefill_suffix(session.suffix(turn.suffix))
+        stream = session.decode(DecodeConfig(max_tokens=1))
+        first = next(stream)
+        ttft = now() - started
+        for _ in stream:
+            pass
+        return TurnResult(
+            strategy=self.name,
+            turn=index,
+            commit=turn.commit,
+            prefix_tokens=status.prefix_tokens,
+            reused_tokens=status.reused_tokens,
+            recomputed_tokens=status.prefilled_tokens,
+            suffix_tokens=suffix.suffix_tokens,
+            ttft_s=ttft,
+            first_token=first.text,
+            detail=self.detail(index, status),
+        )
+
+    def detail(self, index: int, status: PrefixStatus) -> dict[str, Any]:
+        why = status.divergence
+        return {"divergence": None if why is None else {"cause": why.cause, "segment": why.segment}}
+
+
+class AssemblerStrategy(LlamanodeStrategy):
+    """llamanode with a ContextAssembler choosing the order (the trace's pins lead)."""
+
+    name = "assembler"
+
+    def __init__(self, setup: ReplaySetup) -> None:
+        super().__init__(setup)
+        self.assembler = ContextAssembler()
+        self._reports: dict[int, llamanode.AssemblyReport] = {}
+
+    def order(self, index: int, turn: TraceTurn) -> tuple[tuple[str, str], ...]:
+        assembly = self.assembler.assemble(turn.segments, turn.pinned)
+        self._reports[index] = assembly.report
+        return assembly.segments
+
+    def detail(self, index: int, status: PrefixStatus) -> dict[str, Any]:
+        report = self._reports[index]
+        moves = [{"name": m.name, "reason": m.reason, "detail": m.detail} for m in report.moves]
+        return {**super().detail(index, status), "order": list(report.order), "moves": moves}
+
+
+class LlamaStrategy:
+    """llama-cpp-python's `Llama` on the same prompt text: the baseline users have today."""
+
+    name = "llama"
+
+    def __init__(self, setup: ReplaySetup) -> None:
+        self.setup = setup
+        self._llm: Any = None
+
+    def start(self) -> None:
+        from llama_cpp import Llama
+
+        cfg = self.setup.config
+        self._llm = Llama(
+            model_path=self.setup.model_path,
+            n_ctx=cfg.num_ctx,
+            n_batch=cfg.num_batch,
+            n_ubatch=cfg.num_ubatch,
+            n_threads=cfg.num_threads or None,
+            n_threads_batch=cfg.num_threads or None,
+            flash_attn=cfg.flash_attn,
+            verbose=False,
+        )
+
+    def close(self) -> None:
+        if self._llm is not None:
+            self._llm.close()
+
+    def think(self, index: int, upcoming: TraceTurn, seconds: float) -> None:
+        """Llama does nothing between requests."""
+
+    def turn(self, index: int, turn: TraceTurn) -> TurnResult:
+        llm = self._llm
+        tokens = llm.tokenize((turn.prefix_text + turn.suffix).encode(), add_bos=False, special=True)
+        prefix_tokens = len(llm.tokenize(turn.prefix_text.encode(), add_bos=False, special=True))
+        kept = _reused_by_llama(list(llm.input_ids[: llm.n_tokens]), tokens)
+        started = now()
+        out = llm.create_completion(turn.prefix_text + turn.suffix, max_tokens=1, temperature=0.0)
+        ttft = now() - started
+        reused = min(kept, prefix_tokens)  # prompt-level reuse, counted against the prefix
+        return TurnResult(
+            strategy=self.name,
+            turn=index,
+            commit=turn.commit,
+            prefix_tokens=prefix_tokens,
+            reused_tokens=reused,
+            recomputed_tokens=prefix_tokens - reused,
+            suffix_tokens=len(tokens) - prefix_tokens,
+            ttft_s=ttft,
+            first_token=out["choices"][0]["text"],
+        )
+
+
+def _reused_by_llama(resident: Sequence[int], tokens: Sequence[int]) -> int:
+    """What Llama.generate keeps: the common prefix, one less when it covers the whole prompt."""
+    n = 0
+    for a, b in zip(resident, tokens, strict=False):
+        if a != b:
+            break
+        n += 1
+    return n - 1 if n == len(tokens) and n > 0 else n
+
+
+StrategyFactory = Callable[[ReplaySetup], Strategy]
+STRATEGIES: dict[str, StrategyFactory] = {
+    "llama": LlamaStrategy,
+    "exact": LlamanodeStrategy,
+    "assembler": AssemblerStrategy,
+}
+
+
+def replay(
+    trace: Trace, strategies: Sequence[Strategy], think_s: float, on_result: Callable[[TurnResult], None]
+) -> list[TurnResult]:
+    """Every strategy answers every turn; the order alternates per turn (A, B, C, then C, B, A) against drift."""
+    results: list[TurnResult] = []
+    started: list[Strategy] = []
+    try:
+        for strategy in strategies:
+            strategy.start()
+            started.append(strategy)
+        for index, turn in enumerate(trace.turns):
+            for strategy in strategies if index % 2 == 0 else strategies[::-1]:
+                if index:
+                    strategy.think(index, turn, think_s)
+                result = strategy.turn(index, turn)
+                results.append(result)
+                on_result(result)
+    finally:
+        for strategy in started:
+            strategy.close()
+    return results
