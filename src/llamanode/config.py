@@ -10,9 +10,10 @@ from typing import Any, TypeVar
 
 from .errors import ConfigError
 
-__all__ = ["KV_CACHE_TYPES", "Config", "DecodeConfig"]
+__all__ = ["KV_CACHE_TYPES", "ROPE_SCALINGS", "Config", "DecodeConfig"]
 
 KV_CACHE_TYPES = ("", "f16", "q8_0", "q4_0")
+ROPE_SCALINGS = ("auto", "none", "yarn", "linear")
 _T = TypeVar("_T", bound="_Options")
 
 
@@ -66,6 +67,9 @@ class Config(_Options):
     prompt_format: str = "model"  # "model" = the GGUF's own chat template; or "chatml", "llama3", ...
     prompt_template_digest: str = ""  # digest of the caller's rendered template, if it renders itself
     disable_bos: bool = False  # True: never add BOS, whatever the vocabulary says
+    # RoPE beyond the trained window (llamanode.rope): auto = the model's own RoPE up to n_ctx_train,
+    # YaRN by num_ctx / n_ctx_train above it; none = never extend (a larger num_ctx is refused)
+    rope_scaling: str = "auto"
 
     def __post_init__(self) -> None:
         _require_int("num_ctx", self.num_ctx, 16)
@@ -89,6 +93,7 @@ class Config(_Options):
         )
         _require(bool(self.prompt_format), "prompt_format must not be empty")
         _require(isinstance(self.disable_bos, bool), "disable_bos must be a bool")
+        _require(self.rope_scaling in ROPE_SCALINGS, f"rope_scaling must be one of {ROPE_SCALINGS}")
 
     @property
     def kv_type(self) -> str:

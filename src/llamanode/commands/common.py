@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import Config
+from ..config import ROPE_SCALINGS, Config
 
 __all__ = ["add_model_options", "config_from_args"]
 
@@ -18,6 +18,12 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--kv-type", default="f16", choices=["f16", "q8_0", "q4_0"], help="KV cache type (quantized needs --flash-attn)"
     )
+    parser.add_argument(
+        "--rope-scaling",
+        default="auto",
+        choices=ROPE_SCALINGS,
+        help="RoPE beyond the model's trained window (auto: YaRN only when --ctx exceeds it; default: %(default)s)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -28,4 +34,5 @@ def config_from_args(args: argparse.Namespace) -> Config:
         num_ubatch=min(Config.num_ubatch, args.batch),
         flash_attn=args.flash_attn,
         kv_cache_type=args.kv_type,
+        rope_scaling=args.rope_scaling,
     )

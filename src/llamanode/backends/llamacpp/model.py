@@ -14,6 +14,7 @@ from typing import Any
 from ...config import Config
 from ...errors import SessionUnavailableError
 from ...manifest import byte_hash
+from ...rope import RopeScaling, plan_rope
 from ..base import BackendIdentity
 from .native import build_id, lib
 
@@ -47,6 +48,7 @@ class LoadedModel:
     chat_template: str | None
     description: str
     vocab_add_bos: bool
+    n_ctx_train: int  # read at load: a YaRN context rewrites llama.cpp's copy (n_ctx_orig / freq_scale)
     refs: int = 0
     pieces: dict[int, bytes] = field(default_factory=dict)
 
@@ -57,8 +59,13 @@ class LoadedModel:
             self.pieces[token] = piece
         return piece
 
+    def rope(self, config: Config) -> RopeScaling:
+        return plan_rope(config.rope_scaling, config.num_ctx, self.n_ctx_train)
+
     def identity(self, config: Config, n_ctx: int) -> BackendIdentity:
-        runtime = byte_hash(json.dumps({"build": build_id(), **config.kv_shaping()}, sort_keys=True))
+        rope = self.rope(config)
+        shaping = {"build": build_id(), **config.kv_shaping()} | ({"rope": rope.key()} if rope.scaled else {})
+        runtime = byte_hash(json.dumps(shaping, sort_keys=True))
         template = self.chat_template if config.prompt_format == "model" else None
         template_key = {"format": config.prompt_format, "template": template, "caller": config.prompt_template_digest}
         return BackendIdentity(
@@ -72,6 +79,7 @@ class LoadedModel:
             chat_template=self.chat_template,
             n_ctx=n_ctx,
             description=self.description,
+            rope=rope,
         )
 
 
@@ -132,6 +140,7 @@ def _load(path: Path) -> LoadedModel:
         chat_template=template.decode("utf-8") if template else None,
         description=f"{name} ({desc.value.decode('utf-8', 'replace')})".strip(),
         vocab_add_bos=bool(L.llama_vocab_get_add_bos(vocab)),
+        n_ctx_train=int(L.llama_model_n_ctx_train(handle)),
     )
 
 
