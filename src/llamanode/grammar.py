@@ -25,7 +25,7 @@ _PRIMITIVES = {
 }
 
 
-def gbnf_literal(text: str) -> str:
+def _literal(text: str) -> str:
     """A GBNF string literal that matches text exactly."""
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
     return '"' + escaped.replace("\r", "\\r") + '"'
@@ -74,9 +74,9 @@ class _Builder:
         if not isinstance(schema, Mapping):
             raise GrammarError(f"unsupported JSON schema node: {schema!r}")
         if "const" in schema:
-            return gbnf_literal(json.dumps(schema["const"], ensure_ascii=False))
+            return _literal(json.dumps(schema["const"], ensure_ascii=False))
         if "enum" in schema:
-            return self._alternatives([gbnf_literal(json.dumps(v, ensure_ascii=False)) for v in schema["enum"]])
+            return self._alternatives([_literal(json.dumps(v, ensure_ascii=False)) for v in schema["enum"]])
         for key in ("anyOf", "oneOf"):
             if key in schema:
                 return self._alternatives([self._sub(s, "alt") for s in schema[key]])
@@ -121,7 +121,7 @@ class _Builder:
             return f"{self.root}-anyobject"
         required = set(schema.get("required") or ())
         pairs = [
-            (f'{gbnf_literal(json.dumps(k, ensure_ascii=False))} {ws} ":" {ws} {self._sub(v, "prop")}', k in required)
+            (f'{_literal(json.dumps(k, ensure_ascii=False))} {ws} ":" {ws} {self._sub(v, "prop")}', k in required)
             for k, v in props.items()
         ]
         head = self._members(pairs, ws)
