@@ -126,6 +126,9 @@ class DecodeConfig(_Options):
     seed: int | None = None  # None: a fresh random seed per call
     stop: tuple[str, ...] = ()
     grammar: str | None = None  # GBNF text
+    # Lazy grammar: free text until one of these literals appears, then `grammar` applies from its
+    # first byte (so the grammar's root must begin with it). Empty: the grammar applies from the start.
+    grammar_triggers: tuple[str, ...] = ()
     json_schema: Mapping[str, Any] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
@@ -145,6 +148,10 @@ class DecodeConfig(_Options):
         _require(self.grammar is None or isinstance(self.grammar, str), "grammar must be GBNF text")
         _require(self.json_schema is None or isinstance(self.json_schema, Mapping), "json_schema must be a mapping")
         _require(not (self.grammar and self.json_schema is not None), "give grammar or json_schema, not both")
+        triggers = (self.grammar_triggers,) if isinstance(self.grammar_triggers, str) else tuple(self.grammar_triggers)
+        _require(all(isinstance(t, str) and t for t in triggers), "grammar_triggers must be non-empty strings")
+        _require(not triggers or bool(self.grammar), "grammar_triggers need a grammar to trigger")
+        object.__setattr__(self, "grammar_triggers", triggers)
 
     @property
     def greedy(self) -> bool:
