@@ -19,6 +19,7 @@ from .errors import (
     SnapshotCorruptError,
     SnapshotError,
     SnapshotMismatchError,
+    ToolError,
     UnsupportedFeatureError,
 )
 from .kvsession import KVSession
@@ -85,6 +86,7 @@ __all__ = [
     "StreamChunk",
     "SuffixInput",
     "SuffixStatus",
+    "ToolError",
     "UnsupportedFeatureError",
     "WorkspaceInfo",
     "__version__",
