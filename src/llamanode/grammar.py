@@ -53,7 +53,7 @@ class _Builder:
             self.rules[name] = ""  # reserve first: the generic value rules refer to each other
             ws = self.primitive("ws")
             obj, arr = f"{self.root}-anyobject", f"{self.root}-anyarray"
-            member = f"{self.primitive('string')} {ws} \":\" {ws} {name}"
+            member = f'{self.primitive("string")} {ws} ":" {ws} {name}'
             self.rules[obj] = f'"{{" {ws} ( {member} ( {ws} "," {ws} {member} )* )? {ws} "}}"'
             self.rules[arr] = f'"[" {ws} ( {name} ( {ws} "," {ws} {name} )* )? {ws} "]"'
             kinds = " | ".join(self.primitive(k) for k in ("string", "number", "boolean", "null"))
