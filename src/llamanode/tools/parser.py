@@ -91,6 +91,22 @@ def _json_string(text: str, at: int) -> tuple[int, str]:
     return _MORE, ""
 
 
+def _read_header(text: str) -> tuple[int, str]:
+    """`{"name": "<fn>", "arguments"|"parameters": {` -> (index of the arguments' brace, fn) or (_MORE|_BAD, "")."""
+    at, fn = 0, ""
+    for step in ("{", '"name"', ":", "fn", ",", "key", ":", "{"):
+        if step in ("fn", "key"):
+            at, value = _json_string(text, at)
+            if at >= 0 and step == "key" and value not in ("arguments", "parameters"):
+                at = _BAD
+            fn = value if step == "fn" else fn
+        else:
+            at = _literal(text, at, step)
+        if at < 0:
+            return at, ""
+    return at - 1, fn
+
+
 class _ArgsScanner:
     """Finds where a JSON object ends, tracking nesting and strings."""
 
@@ -191,31 +207,14 @@ class ToolCallParser:
         return self._advance(at, self._header)
 
     def _header(self, final: bool) -> bool:
-        """{"name": "<known function>", "arguments"|"parameters": {  -> the call starts."""
-        text = self._pending
-        at = _literal(text, 0, "{")
-        name = ""
-        if at >= 0:
-            at, name = _json_string(text, at)
-            if at >= 0 and name != "name":
-                at = _BAD
-        at = _literal(text, at, ":") if at >= 0 else at
-        if at >= 0:
-            at, name = _json_string(text, at)
-        at = _literal(text, at, ",") if at >= 0 else at
-        if at >= 0:
-            at, key = _json_string(text, at)
-            if at >= 0 and key not in ("arguments", "parameters"):
-                at = _BAD
-        at = _literal(text, at, ":") if at >= 0 else at
-        at = _literal(text, at, "{") if at >= 0 else at
+        at, name = _read_header(self._pending)
         if at == _MORE:
             return False
         if at == _BAD or name not in self._names:
             self._revert()
             return True
         self._start_call(name)
-        self._pending = text[at - 1 :]  # from the arguments' opening brace
+        self._pending = self._pending[at:]  # from the arguments' opening brace
         return True
 
     def _args_state(self, final: bool) -> bool:
