@@ -21,7 +21,18 @@ from hypothesis import strategies as st
 from conftest import open_real
 from llamanode import Config, DecodeConfig, KVSession
 from llamanode.chat import ChatMessage, ChatTemplate, discover_special_tokens, messages_from_mappings
-from llamanode.tools import GENERIC, CallFinished, ContentDelta, ToolEvent, ToolPlan, Tools
+from llamanode.tools import (
+    GENERIC,
+    HERMES,
+    LLAMA3,
+    MISTRAL,
+    CallFinished,
+    ContentDelta,
+    ToolEvent,
+    ToolFormat,
+    ToolPlan,
+    Tools,
+)
 
 WEATHER = {
     "type": "function",
@@ -107,6 +118,19 @@ def test_a_named_function_is_the_one_called(session: KVSession, template: ChatTe
     (call,) = calls_of(events)
     assert call.name == "read_file"
     valid_call(call, SCHEMAS)
+
+
+@pytest.mark.parametrize("fmt", [GENERIC, HERMES, LLAMA3, MISTRAL], ids=lambda f: f.name)
+def test_each_formats_grammar_writes_what_its_parser_reads(
+    session: KVSession, template: ChatTemplate, fmt: ToolFormat
+) -> None:
+    """The grammar forces the syntax whatever the model, so the default model can check every format."""
+    plan = ToolPlan(template, Tools.from_openai([WEATHER, READ_FILE], "required", parallel=False), fmt)
+    text, events, stop = run(session, plan, messages_from_mappings(ASK))
+    (call,) = calls_of(events)
+    assert stop == "eog" and [e for e in events if isinstance(e, ContentDelta)] == [], text
+    valid_call(call, SCHEMAS)
+    assert text.startswith(fmt.openers[0]) or (fmt.body_openers and text.startswith(fmt.body_openers[0]))
 
 
 def test_parallel_calls_all_validate(session: KVSession, template: ChatTemplate) -> None:
