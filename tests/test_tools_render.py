@@ -261,3 +261,27 @@ def test_plans_give_a_grammar_and_a_parser_only_when_calls_are_possible() -> Non
     )
     none = ToolPlan(smollm2(), Tools.from_openai([WEATHER], "none"))
     assert none.decode_options() == {} and none.parser() is None
+
+
+# A strict template written for this test: no system role, and user/assistant must alternate.
+STRICT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message.role == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
+    "{% if (message.role == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('roles must alternate') }}"
+    "{% endif %}[{{ message.role }}] {{ message.content }}\n{% endfor %}"
+    "{% if add_generation_prompt %}[assistant] {% endif %}"
+)
+
+
+def test_fallback_obeys_a_template_without_system_role_that_demands_alternation() -> None:
+    strict = ChatTemplate(STRICT_TEMPLATE)
+    with pytest.raises(ChatTemplateError):
+        strict.render([ChatMessage("user", "a"), ChatMessage("user", "b")])
+    conversation = [{"role": "system", "content": "Be brief."}, *CONVERSATION]
+    plan = ToolPlan(strict, Tools.from_openai([WEATHER]))
+    text = plan.render(messages_from_mappings(conversation))
+    first, call, results, ask = text.split("\n[")
+    assert first.startswith("[user] Be brief.\n\nYou can call functions") and first.endswith("\n\nWeather in Paris?")
+    assert call.startswith("assistant] <tool_call>\n")
+    assert results == 'user] <tool_response name="get_weather" id="c1">\n18 C\n</tool_response>\n\nAnd now?'
+    assert ask == "assistant] "

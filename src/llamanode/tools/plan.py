@@ -9,7 +9,7 @@ from ..chat import ChatMessage, ChatTemplate, SplitPrompt
 from .constrain import ToolGrammar, tool_grammar
 from .formats import ToolFormat, detect_format
 from .parser import ToolCallParser
-from .render import fallback_messages
+from .render import fallback_messages, template_rules
 from .types import Tools, new_call_id
 
 __all__ = ["ToolPlan"]
@@ -34,7 +34,7 @@ class ToolPlan:
         """The messages the template renders."""
         if self.format.native:
             return list(messages)
-        return fallback_messages(self.format, self.tools.specs, messages)
+        return fallback_messages(self.format, self.tools.specs, messages, template_rules(self.template))
 
     def render(self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True) -> str:
         return self.template.render(

@@ -5,19 +5,22 @@ Native formats pass through unchanged (the template receives `tools`, assistant 
 into plain messages any template accepts: a tool block joins the system message, past calls become
 assistant text in the very syntax the grammar makes the model write, and tool results become user
 messages. The block does not depend on tool_choice, so switching choices keeps the prefix warm.
+Strict templates (no system role, or user/assistant alternation) are probed once and obeyed.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from ..chat import ChatMessage
+from ..chat import ChatMessage, ChatTemplate, ChatTemplateError
 from ..errors import ToolError
 from .formats import ToolFormat
 from .types import ToolCall, ToolSpec
 
-__all__ = ["call_text", "fallback_messages", "tool_block"]
+__all__ = ["TemplateRules", "call_text", "fallback_messages", "template_rules", "tool_block"]
 
 _INTRO = "You can call functions to get information or to act. The functions you may call, one JSON object each:\n"
 _HOW = (
@@ -45,8 +48,39 @@ def tool_block(fmt: ToolFormat, specs: Sequence[ToolSpec]) -> str:
     return _INTRO + listed + "\n" + _HOW.format(example=example)
 
 
-def fallback_messages(fmt: ToolFormat, specs: Sequence[ToolSpec], messages: Sequence[ChatMessage]) -> list[ChatMessage]:
+@dataclass(frozen=True)
+class TemplateRules:
+    """What a template without tool support accepts, learnt by rendering two small probes."""
+
+    system: bool = True  # renders a system message
+    repeated_user: bool = True  # renders two user messages in a row (strict templates demand alternation)
+
+
+@functools.lru_cache(maxsize=16)
+def template_rules(template: ChatTemplate) -> TemplateRules:
+    def renders(*roles: str) -> bool:
+        try:
+            template.render([ChatMessage(role, "probe") for role in roles])
+        except ChatTemplateError:
+            return False
+        return True
+
+    return TemplateRules(system=renders("system", "user"), repeated_user=renders("user", "user"))
+
+
+def fallback_messages(
+    fmt: ToolFormat, specs: Sequence[ToolSpec], messages: Sequence[ChatMessage], rules: TemplateRules = TemplateRules()
+) -> list[ChatMessage]:
     """The conversation as plain system/user/assistant messages (see the module docstring)."""
+    out = _plain_messages(fmt, messages)
+    if specs:
+        out = _with_block(out, tool_block(fmt, specs), rules.system)
+    if not rules.repeated_user:
+        out = _merge_repeated_users(out)
+    return out
+
+
+def _plain_messages(fmt: ToolFormat, messages: Sequence[ChatMessage]) -> list[ChatMessage]:
     names = _call_names(messages)
     out: list[ChatMessage] = []
     for i, message in enumerate(messages):
@@ -61,13 +95,29 @@ def fallback_messages(fmt: ToolFormat, specs: Sequence[ToolSpec], messages: Sequ
             out.append(ChatMessage(message.role, f"{message.content}\n{calls}" if message.content else calls))
         else:
             out.append(ChatMessage(message.role, message.content, message.name))
-    if not specs:
-        return out
-    block = tool_block(fmt, specs)
-    if out and out[0].role in ("system", "developer"):
-        first = out[0]
-        return [ChatMessage(first.role, f"{first.content}\n\n{block}", first.name), *out[1:]]
-    return [ChatMessage("system", block), *out]
+    return out
+
+
+def _with_block(messages: list[ChatMessage], block: str, system_ok: bool) -> list[ChatMessage]:
+    """The tool block joins the system message; or, where the template has none, the first user message."""
+    lead = [m for m in messages[:1] if m.role in ("system", "developer")]
+    rest = messages[len(lead) :]
+    intro = "\n\n".join([*(m.content for m in lead), block])
+    if system_ok:
+        return [ChatMessage(lead[0].role if lead else "system", intro, lead[0].name if lead else None), *rest]
+    if rest and rest[0].role == "user":
+        return [ChatMessage("user", f"{intro}\n\n{rest[0].content}", rest[0].name), *rest[1:]]
+    return [ChatMessage("user", intro), *rest]
+
+
+def _merge_repeated_users(messages: list[ChatMessage]) -> list[ChatMessage]:
+    out: list[ChatMessage] = []
+    for message in messages:
+        if out and out[-1].role == message.role == "user":
+            out[-1] = ChatMessage("user", f"{out[-1].content}\n\n{message.content}")
+        else:
+            out.append(message)
+    return out
 
 
 def _call_names(messages: Sequence[ChatMessage]) -> dict[str, str]:
