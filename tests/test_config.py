@@ -104,6 +104,10 @@ BAD_DECODE: list[dict[str, Any]] = [
     {"json_schema": "{}"},
     {"grammar": 'root ::= "a"', "json_schema": {"type": "string"}},
     {"json_schema": {"type": "object"}, "stop": ("}",)},  # a stop string could cut the JSON short
+    {"grammar": 'root ::= "a"', "grammar_triggers": ("",)},
+    {"grammar": 'root ::= "a"', "grammar_triggers": (3,)},
+    {"grammar_triggers": ("a",)},  # a trigger needs a grammar
+    {"json_schema": {"type": "object"}, "grammar_triggers": ("{",)},
 ]
 
 
@@ -121,3 +125,5 @@ def test_decode_config_normalises_stop_and_accepts_edges() -> None:
     assert DecodeConfig(top_p=1, min_p=0, top_k=0).top_p == 1
     assert not DecodeConfig(temperature=0.5).greedy
     assert DecodeConfig(json_schema={"type": "object"}).replace(max_tokens=3).json_schema == {"type": "object"}
+    lazy = DecodeConfig(grammar='root ::= "a"', grammar_triggers="a")  # type: ignore[arg-type]
+    assert lazy.grammar_triggers == ("a",) and lazy.replace(max_tokens=3).grammar_triggers == ("a",)

@@ -20,6 +20,7 @@ from .errors import (
     SnapshotCorruptError,
     SnapshotError,
     SnapshotMismatchError,
+    ToolError,
     UnsupportedFeatureError,
 )
 from .kvsession import KVSession
@@ -92,6 +93,7 @@ __all__ = [
     "StreamChunk",
     "SuffixInput",
     "SuffixStatus",
+    "ToolError",
     "UnsupportedFeatureError",
     "WorkspaceInfo",
     "__version__",

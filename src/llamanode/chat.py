@@ -20,9 +20,12 @@ import re
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from .tools.types import ToolCall
 
 __all__ = [
     "CHATML_TEMPLATE",
@@ -64,6 +67,7 @@ _PROBES: tuple[tuple[tuple[str, str], ...], ...] = (
     (("user", "Hello."), ("assistant", "Hi."), ("user", "Bye.")),
 )
 _SENTINEL = "\x00llamanode-seam\x00"
+ToolObjects = Sequence[Mapping[str, Any]]  # OpenAI-style tool objects, as llama.cpp passes `tools`
 _SPECIAL_CANDIDATE = re.compile(r"<[^<>\s'\"\\]{1,64}>")
 
 
@@ -73,16 +77,26 @@ class ChatTemplateError(InvalidInputError):
 
 @dataclass(frozen=True)
 class ChatMessage:
-    """One message as the template sees it: content already flattened to text."""
+    """One message as the template sees it: content already flattened to text.
+
+    An assistant message may carry tool_calls; a `tool` message answers one by tool_call_id.
+    Both reach the template as llama.cpp passes them (arguments parsed to an object).
+    """
 
     role: str
     content: str
     name: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
 
     def as_template_value(self) -> dict[str, Any]:
         value: dict[str, Any] = {"role": self.role, "content": self.content}
         if self.name is not None:
             value["name"] = self.name
+        if self.tool_call_id is not None:
+            value["tool_call_id"] = self.tool_call_id
+        if self.tool_calls:
+            value["tool_calls"] = [call.as_template_value() for call in self.tool_calls]
         return value
 
 
@@ -214,12 +228,26 @@ class ChatTemplate:
             where = _template_line(causes[0])
             raise ChatTemplateError(f"llamanode cannot render the model's chat template{where}: {causes[0]}")
 
-    def render(self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True) -> str:
-        """The prompt text llama-server would tokenize (BOS text stripped when the vocab adds BOS)."""
-        values, generation, tail = self._prepare(messages, add_generation_prompt)
-        return self._render(values, generation) + (tail or "")
+    @property
+    def renders_tools(self) -> bool:
+        """The template's code refers to `tools` (llama.cpp then hands it the request's tools)."""
+        from .tools.formats import template_renders_tools
 
-    def split(self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True) -> SplitPrompt:
+        return template_renders_tools(self.source)
+
+    def render(
+        self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True, tools: ToolObjects = ()
+    ) -> str:
+        """The prompt text llama-server would tokenize (BOS text stripped when the vocab adds BOS).
+
+        tools: OpenAI-style tool objects, passed to the template as `tools` when there are any.
+        """
+        values, generation, tail = self._prepare(messages, add_generation_prompt)
+        return self._render(values, generation, tools) + (tail or "")
+
+    def split(
+        self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True, tools: ToolObjects = ()
+    ) -> SplitPrompt:
         """Render, then cut right before the special token that opens the last message.
 
         The last message's content is swapped for a sentinel and rendered again: the two
@@ -229,13 +257,13 @@ class ChatTemplate:
         if not messages:
             raise ChatTemplateError("messages must not be empty")
         values, generation, tail = self._prepare(messages, add_generation_prompt)
-        full = self._render(values, generation) + (tail or "")
+        full = self._render(values, generation, tools) + (tail or "")
         if tail is not None:
-            probe = self._render(values, generation) + _SENTINEL
+            probe = self._render(values, generation, tools) + _SENTINEL
         elif not values:
             probe = ""
         else:
-            probe = self._render([*values[:-1], {**values[-1], "content": _SENTINEL}], generation)
+            probe = self._render([*values[:-1], {**values[-1], "content": _SENTINEL}], generation, tools)
         limit = _common_prefix_len(full, probe)
         seam = max((full.rfind(tok, 0, limit) for tok in self.special_tokens), default=-1)
         seam = max(seam, 0)
@@ -256,6 +284,8 @@ class ChatTemplate:
                 if value["role"] == "developer":
                     value["role"] = "system"
         if add_generation_prompt and values and values[-1]["role"] == "assistant":
+            if "tool_calls" in values[-1]:
+                raise ChatTemplateError("the last assistant message has tool calls: send their results first")
             if len(values) >= 2 and values[-2]["role"] == "assistant":
                 raise ChatTemplateError("cannot have 2 or more assistant messages at the end of the list")
             if not values[-1]["content"]:  # llama-server drops an empty one, and adds no generation prompt
@@ -263,7 +293,7 @@ class ChatTemplate:
             return values[:-1], True, str(values[-1]["content"])
         return values, add_generation_prompt, None
 
-    def _render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+    def _render(self, messages: list[dict[str, Any]], add_generation_prompt: bool, tools: ToolObjects = ()) -> str:
         from jinja2 import TemplateError
 
         context: dict[str, Any] = {
@@ -272,6 +302,8 @@ class ChatTemplate:
             "eos_token": self.eos_token,
             "enable_thinking": True,
         }
+        if tools:
+            context["tools"] = [dict(t) for t in tools]
         if add_generation_prompt:
             context["add_generation_prompt"] = True
         try:
@@ -326,5 +358,20 @@ def _is_special(text: str, tokenize: Callable[[str], list[int]]) -> bool:
 
 
 def messages_from_mappings(values: Sequence[Mapping[str, Any]]) -> list[ChatMessage]:
-    """Plain dicts ({"role", "content"}) to ChatMessage, for callers outside the server."""
-    return [ChatMessage(str(v["role"]), str(v["content"]), v.get("name")) for v in values]
+    """Plain OpenAI-style dicts to ChatMessage, for callers outside the server.
+
+    {"role", "content"} plus, optionally, "name", "tool_calls" (assistant) and "tool_call_id" (tool);
+    a null content (an assistant message that only calls tools) becomes "".
+    """
+    from .tools.types import ToolCall
+
+    return [
+        ChatMessage(
+            str(v["role"]),
+            "" if v.get("content") is None else str(v["content"]),
+            v.get("name"),
+            tuple(ToolCall.from_openai(c) for c in v.get("tool_calls") or ()),
+            v.get("tool_call_id"),
+        )
+        for v in values
+    ]

@@ -10,10 +10,11 @@ from typing import Any, TypeVar
 
 from .errors import ConfigError
 
-__all__ = ["KV_CACHE_TYPES", "WEIGHT_REPACK_SETTINGS", "Config", "DecodeConfig"]
+__all__ = ["KV_CACHE_TYPES", "ROPE_SCALINGS", "WEIGHT_REPACK_SETTINGS", "Config", "DecodeConfig"]
 
 KV_CACHE_TYPES = ("", "f16", "q8_0", "q4_0")
 WEIGHT_REPACK_SETTINGS = ("auto", "on", "off")
+ROPE_SCALINGS = ("auto", "none", "yarn", "linear")
 _T = TypeVar("_T", bound="_Options")
 
 
@@ -71,6 +72,9 @@ class Config(_Options):
     # llama.cpp's weight repacking (extra buffer types): "auto" = on unless the CPU has AMX_INT8,
     # whose kernel crashes on long prefills (llama.cpp#20824); "on"/"off" force it.
     weight_repack: str = "auto"
+    # RoPE beyond the trained window (llamanode.rope): auto = the model's own RoPE up to n_ctx_train,
+    # YaRN by num_ctx / n_ctx_train above it; none = never extend (a larger num_ctx is refused)
+    rope_scaling: str = "auto"
 
     def __post_init__(self) -> None:
         _require_int("num_ctx", self.num_ctx, 16)
@@ -98,6 +102,7 @@ class Config(_Options):
             self.weight_repack in WEIGHT_REPACK_SETTINGS,
             f"weight_repack must be one of {WEIGHT_REPACK_SETTINGS}, got {self.weight_repack!r}",
         )
+        _require(self.rope_scaling in ROPE_SCALINGS, f"rope_scaling must be one of {ROPE_SCALINGS}")
 
     @property
     def kv_type(self) -> str:
@@ -130,6 +135,9 @@ class DecodeConfig(_Options):
     seed: int | None = None  # None: a fresh random seed per call
     stop: tuple[str, ...] = ()
     grammar: str | None = None  # GBNF text
+    # Lazy grammar: free text until one of these literals appears, then `grammar` applies from its
+    # first byte (so the grammar's root must begin with it). Empty: the grammar applies from the start.
+    grammar_triggers: tuple[str, ...] = ()
     json_schema: Mapping[str, Any] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
@@ -153,6 +161,10 @@ class DecodeConfig(_Options):
             self.json_schema is None or not stop,
             "stop strings cannot be combined with json_schema: a stop string inside the JSON would cut it short",
         )
+        triggers = (self.grammar_triggers,) if isinstance(self.grammar_triggers, str) else tuple(self.grammar_triggers)
+        _require(all(isinstance(t, str) and t for t in triggers), "grammar_triggers must be non-empty strings")
+        _require(not triggers or bool(self.grammar), "grammar_triggers need a grammar to trigger")
+        object.__setattr__(self, "grammar_triggers", triggers)
 
     @property
     def greedy(self) -> bool:

@@ -11,7 +11,8 @@ LlamaNodeError
 ├── UnsupportedFeatureError     a deliberately unsupported surface
 ├── InvalidInputError (ValueError)
 │   ├── ConfigError             bad or unknown option
-│   └── GrammarError            GBNF / JSON schema rejected
+│   ├── GrammarError            GBNF / JSON schema rejected
+│   └── ToolError               a tool, tool choice or tool call is malformed
 └── SnapshotError
     ├── SnapshotCorruptError    checksum, truncation, bad header
     └── SnapshotMismatchError   snapshot of another model / build / config
@@ -34,6 +35,7 @@ __all__ = [
     "SnapshotCorruptError",
     "SnapshotError",
     "SnapshotMismatchError",
+    "ToolError",
     "UnsupportedFeatureError",
 ]
 
@@ -104,6 +106,10 @@ class ConfigError(InvalidInputError):
 
 class GrammarError(InvalidInputError):
     """A GBNF grammar or JSON schema could not be compiled."""
+
+
+class ToolError(InvalidInputError):
+    """A tool definition, tool choice or tool call (or message) is malformed."""
 
 
 class SnapshotError(LlamaNodeError):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..config import DecodeConfig
+from ..rope import UNSCALED, RopeScaling
 
 __all__ = ["BackendIdentity", "KVContext", "Sampler"]
 
@@ -25,6 +26,7 @@ class BackendIdentity:
     chat_template: str | None  # the GGUF's own Jinja template
     n_ctx: int  # effective context size (llama.cpp pads it)
     description: str
+    rope: RopeScaling = UNSCALED  # how positions beyond the trained window are served
 
 
 class Sampler(Protocol):

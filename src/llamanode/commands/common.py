@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import WEIGHT_REPACK_SETTINGS, Config
+from ..config import ROPE_SCALINGS, WEIGHT_REPACK_SETTINGS, Config
 
 __all__ = ["add_model_options", "config_from_args"]
 
@@ -24,6 +24,12 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         choices=WEIGHT_REPACK_SETTINGS,
         help="llama.cpp weight repacking: auto = on unless the CPU has AMX (llama.cpp#20824) (default: %(default)s)",
     )
+    parser.add_argument(
+        "--rope-scaling",
+        default="auto",
+        choices=ROPE_SCALINGS,
+        help="RoPE beyond the model's trained window (auto: YaRN only when --ctx exceeds it; default: %(default)s)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -35,4 +41,5 @@ def config_from_args(args: argparse.Namespace) -> Config:
         flash_attn=args.flash_attn,
         kv_cache_type=args.kv_type,
         weight_repack=args.weight_repack,
+        rope_scaling=args.rope_scaling,
     )

@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
                 model_digest=ident.model_digest,
                 build=ident.build_id,
                 num_ctx=ident.n_ctx,
+                rope_scaling=ident.rope.describe(),
                 add_bos=ident.add_bos,
                 chat_template="yes" if ident.chat_template else "no",
                 config=config.kv_shaping() | {"num_batch": config.num_batch, "threads": config.threads},

@@ -12,6 +12,7 @@ from ...buffers import fresh_bytes
 from ...config import Config, DecodeConfig
 from ...errors import SessionFatalError, SessionUnavailableError, SnapshotError
 from ...kvsession import KVSession
+from ...rope import RopeScaling
 from ..base import BackendIdentity
 from .model import LoadedModel, acquire_model, kv_bytes_per_token, release_model
 from .native import lib
@@ -22,10 +23,19 @@ __all__ = ["LlamaCppContext", "context_params", "open_llamacpp_session"]
 _GGML_TYPES = {"f16": 1, "q4_0": 2, "q8_0": 8}
 
 
-def context_params(config: Config) -> Any:
+_ROPE_TYPES = {"none": "UNSPECIFIED", "yarn": "YARN", "linear": "LINEAR"}  # unspecified: the GGUF's own
+
+
+def context_params(config: Config, rope: RopeScaling) -> Any:
     """llama_context_params with every setting explicit (no AUTO left for llama.cpp to pick)."""
     L = lib()
     cp = L.llama_context_default_params()
+    # unscaled: the GGUF's own RoPE (llama.cpp's defaults); scaled: like llama-server's
+    # --rope-scaling K --rope-scale F --yarn-orig-ctx n_ctx_train
+    cp.rope_scaling_type = getattr(L, f"LLAMA_ROPE_SCALING_TYPE_{_ROPE_TYPES[rope.kind]}")
+    if rope.scaled:
+        cp.rope_freq_scale = 1.0 / rope.factor
+        cp.yarn_orig_ctx = rope.n_ctx_train
     cp.n_ctx = config.num_ctx
     cp.n_batch = config.num_batch
     cp.n_ubatch = config.num_ubatch
@@ -73,7 +83,7 @@ class LlamaCppContext:
         L = lib()
         self._model = model
         self._config = config
-        self._ctx = L.llama_init_from_model(model.handle, context_params(config))
+        self._ctx = L.llama_init_from_model(model.handle, context_params(config, model.rope(config)))
         if not self._ctx:
             raise SessionUnavailableError(f"llama.cpp could not create a context (num_ctx={config.num_ctx})")
         self._mem = L.llama_get_memory(self._ctx)

@@ -15,6 +15,7 @@ from ...config import Config
 from ...digest_cache import file_digest
 from ...errors import SessionUnavailableError
 from ...manifest import byte_hash
+from ...rope import RopeScaling, plan_rope
 from ..base import BackendIdentity
 from .cpu import RepackDecision, weight_repack_for
 from .native import build_id, lib
@@ -36,6 +37,7 @@ class LoadedModel:
     description: str
     vocab_add_bos: bool
     repack: RepackDecision
+    n_ctx_train: int  # read at load: a YaRN context rewrites llama.cpp's copy (n_ctx_orig / freq_scale)
     refs: int = 0
     pieces: dict[int, bytes] = field(default_factory=dict)
 
@@ -46,9 +48,14 @@ class LoadedModel:
             self.pieces[token] = piece
         return piece
 
+    def rope(self, config: Config) -> RopeScaling:
+        return plan_rope(config.rope_scaling, config.num_ctx, self.n_ctx_train)
+
     def identity(self, config: Config, n_ctx: int) -> BackendIdentity:
+        rope = self.rope(config)
         # repacked weights take other matmul kernels, so they write other KV numbers
         shaping = {"build": build_id(), **config.kv_shaping(), "weight_repack": self.repack.enabled}
+        shaping |= {"rope": rope.key()} if rope.scaled else {}
         runtime = byte_hash(json.dumps(shaping, sort_keys=True))
         template = self.chat_template if config.prompt_format == "model" else None
         template_key = {"format": config.prompt_format, "template": template, "caller": config.prompt_template_digest}
@@ -63,6 +70,7 @@ class LoadedModel:
             chat_template=self.chat_template,
             n_ctx=n_ctx,
             description=self.description,
+            rope=rope,
         )
 
 
@@ -125,6 +133,7 @@ def _load(path: Path, repack: RepackDecision) -> LoadedModel:
         description=f"{name} ({desc.value.decode('utf-8', 'replace')})".strip(),
         vocab_add_bos=bool(L.llama_vocab_get_add_bos(vocab)),
         repack=repack,
+        n_ctx_train=int(L.llama_model_n_ctx_train(handle)),
     )
 
 

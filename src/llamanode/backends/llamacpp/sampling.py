@@ -8,6 +8,7 @@ from typing import Any
 from ...config import DecodeConfig
 from ...errors import GrammarError
 from ...grammar import json_schema_gbnf
+from .lazy import TriggerGuard, lazy_grammar_sampler
 from .native import lib
 
 __all__ = ["LlamaCppSampler", "grammar_text"]
@@ -29,6 +30,7 @@ class LlamaCppSampler:
         L = lib()
         self._ctx = ctx
         self._chain: Any = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        self._guard = TriggerGuard(config.grammar_triggers, vocab, n_vocab) if config.grammar_triggers else None
         try:
             self._build(vocab, n_vocab, config)
         except BaseException:
@@ -42,7 +44,10 @@ class LlamaCppSampler:
         L = lib()
         gbnf = grammar_text(config)
         if gbnf is not None:
-            grammar = L.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
+            if config.grammar_triggers:
+                grammar = lazy_grammar_sampler(vocab, gbnf.encode("utf-8"), config.grammar_triggers)
+            else:
+                grammar = L.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
             if not grammar:
                 raise GrammarError("grammar failed to parse (GBNF syntax error or no 'root' rule)")
             self._add(grammar)
@@ -59,6 +64,8 @@ class LlamaCppSampler:
         self._add(L.llama_sampler_init_dist(seed))
 
     def sample(self) -> int:
+        if self._guard is not None and self._guard.waiting:
+            return self._guard.sample(self._chain, self._ctx)
         return int(lib().llama_sampler_sample(self._chain, self._ctx, -1))
 
     def close(self) -> None:
