@@ -23,6 +23,7 @@ from .errors import (
     SnapshotMismatchError,
 )
 from .manifest import IDENTITY_FIELDS, ContextManifest, byte_hash, hash_token_ids, join_segments
+from .prefix import common_prefix_len
 from .residency import explain_divergence, segment_residency, token_byte_offsets
 from .session import (
     ContextReport,
@@ -43,14 +44,6 @@ from .textstream import TextAssembler
 __all__ = ["KVSession", "chunk_sizes", "common_prefix_len"]
 
 ProgressFn = Callable[[PrefillProgress], None]
-
-
-def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 def chunk_sizes(n: int, batch: int) -> list[int]:

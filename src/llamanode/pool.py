@@ -34,6 +34,7 @@ from .errors import (
     SnapshotMismatchError,
 )
 from .kvsession import KVSession
+from .prefix import common_prefix_len
 from .session import SessionState, default_model_path, open_session
 from .snapshot import TOKEN_BLOCK, SnapshotIdentity, token_chain
 from .store import SnapshotEntry, SnapshotStore
@@ -1037,7 +1038,4 @@ def _shared_prefix(a: Sequence[int], chain_a: Sequence[str], b: Sequence[int], c
         k += 1
     start = k * TOKEN_BLOCK
     end = min(len(a), len(b), start + TOKEN_BLOCK)
-    n = start
-    while n < end and a[n] == b[n]:
-        n += 1
-    return n
+    return start + common_prefix_len(a[start:end], b[start:end])
