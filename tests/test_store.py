@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from llamanode.errors import SnapshotCorruptError, SnapshotError, SnapshotMismatchError
+from llamanode.identity import require_identity
 from llamanode.manifest import ContextManifest, ManifestSegment
 from llamanode.session import SessionState
 from llamanode.snapshot import (
@@ -287,3 +288,25 @@ def test_a_failed_write_is_typed_and_leaves_the_previous_snapshot(
         store.put("ws-1", make_state(seed=2), IDENTITY)
     assert sorted(p.name for p in (store.root / SNAP_DIR).iterdir()) == [snap_path(store, "ws-1").name]
     assert store.load("ws-1", IDENTITY)[1] == make_state(seed=1)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"build_id": "build-2"}, "build_id"),
+        ({"model_digest": "model-2"}, "model_digest"),
+        ({"runtime_digest": "runtime-2"}, "runtime_digest"),
+    ],
+)
+def test_a_state_in_memory_and_its_snapshot_are_refused_for_the_same_field(
+    store: SnapshotStore, changes: dict[str, str], field: str
+) -> None:
+    """One identity rule: KVSession.import_state (a state in memory) and the store (a file) agree."""
+    state = dataclasses.replace(make_state(), **changes)  # type: ignore[arg-type]
+    require_identity(SnapshotIdentity.of_state(make_state(), KV_CONFIG), make_state().manifest, IDENTITY)
+    with pytest.raises(SnapshotMismatchError) as in_memory:
+        require_identity(SnapshotIdentity.of_state(state, KV_CONFIG), state.manifest, IDENTITY)
+    store.put("ws-1", state, IDENTITY)
+    with pytest.raises(SnapshotMismatchError) as on_disk:
+        store.load("ws-1", IDENTITY)
+    assert in_memory.value.field == on_disk.value.field == field

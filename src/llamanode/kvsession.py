@@ -20,8 +20,8 @@ from .errors import (
     SessionBusyError,
     SessionClosedError,
     SessionFatalError,
-    SnapshotMismatchError,
 )
+from .identity import SnapshotIdentity, require_identity
 from .manifest import IDENTITY_FIELDS, ContextManifest, byte_hash, hash_token_ids, join_segments
 from .prefix import common_prefix_len
 from .residency import explain_divergence, segment_residency, token_byte_offsets
@@ -270,7 +270,8 @@ class KVSession:
         """
         with self._lock.hold():
             self._check_usable()
-            _check_state_identity(state, self)
+            expected = SnapshotIdentity.of(self.identity, self.config)
+            require_identity(SnapshotIdentity.of_state(state, expected.kv_config), state.manifest, expected)
             if len(state.tokens) > self.num_ctx:
                 raise ContextOverflowError("restore", 0, len(state.tokens), self.num_ctx)
             self._trim(0)
@@ -528,20 +529,6 @@ class KVSession:
         report = DecodeReport(produced, reason, first_token_s, elapsed, max(produced - 1, 0) / decode_s)
         finish = "error" if error else ("length" if reason == "max_tokens" else "stop")
         yield StreamChunk(tail.text if tail else "", tuple(held), finish, error, report)
-
-
-def _check_state_identity(state: SessionState, session: KVSession) -> None:
-    ident = session.identity
-    for name, stored, mine in (
-        ("model_digest", state.model_digest, ident.model_digest),
-        ("build_id", state.build_id, ident.build_id),
-        ("runtime_digest", state.runtime_digest, ident.runtime_digest),
-        ("manifest.model_digest", state.manifest.model_digest, ident.model_digest),
-        ("manifest.runtime_digest", state.manifest.runtime_digest, ident.runtime_digest),
-        ("manifest.tokenizer_digest", state.manifest.tokenizer_digest, ident.tokenizer_digest),
-    ):
-        if stored != mine:
-            raise SnapshotMismatchError(name, stored, mine)
 
 
 def _utf8(text: str, what: str) -> bytes:

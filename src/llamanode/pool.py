@@ -187,7 +187,7 @@ class SessionPool:
         self._per_token = self._anchor.kv_bytes() / self._anchor.num_ctx
         self._n_ctx = _padded_ctx(self.config.num_ctx)
         self._kv_per_session = int(self._per_token * self._n_ctx)
-        self._identity = _with_n_ctx(SnapshotIdentity.of(self._anchor), self._n_ctx)
+        self._identity = _with_n_ctx(SnapshotIdentity.of(self._anchor.identity, self._anchor.config), self._n_ctx)
         self._writer = threading.Thread(target=self._write_loop, name="llamanode-snapshot-writer", daemon=True)
         self._writer.start()
         self._check_budget()
@@ -345,7 +345,7 @@ class SessionPool:
             ws.session, ws.kv_bytes = session, actual
             if actual != self._kv_per_session or session.num_ctx != self._n_ctx:
                 self._kv_per_session, self._n_ctx = actual, session.num_ctx
-                self._identity = SnapshotIdentity.of(session)
+                self._identity = _identity_of(session)
         return session
 
     def _make_room(self, me: _Workspace, nbytes: int, kind: str) -> KVSession | None:
@@ -464,7 +464,7 @@ class SessionPool:
         size = _state_size(state)
         self._resize(held, size)
         assert ws.signature is not None
-        self._enqueue(ws.id, _Pending(state, SnapshotIdentity.of(session), size, ws.signature))
+        self._enqueue(ws.id, _Pending(state, _identity_of(session), size, ws.signature))
 
     def _discard_session(self, ws: _Workspace) -> None:
         with self._cv:
@@ -619,7 +619,7 @@ class SessionPool:
                 state = session.export_state()
             self._resize(held, _state_size(state))
             try:
-                entry, collected = self._store.put(ws.id, state, SnapshotIdentity.of(session), self._protected())
+                entry, collected = self._store.put(ws.id, state, _identity_of(session), self._protected())
             except SnapshotError:
                 self._count("snapshot_failures")
                 raise
@@ -652,7 +652,7 @@ class SessionPool:
         held = self._reserve(ws, entry.size_bytes)
         try:
             with self._timed("read"):
-                _, state = self._store.load(ws.id, SnapshotIdentity.of(session))
+                _, state = self._store.load(ws.id, _identity_of(session))
             with self._timed("import"):
                 session.import_state(state)
             del state
@@ -812,7 +812,7 @@ class SessionPool:
         elif source.snapshot is not None:
             held = self._reserve(source, source.snapshot.size_bytes)
             try:
-                session.import_state(self._store.load(source.id, SnapshotIdentity.of(session))[1])
+                session.import_state(self._store.load(source.id, _identity_of(session))[1])
             finally:
                 self._resize(held, 0)
 
@@ -1020,6 +1020,10 @@ def _check_id(workspace_id: str) -> None:
 
 def _padded_ctx(num_ctx: int) -> int:
     return -(-num_ctx // 256) * 256  # llama.cpp pads n_ctx to a multiple of 256
+
+
+def _identity_of(session: KVSession) -> SnapshotIdentity:
+    return SnapshotIdentity.of(session.identity, session.config)
 
 
 def _with_n_ctx(identity: SnapshotIdentity, n_ctx: int) -> SnapshotIdentity:

@@ -45,4 +45,4 @@ def run(args: argparse.Namespace) -> int:
 def _identity(args: argparse.Namespace) -> SnapshotIdentity:
     with open_session(args.model, config_from_args(args)) as session:
         assert isinstance(session, KVSession)
-        return SnapshotIdentity.of(session)
+        return SnapshotIdentity.of(session.identity, session.config)
