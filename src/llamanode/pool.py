@@ -38,6 +38,7 @@ from .prefix import common_prefix_len
 from .session import SessionState, default_model_path, open_session
 from .snapshot import TOKEN_BLOCK, SnapshotIdentity, token_chain
 from .store import SnapshotEntry, SnapshotStore
+from .workspace_id import check_workspace_id
 
 __all__ = ["MissRecord", "PoolStats", "SessionPool", "WorkspaceInfo"]
 
@@ -236,7 +237,7 @@ class SessionPool:
             self._release(ws)
 
     def _lease(self, workspace_id: str, create: bool) -> _Workspace:
-        _check_id(workspace_id)
+        check_workspace_id(workspace_id)
         me = threading.get_ident()
         while True:
             with self._cv:
@@ -1011,11 +1012,6 @@ def _yield_cpu_to_compute() -> None:
     instead of stalling the threads of the next prefill (which all wait for the slowest)."""
     with contextlib.suppress(OSError, AttributeError):  # not Linux, or not permitted: keep the priority
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-
-
-def _check_id(workspace_id: str) -> None:
-    if not isinstance(workspace_id, str) or not workspace_id or len(workspace_id) > 256:
-        raise InvalidInputError("a workspace id is a non-empty string of at most 256 characters")
 
 
 def _padded_ctx(num_ctx: int) -> int:

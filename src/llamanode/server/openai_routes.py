@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import re
 import struct
 import time
 import uuid
@@ -16,10 +15,12 @@ from ..config import DecodeConfig
 from ..errors import UnsupportedFeatureError
 from ..kvsession import KVSession
 from ..session import embed
+from ..workspace_id import is_workspace_id
 from .engine import Job
 from .errors import ApiError, from_exception
 from .http import ClientGone, JsonResponse, Request, Response, StreamResponse, parse_body, sse_event
 from .schemas import (
+    WORKSPACE_HEADER,
     WORKSPACE_ID_PATTERN,
     ChatCompletionRequest,
     ChatMessageIn,
@@ -34,8 +35,6 @@ if TYPE_CHECKING:
 
 __all__ = ["WORKSPACE_HEADER", "OpenAIRoutes"]
 
-WORKSPACE_HEADER = "X-Llamanode-Workspace"
-_WORKSPACE_RE = re.compile(WORKSPACE_ID_PATTERN)
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default for /v1/completions
 
 
@@ -190,7 +189,7 @@ class OpenAIRoutes:
         """Header, else the OpenAI `user` field, else the workspace sharing the longest token prefix."""
         header = request.header(WORKSPACE_HEADER)
         if header is not None:
-            if not _WORKSPACE_RE.match(header):
+            if not is_workspace_id(header):
                 raise ApiError(
                     400,
                     f"{WORKSPACE_HEADER} must match {WORKSPACE_ID_PATTERN}",
@@ -214,7 +213,7 @@ class OpenAIRoutes:
     ) -> Response:
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
-        headers = {"X-Llamanode-Workspace": job.workspace}
+        headers = {WORKSPACE_HEADER: job.workspace}
         if stream:
             events = _stream_events(self.app, job, ident, created, chat, include_usage, prompt)
             return StreamResponse(events, headers=headers, after=job.close)
