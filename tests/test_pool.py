@@ -54,7 +54,6 @@ def cold(name: str, question: str, config: Config = CFG, then_continue: bool = F
     key = (name, question, config, then_continue)
     if key not in _cold_cache:
         with open_session(None, config) as session:
-            assert isinstance(session, KVSession)
             tokens = turn(session, name, question)
             if then_continue:
                 tokens += decode(session)

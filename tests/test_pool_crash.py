@@ -112,7 +112,6 @@ _cold: dict[int, list[int]] = {}
 def cold(version: int) -> list[int]:
     if version not in _cold:
         with open_session(None, CFG) as session:
-            assert isinstance(session, KVSession)
             _cold[version] = turn(session, version)
     return _cold[version]
 

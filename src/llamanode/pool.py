@@ -20,9 +20,10 @@ import time
 from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from .backends.base import Backend
 from .config import Config
 from .errors import (
     InvalidInputError,
@@ -35,14 +36,14 @@ from .errors import (
 )
 from .kvsession import KVSession
 from .prefix import common_prefix_len
-from .session import SessionState, default_model_path, open_session
+from .registry import load_backend
+from .session import SessionState, default_model_path
 from .snapshot import TOKEN_BLOCK, SnapshotIdentity, token_chain
 from .store import SnapshotEntry, SnapshotStore
 from .workspace_id import check_workspace_id
 
 __all__ = ["MissRecord", "PoolStats", "SessionPool", "WorkspaceInfo"]
 
-_ANCHOR_CTX = 256  # the tokenizer session: keeps the model loaded and tokenizes for routing
 _STATE_SLACK_PER_TOKEN = 64  # token ids, prefix text and cell metadata, per token (generous)
 _STATE_SLACK = 1 << 20
 _RECENT_MISSES = 32
@@ -180,15 +181,16 @@ class SessionPool:
         self._lost: dict[str, tuple[str, str, str]] = {}  # id -> (reason, error, detail) of a lost snapshot
         self._store = SnapshotStore(store_dir, disk_budget_bytes=disk_budget_bytes)
         try:
-            self._anchor = self._open(self.config.replace(num_ctx=_ANCHOR_CTX))
+            self._backend = load_backend(self.model_path)
         except BaseException:
             self._store.close()
             raise
-        self._anchor_bytes = self._anchor.kv_bytes()
-        self._per_token = self._anchor.kv_bytes() / self._anchor.num_ctx
-        self._n_ctx = _padded_ctx(self.config.num_ctx)
+        self._anchor_bytes = 0
+        self._backend_identity = self._backend.identity(self.config)
+        self._per_token = self._backend.info.kv_bytes_per_token[self.config.kv_type]
+        self._n_ctx = self._backend.padded_ctx(self.config.num_ctx)
         self._kv_per_session = int(self._per_token * self._n_ctx)
-        self._identity = _with_n_ctx(SnapshotIdentity.of(self._anchor.identity, self._anchor.config), self._n_ctx)
+        self._identity = SnapshotIdentity.of(self._backend_identity, self.config)
         self._writer = threading.Thread(target=self._write_loop, name="llamanode-snapshot-writer", daemon=True)
         self._writer.start()
         self._check_budget()
@@ -196,6 +198,11 @@ class SessionPool:
             self._ws[entry.workspace_id] = _Workspace(entry.workspace_id, snapshot=entry, last_used=entry.last_used)
         for workspace_id in self._store.recovery.rows_removed:
             self._lost[workspace_id] = ("corrupt", SnapshotCorruptError.__name__, _RECOVERY_DETAIL)
+
+    @property
+    def backend(self) -> Backend:
+        """The pool's handle to its model (model info, grammar checks); the pool closes it."""
+        return self._backend
 
     # -- sizes ---------------------------------------------------------------------------------
     def state_bytes_estimate(self, n_tokens: int) -> int:
@@ -888,7 +895,7 @@ class SessionPool:
     def tokenize(self, text: str) -> list[int]:
         """Token ids of text with the pool's model, as ensure_prefix would make them (for routing)."""
         self._check_open(leasing=True)
-        return self._anchor.tokenize(text)
+        return self._backend.tokenize(text, self._backend_identity.add_bos)
 
     def stats(self) -> PoolStats:
         with self._cv:
@@ -944,9 +951,7 @@ class SessionPool:
             if spare is not None:
                 spare.close()
             self._writer.join(timeout=60)
-            anchor = getattr(self, "_anchor", None)
-            if anchor is not None:
-                anchor.close()
+            self._backend.close()
             self._store.close()
 
     def _close_workspace(self, ws: _Workspace) -> None:
@@ -977,11 +982,7 @@ class SessionPool:
 
     # -- small helpers -------------------------------------------------------------------------------
     def _open(self, config: Config) -> KVSession:
-        session = open_session(self.model_path, config)
-        if not isinstance(session, KVSession):
-            session.close()
-            raise InvalidInputError("the registered session backend does not produce KVSession objects")
-        return session
+        return KVSession(self._backend.open_context(config), config)
 
     def _check_open(self, leasing: bool = False) -> None:
         if self._closed or (leasing and self._closing):
@@ -1014,16 +1015,8 @@ def _yield_cpu_to_compute() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
-def _padded_ctx(num_ctx: int) -> int:
-    return -(-num_ctx // 256) * 256  # llama.cpp pads n_ctx to a multiple of 256
-
-
 def _identity_of(session: KVSession) -> SnapshotIdentity:
     return SnapshotIdentity.of(session.identity, session.config)
-
-
-def _with_n_ctx(identity: SnapshotIdentity, n_ctx: int) -> SnapshotIdentity:
-    return replace(identity, kv_config={**identity.kv_config, "n_ctx": n_ctx})
 
 
 def _state_size(state: SessionState) -> int:

@@ -14,7 +14,7 @@ from ..chat import ChatMessage
 from ..config import DecodeConfig
 from ..errors import UnsupportedFeatureError
 from ..kvsession import KVSession
-from ..session import embed
+from ..registry import embed
 from ..workspace_id import is_workspace_id
 from .engine import Job
 from .errors import ApiError, from_exception
