@@ -270,7 +270,7 @@ class KVSession:
         """
         with self._lock.hold():
             self._check_usable()
-            expected = SnapshotIdentity.of(self.identity, self.config)
+            expected = self.state_identity()
             require_identity(SnapshotIdentity.of_state(state, expected.kv_config), state.manifest, expected)
             if len(state.tokens) > self.num_ctx:
                 raise ContextOverflowError("restore", 0, len(state.tokens), self.num_ctx)
@@ -300,6 +300,10 @@ class KVSession:
             segments=segment_residency(state.manifest, offsets, state.prefix_len, state.prefix_len),
             divergence=Divergence("restored", state.prefix_len, None, None, "resident state was restored"),
         )
+
+    def state_identity(self) -> SnapshotIdentity:
+        """What the states this session exports belong to, and what a state must match to be imported."""
+        return SnapshotIdentity.of(self.identity, self.config)
 
     def kv_bytes(self) -> int:
         return self._ctx.kv_bytes()
