@@ -22,7 +22,7 @@ from llamanode.snapshot import (
     read_snapshot,
     token_chain,
 )
-from llamanode.store import INDEX_FILE, SNAP_DIR, TMP_PREFIX, SnapshotStore
+from llamanode.store import INDEX_FILE, SNAP_DIR, TMP_PREFIX, WRITE_PHASES, SnapshotStore
 
 KV_CONFIG = {"kv_cache_type": "f16", "flash_attn": False, "num_gpu_layers": 0, "tensor_split": [], "n_ctx": 512}
 IDENTITY = SnapshotIdentity("build-1", "model-1", "tok-1", "runtime-1", KV_CONFIG)
@@ -310,3 +310,25 @@ def test_a_state_in_memory_and_its_snapshot_are_refused_for_the_same_field(
     with pytest.raises(SnapshotMismatchError) as on_disk:
         store.load("ws-1", IDENTITY)
     assert in_memory.value.field == on_disk.value.field == field
+
+
+def test_the_write_phase_seam_sees_every_step_and_a_crash_there_recovers(tmp_path: Path) -> None:
+    seen: list[str] = []
+    with SnapshotStore(tmp_path / "s", on_write_phase=seen.append) as store:
+        store.put("ws-1", make_state(seed=1), IDENTITY)
+    assert seen == list(WRITE_PHASES)
+
+    class Crash(BaseException):
+        pass
+
+    def crash_before_commit(phase: str) -> None:
+        if phase == "before_commit":
+            raise Crash  # what a SIGKILL there would leave behind: a renamed file nobody indexed
+
+    store = SnapshotStore(tmp_path / "s", on_write_phase=crash_before_commit)
+    with pytest.raises(Crash):
+        store.put("ws-1", make_state(seed=2), IDENTITY)
+    store.close()
+    with SnapshotStore(tmp_path / "s") as reopened:
+        assert reopened.recovery.orphan_files_removed == 1
+        assert reopened.load("ws-1", IDENTITY)[1] == make_state(seed=1)

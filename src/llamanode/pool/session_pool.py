@@ -43,18 +43,26 @@ class SessionPool:
         disk_budget_bytes: int | None = None,
         keep_written_states: bool = True,
         write_defer_s: float = WRITE_DEFER_S,
+        store: SnapshotStore | None = None,
     ) -> None:
+        """store: an open, writable SnapshotStore to use instead of opening one at store_dir with
+        disk_budget_bytes; the pool owns it from here (and closes it, also if construction fails)."""
         self.model_path = str(model_path or default_model_path())
         self.config = config or Config()
         with ExitStack() as undo:  # a failed construction closes what it opened, in reverse
+            if store is not None:
+                undo.callback(store.close)
+                _check_store(store, store_dir, disk_budget_bytes)
             self._backend = load_backend(self.model_path)
             undo.callback(self._backend.close)
             self._backend_identity = self._backend.identity(self.config)
             per_token = self._backend.info.kv_bytes_per_token[self.config.kv_type]
             sizes = Sizes.of(per_token, self._backend.padded_ctx(self.config.num_ctx))
             _check_budget(memory_budget_bytes, sizes)
-            self._store = SnapshotStore(store_dir, disk_budget_bytes=disk_budget_bytes)
-            undo.callback(self._store.close)
+            if store is None:
+                store = SnapshotStore(store_dir, disk_budget_bytes=disk_budget_bytes)
+                undo.callback(store.close)
+            self._store = store
             self._assemble(sizes, memory_budget_bytes, keep_written_states, write_defer_s)
             undo.pop_all()
 
@@ -300,3 +308,10 @@ def _check_budget(budget: int | None, sizes: Sizes) -> None:
             f"memory budget {budget} B cannot hold one session: it needs {need} B"
             f" ({sizes.session_bytes} B KV + {sizes.headroom} B transfer headroom)"
         )
+
+
+def _check_store(store: SnapshotStore, store_dir: Path | str | None, disk_budget_bytes: int | None) -> None:
+    if store_dir is not None or disk_budget_bytes is not None:
+        raise InvalidInputError("give an open store, or store_dir and disk_budget_bytes, not both")
+    if not store.exclusive:
+        raise InvalidInputError("the pool needs a writable store (SnapshotStore(exclusive=True))")
