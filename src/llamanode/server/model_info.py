@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..backends.base import Backend
-from ..config import DecodeConfig
+from ..config import Config, DecodeConfig
 
 __all__ = ["ModelInfo", "ModelProbe"]
 
@@ -50,6 +50,9 @@ class ModelProbe:
     def check_grammar(self, config: DecodeConfig) -> None:
         """Compile the config's grammar (or JSON schema) against the vocabulary; GrammarError if it fails."""
         self._backend.check_grammar(config)
+
+    def embed(self, config: Config, text: str) -> list[float]:
+        return self._backend.embed(config, text)
 
     def close(self) -> None:
         """Nothing to release: the backend belongs to the pool."""

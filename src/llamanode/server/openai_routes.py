@@ -14,7 +14,6 @@ from ..chat import ChatMessage
 from ..config import DecodeConfig
 from ..errors import UnsupportedFeatureError
 from ..kvsession import KVSession
-from ..registry import embed
 from ..workspace_id import is_workspace_id
 from .engine import Job
 from .errors import ApiError, from_exception
@@ -128,7 +127,7 @@ class OpenAIRoutes:
             )
         with self.app.admission.slot(None):
             for index, text in enumerate(texts):
-                vector = embed(self.app.model_path, self.app.config, text)
+                vector = self.app.model_probe.embed(self.app.config, text)
                 if body.dimensions is not None and body.dimensions != len(vector):
                     raise from_exception(UnsupportedFeatureError(f"dimensions other than {len(vector)}"), "dimensions")
                 tokens += counts[index]
