@@ -297,3 +297,20 @@ def test_forks_take_the_source_state_from_wherever_it_is(backends: list[FakeBack
                 prefix = s.explain_context().last_prefix
                 assert prefix is not None and prefix.prefilled_tokens == 0
         assert pool.stats().forks == 1
+
+
+def test_the_pool_takes_over_an_open_store(backends: list[FakeBackend], tmp_path: Path) -> None:
+    phases: list[str] = []
+    with SessionPool(MODEL, CFG, store=SnapshotStore(tmp_path, on_write_phase=phases.append)) as pool:
+        with pool.session("a") as s:
+            turn(s, "alpha text")
+        pool.checkpoint("a")
+        assert phases == ["mid_write", "before_commit", "before_unlink"]
+    with SnapshotStore(tmp_path):  # closed with the pool: the lock is free
+        pass
+    given = SnapshotStore(tmp_path)
+    with pytest.raises(InvalidInputError, match="not both"):
+        SessionPool(MODEL, CFG, store=given, store_dir=tmp_path)
+    with SnapshotStore(tmp_path):  # a refused construction closed the store it was given
+        pass
+    assert len(backends) == 1  # refused before a model handle was taken
