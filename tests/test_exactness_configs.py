@@ -16,7 +16,9 @@ import pytest
 import llamanode as ln
 from llamanode.backends.llamacpp.context import LlamaCppContext
 
-SOURCE = (Path(ln.__file__).parent / "kvsession.py").read_text(encoding="utf-8")[:2400]
+# A fixed Python source (the head of kvsession.py at 55c71c3): reading the live file let refactors change
+# what these tests check (its "edit" below became a no-op once common_prefix_len moved to prefix.py).
+SOURCE = (Path(__file__).parent / "data" / "exactness_source.py.txt").read_text(encoding="utf-8")
 SYSTEM = "<|im_start|>system\nYou review Python code.<|im_end|>\n<|im_start|>user\n"
 SUFFIX = "\nWhat does chunk_sizes return?<|im_end|>\n<|im_start|>assistant\n"
 CONFIGS = {

@@ -162,6 +162,3 @@ class Workspaces:
 
     def any_live_unleased(self) -> bool:
         return any(w.session is not None and w.holder is None for w in self._ws.values())
-
-    def live_count(self) -> int:
-        return sum(1 for w in self._ws.values() if w.session is not None)
