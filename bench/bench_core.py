@@ -415,7 +415,6 @@ def main_phases(
         verbose=False,
     )
     node = llamanode.open_session(model_path, config)
-    assert isinstance(node, KVSession)
 
     # -- cold ------------------------------------------------------------------------------------
     # Every system keeps its warmed-up context; a cold turn gets a prefix that shares only

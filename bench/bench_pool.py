@@ -466,7 +466,6 @@ def run(plan: Plan) -> Results:
     with tempfile.TemporaryDirectory(prefix="bench_pool-", dir=os.environ.get("BENCH_TMP")) as tmp:
         root = Path(tmp)
         with open_session(None, Config(num_ctx=256)) as probe:  # open all along: Prompts tokenizes with it
-            assert isinstance(probe, KVSession)
             prompts = Prompts(probe.tokenize, plan)
             store = seed(plan, config, prompts, root, results)
             switch(plan, config, prompts, root, store, results)

@@ -37,7 +37,6 @@ def _skip_decode(tokens: Sequence[int], start: int) -> None:
 
 def main() -> None:
     session = ln.open_session(None, ln.Config(num_ctx=32768, num_threads=1))
-    assert isinstance(session, ln.KVSession)
     session._ctx.prefill = _skip_decode  # type: ignore[method-assign]
     prefix = session.prefix(source_segments())
     session.ensure_prefix(prefix)

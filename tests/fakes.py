@@ -1,4 +1,4 @@
-"""A deterministic toy KVContext for fast contract tests of KVSession.
+"""A deterministic toy backend (FakeBackend) and KVContext for fast contract tests of KVSession and SessionPool.
 
 The toy model mimics what matters about llama.cpp for reuse:
 - a byte-level tokenizer (one token per UTF-8 byte, BOS/EOS specials), while generation
@@ -18,9 +18,9 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from llamanode.backends.base import BackendIdentity
+from llamanode.backends.base import BackendIdentity, ModelInfo
 from llamanode.config import Config, DecodeConfig
-from llamanode.errors import GrammarError, SessionFatalError, SnapshotError
+from llamanode.errors import GrammarError, SessionClosedError, SessionFatalError, SnapshotError
 from llamanode.kvsession import KVSession
 
 BOS, EOS, BYTE0 = 1, 2, 3
@@ -102,8 +102,7 @@ class FakeContext:
     # tokens
     def tokenize(self, text: str, add_bos: bool) -> list[int]:
         self.tokenize_calls += 1
-        ids = [BYTE0 + b for b in text.encode("utf-8")]
-        return [BOS, *ids] if add_bos else ids
+        return _tokenize(text, add_bos)
 
     def token_bytes(self, token: int) -> bytes:
         if token in (BOS, EOS):
@@ -160,10 +159,7 @@ class FakeContext:
 
     def new_sampler(self, config: DecodeConfig) -> FakeSampler:
         self._check_open()
-        if config.grammar is not None and "root ::=" not in config.grammar:
-            raise GrammarError("toy grammar needs a root rule")
-        if config.json_schema is not None and "type" not in config.json_schema:
-            raise GrammarError("toy schema needs a type")
+        _check_grammar(config)
         return FakeSampler(self, config)
 
     # state
@@ -225,6 +221,78 @@ class FakeSampler:
 
     def close(self) -> None:
         self.closed = True
+
+
+def _tokenize(text: str, add_bos: bool) -> list[int]:
+    ids = [BYTE0 + b for b in text.encode("utf-8")]
+    return [BOS, *ids] if add_bos else ids
+
+
+def _check_grammar(config: DecodeConfig) -> None:
+    if config.grammar is not None and "root ::=" not in config.grammar:
+        raise GrammarError("toy grammar needs a root rule")
+    if config.json_schema is not None and "type" not in config.json_schema:
+        raise GrammarError("toy schema needs a type")
+
+
+FAKE_PAD = 16  # the toy pads n_ctx like llama.cpp does (to 256), at a smaller step
+FAKE_KV_PER_TOKEN = 16.0
+
+
+class FakeBackend:
+    """The toy model behind the Backend protocol: opens FakeContexts, records what it was asked."""
+
+    def __init__(self, path: str = "/fake/model.gguf", add_bos: bool = False, eos_every: int = 29) -> None:
+        self.add_bos = add_bos
+        self.eos_every = eos_every
+        self.info = ModelInfo(
+            path=path,
+            digest=FAKE_IDENTITY.model_digest,
+            description=FAKE_IDENTITY.description,
+            chat_template=None,
+            bos_token="",
+            eos_token="",
+            add_bos=add_bos,
+            add_eos=False,
+            n_ctx_train=4096,
+            kv_bytes_per_token=dict.fromkeys(("f16", "q8_0", "q4_0"), FAKE_KV_PER_TOKEN),
+        )
+        self.contexts: list[FakeContext] = []
+        self.configs: list[Config] = []
+        self.closed = False
+
+    def identity(self, config: Config) -> BackendIdentity:
+        from dataclasses import replace
+
+        return replace(FAKE_IDENTITY, n_ctx=self.padded_ctx(config.num_ctx), add_bos=self.add_bos)
+
+    def padded_ctx(self, num_ctx: int) -> int:
+        return -(-num_ctx // FAKE_PAD) * FAKE_PAD
+
+    def open_context(self, config: Config) -> FakeContext:
+        self._check_open()
+        n_ctx = self.padded_ctx(config.num_ctx)
+        ctx = FakeContext(n_ctx, config.num_batch, config.num_ubatch, self.add_bos, self.eos_every)
+        self.contexts.append(ctx)
+        self.configs.append(config)
+        return ctx
+
+    def tokenize(self, text: str, add_bos: bool) -> list[int]:
+        self._check_open()
+        return _tokenize(text, add_bos)
+
+    def check_grammar(self, config: DecodeConfig) -> None:
+        _check_grammar(config)
+
+    def embed(self, config: Config, text: str) -> list[float]:
+        return [float(b) for b in text.encode("utf-8")[:8].ljust(8, b"\0")]
+
+    def close(self) -> None:
+        self.closed = True
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise SessionClosedError("the model handle is closed")
 
 
 def fake_session(

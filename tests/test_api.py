@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import llamanode
-from fakes import fake_session
-from llamanode import session as session_module
+from fakes import FakeBackend, fake_session
+from llamanode import registry
 
 
 def test_all_is_exactly_the_public_names() -> None:
@@ -39,7 +39,7 @@ def test_star_import_gives_every_exported_name() -> None:
     "module",
     [
         *("assembler", "config", "errors", "manifest", "session", "kvsession", "residency", "textstream"),
-        *("backends.base", "rope", "tools"),
+        *("backends.base", "registry", "rope", "tools"),
     ],
 )
 def test_submodule_all_names_exist(module: str) -> None:
@@ -71,26 +71,30 @@ def test_a_kvsession_is_a_session() -> None:
     assert isinstance(session, llamanode.Session)
 
 
-def test_the_session_factory_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_backend_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     assert llamanode.session_available() and llamanode.embed_available()
     opened: list[tuple[str, llamanode.Config]] = []
+    backends: list[FakeBackend] = []
 
-    def factory(path: str, config: llamanode.Config) -> llamanode.Session:
-        opened.append((path, config))
-        return fake_session()[0]
+    def loader(path: str, config: llamanode.Config) -> llamanode.Backend:
+        backends.append(FakeBackend(path))
+        return backends[-1]
 
-    monkeypatch.setattr(session_module, "_session_factory", None)
-    monkeypatch.setattr(session_module, "_embed_func", None)
+    monkeypatch.setattr(registry, "_loader", None)
     assert not llamanode.session_available() and not llamanode.embed_available()
     with pytest.raises(llamanode.SessionUnavailableError):
         llamanode.open_session("model.gguf")
     with pytest.raises(llamanode.SessionUnavailableError):
         llamanode.embed("model.gguf", None, "text")
-    llamanode.set_session_factory(factory)
+    llamanode.set_backend(loader)
     session = llamanode.open_session("model.gguf")
     assert isinstance(session, llamanode.KVSession)
+    opened.extend((b.info.path, c) for b in backends for c in b.configs)
     assert opened == [("model.gguf", llamanode.Config())]
-    llamanode.set_session_factory(None)
+    session.close()
+    assert backends[0].closed and backends[0].contexts[0].closed  # the session held the handle and the context
+    assert len(llamanode.embed("model.gguf", None, "text")) == 8 and backends[1].closed
+    llamanode.set_backend(None)
     assert not llamanode.session_available()
 
 

@@ -49,6 +49,8 @@ BAD_CONFIG: list[dict[str, Any]] = [
     {"kv_cache_type": "q8_0"},  # a quantized V cache needs flash attention
     {"kv_cache_type": "q4_0", "flash_attn": False},
     {"prompt_format": ""},
+    {"prompt_format": "chatml"},  # accepted once, never rendered: refused now
+    {"prompt_format": "llama3"},
     {"disable_bos": 1},
     {"weight_repack": "sometimes"},
     {"weight_repack": True},
@@ -61,6 +63,11 @@ def test_bad_config_values_are_refused(values: dict[str, Any]) -> None:
         Config.from_mapping(values)
     with pytest.raises(ConfigError):
         Config().replace(**values)
+
+
+def test_prompt_format_names_who_renders_the_prompt() -> None:
+    assert Config().prompt_format == "model"
+    assert Config(prompt_format="caller", prompt_template_digest="abc").prompt_format == "caller"
 
 
 def test_quantized_kv_is_accepted_with_flash_attention() -> None:

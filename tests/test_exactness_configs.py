@@ -16,7 +16,9 @@ import pytest
 import llamanode as ln
 from llamanode.backends.llamacpp.context import LlamaCppContext
 
-SOURCE = (Path(ln.__file__).parent / "kvsession.py").read_text(encoding="utf-8")[:2400]
+# A fixed Python source (the head of kvsession.py at 55c71c3): reading the live file let refactors change
+# what these tests check (its "edit" below became a no-op once common_prefix_len moved to prefix.py).
+SOURCE = (Path(__file__).parent / "data" / "exactness_source.py.txt").read_text(encoding="utf-8")
 SYSTEM = "<|im_start|>system\nYou review Python code.<|im_end|>\n<|im_start|>user\n"
 SUFFIX = "\nWhat does chunk_sizes return?<|im_end|>\n<|im_start|>assistant\n"
 CONFIGS = {
@@ -34,7 +36,6 @@ def _logits(session: ln.KVSession) -> np.ndarray:  # type: ignore[type-arg]
 
 def _cold(config: ln.Config, segments: tuple[tuple[str, str], ...]) -> tuple[np.ndarray, list[int]]:  # type: ignore[type-arg]
     with ln.open_session(None, config) as cold:
-        assert isinstance(cold, ln.KVSession)
         cold.ensure_prefix(cold.prefix(segments))
         cold.prefill_suffix(cold.suffix(SUFFIX))
         logits = _logits(cold)
@@ -56,7 +57,6 @@ def _greedy(session: ln.KVSession) -> list[int]:
 def warm(request: pytest.FixtureRequest) -> Iterator[tuple[ln.Config, ln.KVSession]]:
     config = CONFIGS[request.param]
     session = ln.open_session(None, config)
-    assert isinstance(session, ln.KVSession)
     yield config, session
     session.close()
 
@@ -87,7 +87,6 @@ def test_restored_state_is_bit_exact(warm: tuple[ln.Config, ln.KVSession]) -> No
     session.ensure_prefix(session.prefix(_segments(SOURCE)))
     state = session.export_state()
     with ln.open_session(None, config) as restored:
-        assert isinstance(restored, ln.KVSession)
         restored.import_state(state)
         assert restored.ensure_prefix(restored.prefix(_segments(SOURCE))).byte_hash_hit
         restored.prefill_suffix(restored.suffix(SUFFIX))

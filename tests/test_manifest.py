@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from fakes import fake_session
 from llamanode import ContextManifest, ManifestSegment, build_manifest, hash_token_ids
 from llamanode.manifest import IDENTITY_FIELDS, RENDERING_FIELDS, byte_hash, join_segments
+from llamanode.prefix import common_prefix_len
 
 BASE = ContextManifest(
     model_digest="m", tokenizer_digest="t", runtime_digest="r", template_digest="p", add_bos=False
@@ -69,3 +71,21 @@ def test_session_builds_prefix_and_suffix_under_its_own_identity(add_bos: bool) 
     suffix = session.suffix("q")
     assert suffix.manifest.segments == () and suffix.manifest.digest == prefix.manifest.digest
     assert session.manifest() == suffix.manifest
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ((), ()),
+        ((1, 2, 3), (1, 2, 3)),
+        ((1, 2, 3), (1, 2)),
+        ((1, 2, 3), (9, 2, 3)),
+        (tuple(range(1000)), (*range(700), -1)),
+        (tuple(range(512)), tuple(range(600))),
+        (b"abc" * 300, b"abc" * 299 + b"abd"),
+        ("é" * 300, "é" * 256 + "e"),
+    ],
+)
+def test_common_prefix_len_counts_the_shared_leading_items(a: Sequence[object], b: Sequence[object]) -> None:
+    expected = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    assert common_prefix_len(a, b) == common_prefix_len(b, a) == expected

@@ -54,7 +54,6 @@ def cold(name: str, question: str, config: Config = CFG, then_continue: bool = F
     key = (name, question, config, then_continue)
     if key not in _cold_cache:
         with open_session(None, config) as session:
-            assert isinstance(session, KVSession)
             tokens = turn(session, name, question)
             if then_continue:
                 tokens += decode(session)
@@ -507,9 +506,9 @@ def test_a_state_still_being_written_restores_from_memory(store_dir: Path, monke
 def test_writes_wait_for_an_idle_pool_and_a_state_live_again_is_not_written(
     store_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("llamanode.pool.WRITE_DEFER_S", 120.0)  # only idleness or need may start a write
     budget = budget_for(store_dir, 2)
-    with SessionPool(None, CFG, store_dir=store_dir, memory_budget_bytes=budget) as p:
+    # write_defer_s: only idleness or need may start a write
+    with SessionPool(None, CFG, store_dir=store_dir, memory_budget_bytes=budget, write_defer_s=120.0) as p:
         holding, release = threading.Event(), threading.Event()
 
         def hold_z() -> None:

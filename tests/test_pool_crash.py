@@ -26,19 +26,28 @@ def prefix_text(version: int) -> str:
 
 
 # Runs in the child: writes a good snapshot of "a" (v1) and of "b", then checkpoints "a" at v2 with the
-# pause hook armed (phase), or, with phase "loop", checkpoints new versions until it is killed.
+# store's write-phase hook armed (phase), or, with phase "loop", checkpoints new versions until it is killed.
 CHILD = """
-import os, sys
+import os, sys, time
 from llamanode import Config, SessionPool
-from llamanode.store import PAUSE_ENV
+from llamanode.store import WRITE_PHASES, SnapshotStore
 {prefix_text}
 store, marker, phase = sys.argv[1:4]
+armed = {{"phase": ""}}
+
+def stall(at):  # the write-phase seam: mark the phase reached, then wait to be killed
+    assert at in WRITE_PHASES
+    if at == armed["phase"]:
+        open(marker, "w").write(str(os.getpid()))
+        while True:
+            time.sleep(60)
+
 config = Config(num_ctx=512, num_threads=1)
 budget = None
 if phase == "evict":  # one live session: a's v2 is written by the background writer when b evicts it
     with SessionPool(None, config, store_dir=store + ".probe") as probe:
         budget = probe.budget_for(1)
-pool = SessionPool(None, config, store_dir=store, memory_budget_bytes=budget)
+pool = SessionPool(None, config, store=SnapshotStore(store, on_write_phase=stall), memory_budget_bytes=budget)
 for name, version in (("a", 1), ("b", 3)):
     with pool.session(name) as s:
         s.ensure_prefix(s.prefix((("system", prefix_text(version)),)))
@@ -47,13 +56,13 @@ open(marker + ".ready", "w").close()
 if phase == "evict":
     with pool.session("a") as s:
         s.ensure_prefix(s.prefix((("system", prefix_text(2)),)))
-    os.environ[PAUSE_ENV] = "mid_write:" + marker
+    armed["phase"] = "mid_write"
     with pool.session("b"):
         pass
     pool.close()  # waits for the stalled write
 versions = [2] if phase != "loop" else [2, 4, 5, 6, 7, 8, 9, 10] * 50
 if phase != "loop":
-    os.environ[PAUSE_ENV] = phase + ":" + marker
+    armed["phase"] = phase
 for version in versions:
     with pool.session("a") as s:
         s.ensure_prefix(s.prefix((("system", prefix_text(version)),)))
@@ -112,7 +121,6 @@ _cold: dict[int, list[int]] = {}
 def cold(version: int) -> list[int]:
     if version not in _cold:
         with open_session(None, CFG) as session:
-            assert isinstance(session, KVSession)
             _cold[version] = turn(session, version)
     return _cold[version]
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from llamanode.errors import SnapshotCorruptError, SnapshotError, SnapshotMismatchError
+from llamanode.identity import require_identity
 from llamanode.manifest import ContextManifest, ManifestSegment
 from llamanode.session import SessionState
 from llamanode.snapshot import (
@@ -21,7 +22,7 @@ from llamanode.snapshot import (
     read_snapshot,
     token_chain,
 )
-from llamanode.store import INDEX_FILE, SNAP_DIR, TMP_PREFIX, SnapshotStore
+from llamanode.store import INDEX_FILE, SNAP_DIR, TMP_PREFIX, WRITE_PHASES, SnapshotStore
 
 KV_CONFIG = {"kv_cache_type": "f16", "flash_attn": False, "num_gpu_layers": 0, "tensor_split": [], "n_ctx": 512}
 IDENTITY = SnapshotIdentity("build-1", "model-1", "tok-1", "runtime-1", KV_CONFIG)
@@ -287,3 +288,47 @@ def test_a_failed_write_is_typed_and_leaves_the_previous_snapshot(
         store.put("ws-1", make_state(seed=2), IDENTITY)
     assert sorted(p.name for p in (store.root / SNAP_DIR).iterdir()) == [snap_path(store, "ws-1").name]
     assert store.load("ws-1", IDENTITY)[1] == make_state(seed=1)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"build_id": "build-2"}, "build_id"),
+        ({"model_digest": "model-2"}, "model_digest"),
+        ({"runtime_digest": "runtime-2"}, "runtime_digest"),
+    ],
+)
+def test_a_state_in_memory_and_its_snapshot_are_refused_for_the_same_field(
+    store: SnapshotStore, changes: dict[str, str], field: str
+) -> None:
+    """One identity rule: KVSession.import_state (a state in memory) and the store (a file) agree."""
+    state = dataclasses.replace(make_state(), **changes)  # type: ignore[arg-type]
+    require_identity(SnapshotIdentity.of_state(make_state(), KV_CONFIG), make_state().manifest, IDENTITY)
+    with pytest.raises(SnapshotMismatchError) as in_memory:
+        require_identity(SnapshotIdentity.of_state(state, KV_CONFIG), state.manifest, IDENTITY)
+    store.put("ws-1", state, IDENTITY)
+    with pytest.raises(SnapshotMismatchError) as on_disk:
+        store.load("ws-1", IDENTITY)
+    assert in_memory.value.field == on_disk.value.field == field
+
+
+def test_the_write_phase_seam_sees_every_step_and_a_crash_there_recovers(tmp_path: Path) -> None:
+    seen: list[str] = []
+    with SnapshotStore(tmp_path / "s", on_write_phase=seen.append) as store:
+        store.put("ws-1", make_state(seed=1), IDENTITY)
+    assert seen == list(WRITE_PHASES)
+
+    class Crash(BaseException):
+        pass
+
+    def crash_before_commit(phase: str) -> None:
+        if phase == "before_commit":
+            raise Crash  # what a SIGKILL there would leave behind: a renamed file nobody indexed
+
+    store = SnapshotStore(tmp_path / "s", on_write_phase=crash_before_commit)
+    with pytest.raises(Crash):
+        store.put("ws-1", make_state(seed=2), IDENTITY)
+    store.close()
+    with SnapshotStore(tmp_path / "s") as reopened:
+        assert reopened.recovery.orphan_files_removed == 1
+        assert reopened.load("ws-1", IDENTITY)[1] == make_state(seed=1)

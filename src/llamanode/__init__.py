@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .assembler import AssemblerPolicy, Assembly, AssemblyReport, ContextAssembler, SegmentMove, SegmentVolatility
+from .backends.base import Backend, ModelInfo
 from .backends.llamacpp import register as _register_llamacpp
 from .config import Config, DecodeConfig
 from .errors import (
@@ -27,6 +28,7 @@ from .kvsession import KVSession
 from .manifest import ContextManifest, ManifestSegment, hash_token_ids
 from .manifest import join_segments as _join_segments
 from .pool import PoolStats, SessionPool, WorkspaceInfo
+from .registry import embed, embed_available, load_backend, open_session, session_available, set_backend
 from .session import (
     ContextReport,
     DecodeReport,
@@ -42,12 +44,6 @@ from .session import (
     SuffixInput,
     SuffixStatus,
     default_model_path,
-    embed,
-    embed_available,
-    open_session,
-    session_available,
-    set_embed_func,
-    set_session_factory,
 )
 
 __version__ = "0.1.0"
@@ -56,6 +52,7 @@ __all__ = [
     "AssemblerPolicy",
     "Assembly",
     "AssemblyReport",
+    "Backend",
     "Config",
     "ConfigError",
     "ContextAssembler",
@@ -73,6 +70,7 @@ __all__ = [
     "ManifestMismatchError",
     "ManifestSegment",
     "MemoryBudgetError",
+    "ModelInfo",
     "PoolStats",
     "PrefillProgress",
     "PrefixInput",
@@ -102,10 +100,10 @@ __all__ = [
     "embed",
     "embed_available",
     "hash_token_ids",
+    "load_backend",
     "open_session",
     "session_available",
-    "set_embed_func",
-    "set_session_factory",
+    "set_backend",
 ]
 
 build_manifest = _join_segments

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidInputError
+from .prefix import common_prefix_len
 
 if TYPE_CHECKING:
     from .tools.types import ToolCall
@@ -264,7 +265,7 @@ class ChatTemplate:
             probe = ""
         else:
             probe = self._render([*values[:-1], {**values[-1], "content": _SENTINEL}], generation, tools)
-        limit = _common_prefix_len(full, probe)
+        limit = common_prefix_len(full, probe)
         seam = max((full.rfind(tok, 0, limit) for tok in self.special_tokens), default=-1)
         seam = max(seam, 0)
         return SplitPrompt(full[:seam], full[seam:])
@@ -318,18 +319,6 @@ class ChatTemplate:
         if self.add_eos and self.eos_token and text.endswith(self.eos_token):
             text = text[: -len(self.eos_token)]
         return text
-
-
-def _common_prefix_len(a: str, b: str) -> int:
-    n = min(len(a), len(b))
-    lo, hi = 0, n  # binary search over slice equality: memcmp speed, not a Python loop
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
 
 
 def discover_special_tokens(

@@ -10,11 +10,15 @@ from typing import Any, TypeVar
 
 from .errors import ConfigError
 
-__all__ = ["KV_CACHE_TYPES", "ROPE_SCALINGS", "WEIGHT_REPACK_SETTINGS", "Config", "DecodeConfig"]
+__all__ = ["KV_CACHE_TYPES", "PROMPT_FORMATS", "ROPE_SCALINGS", "WEIGHT_REPACK_SETTINGS", "Config", "DecodeConfig"]
 
 KV_CACHE_TYPES = ("", "f16", "q8_0", "q4_0")
 WEIGHT_REPACK_SETTINGS = ("auto", "on", "off")
 ROPE_SCALINGS = ("auto", "none", "yarn", "linear")
+# Who renders prompts: "model" = the GGUF's own chat template (the server does, via chat.py); "caller" =
+# the caller sends rendered text and names its template with prompt_template_digest. llamanode renders
+# no other format, so it accepts no other name (the template digest keeps KV of one apart from another).
+PROMPT_FORMATS = ("model", "caller")
 _T = TypeVar("_T", bound="_Options")
 
 
@@ -66,8 +70,8 @@ class Config(_Options):
     tensor_split: tuple[float, ...] = ()
     flash_attn: bool = False  # off: warm suffixes 1.6x faster on CPU and chunked prefill stays bit-exact
     kv_cache_type: str = "f16"  # "" means f16; q8_0/q4_0 need flash_attn=True
-    prompt_format: str = "model"  # "model" = the GGUF's own chat template; or "chatml", "llama3", ...
-    prompt_template_digest: str = ""  # digest of the caller's rendered template, if it renders itself
+    prompt_format: str = "model"  # one of PROMPT_FORMATS
+    prompt_template_digest: str = ""  # digest of the caller's template, when prompt_format is "caller"
     disable_bos: bool = False  # True: never add BOS, whatever the vocabulary says
     # llama.cpp's weight repacking (extra buffer types): "auto" = on unless the CPU has AMX_INT8,
     # whose kernel crashes on long prefills (llama.cpp#20824); "on"/"off" force it.
@@ -96,7 +100,10 @@ class Config(_Options):
             f"kv_cache_type {self.kv_cache_type!r} needs flash_attn=True"
             " (llama.cpp refuses a quantized V cache without it)",
         )
-        _require(bool(self.prompt_format), "prompt_format must not be empty")
+        _require(
+            self.prompt_format in PROMPT_FORMATS,
+            f"prompt_format must be one of {PROMPT_FORMATS} (llamanode renders no other), got {self.prompt_format!r}",
+        )
         _require(isinstance(self.disable_bos, bool), "disable_bos must be a bool")
         _require(
             self.weight_repack in WEIGHT_REPACK_SETTINGS,

@@ -7,11 +7,12 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from types import TracebackType
 
 from .backends.base import KVContext, Sampler
 from .config import Config, DecodeConfig
+from .decoding import decode_chunks
 from .errors import (
     ContextOverflowError,
     InvalidInputError,
@@ -20,69 +21,24 @@ from .errors import (
     SessionBusyError,
     SessionClosedError,
     SessionFatalError,
-    SnapshotMismatchError,
 )
+from .identity import SnapshotIdentity, require_identity
 from .manifest import IDENTITY_FIELDS, ContextManifest, byte_hash, hash_token_ids, join_segments
+from .prefix import common_prefix_len
 from .residency import explain_divergence, segment_residency, token_byte_offsets
+from .resident import ProgressFn, Resident, ResidentKV, chunk_sizes
 from .session import (
     ContextReport,
-    DecodeReport,
     DecodeStream,
     Divergence,
-    PrefillProgress,
     PrefixInput,
     PrefixStatus,
-    SegmentResidency,
     SessionState,
-    StreamChunk,
     SuffixInput,
     SuffixStatus,
 )
-from .textstream import TextAssembler
 
 __all__ = ["KVSession", "chunk_sizes", "common_prefix_len"]
-
-ProgressFn = Callable[[PrefillProgress], None]
-
-
-def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
-
-
-def chunk_sizes(n: int, batch: int) -> list[int]:
-    """Split n tokens into chunks of at most batch, never leaving a chunk of one.
-
-    A one-token batch takes another kernel path and gives KV that differs from a cold
-    batched prefill (docs/benchmarks.md, exactness), so the last two tokens go together.
-    """
-    sizes = [batch] * (n // batch) + ([n % batch] if n % batch else [])
-    if len(sizes) > 1 and sizes[-1] == 1:
-        sizes[-2] -= 1
-        sizes[-1] = 2
-    return sizes
-
-
-@dataclass
-class _Resident:
-    """What the context holds, position by position."""
-
-    tokens: list[int] = field(default_factory=list)
-    prefix_len: int = 0
-    stable_len: int = 0  # tokens before this came from batched prefill; after it, decode steps may lie
-    generated: int = 0
-    logits_for: int = -1  # the context's last logits belong to tokens[:logits_for]
-    manifest: ContextManifest | None = None
-    text: bytes = b""
-    text_hash: str = ""
-    token_hash: str = ""
-    offsets: list[int] | None = None  # byte offset of each prefix token, when pieces add up
-    segments: tuple[SegmentResidency, ...] = ()
-    divergence: Divergence | None = None
-    last_prefix: PrefixStatus | None = None
 
 
 class _OwnedLock:
@@ -119,10 +75,9 @@ class KVSession:
             template_digest=self.identity.template_digest,
             add_bos=self.identity.add_bos,
         )
-        self._r = _Resident()
+        self._kv = ResidentKV(context, config)
         self._lock = _OwnedLock()
         self._closed = False
-        self._fatal: str | None = None
         self._on_close = on_close
         self._cold_note = ""  # why this session started cold, carried into the first cold divergence
 
@@ -140,6 +95,11 @@ class KVSession:
     @property
     def num_ctx(self) -> int:
         return self.identity.n_ctx
+
+    @property
+    def _r(self) -> Resident:
+        """What is resident (kept equal to the context by self._kv)."""
+        return self._kv.r
 
     def tokenize(self, text: str) -> list[int]:
         """The token ids ensure_prefix would make of text (BOS per the session's policy), e.g. for routing."""
@@ -181,7 +141,7 @@ class KVSession:
                 raise ContextOverflowError("suffix", n_res, len(tokens), self.num_ctx)
             started = time.perf_counter()
             if tokens:
-                self._extend(tokens, "suffix", on_progress)
+                self._kv.extend(tokens, "suffix", on_progress)
             return SuffixStatus(
                 suffix_tokens=len(tokens),
                 prefix_tokens=self._r.prefix_len,
@@ -207,25 +167,7 @@ class KVSession:
         return stream
 
     def explain_context(self) -> ContextReport:
-        r = self._r
-        n_res = len(r.tokens)
-        return ContextReport(
-            resident_tokens=n_res,
-            prefix_tokens=r.prefix_len,
-            suffix_tokens=n_res - r.prefix_len - r.generated,
-            generated_tokens=r.generated,
-            num_ctx=self.num_ctx,
-            available_tokens=self.num_ctx - n_res,
-            stable_byte_hash=r.text_hash,
-            stable_token_hash=r.token_hash,
-            manifest_digest=r.manifest.digest if r.manifest else "",
-            manifest=r.manifest,
-            closed=self._closed,
-            fatal=self._fatal is not None,
-            segments=r.segments,
-            last_divergence=r.divergence,
-            last_prefix=r.last_prefix,
-        )
+        return self._r.report(self.num_ctx, self._closed, self._kv.fatal is not None)
 
     def close(self) -> None:
         if self._closed:
@@ -277,11 +219,11 @@ class KVSession:
         """
         with self._lock.hold():
             self._check_usable()
-            _check_state_identity(state, self)
+            expected = self.state_identity()
+            require_identity(SnapshotIdentity.of_state(state, expected.kv_config), state.manifest, expected)
             if len(state.tokens) > self.num_ctx:
                 raise ContextOverflowError("restore", 0, len(state.tokens), self.num_ctx)
-            self._trim(0)
-            self._r = _Resident()
+            self._kv.clear()
             try:
                 self._ctx.load_state(state.kv)
             except LlamaNodeError:
@@ -293,7 +235,7 @@ class KVSession:
         raw = state.prefix_text
         prefix_tokens = list(state.tokens[: state.prefix_len])
         offsets = token_byte_offsets(prefix_tokens, self._ctx.token_bytes, len(raw), state.manifest.add_bos)
-        self._r = _Resident(
+        self._kv.r = Resident(
             tokens=list(state.tokens),
             prefix_len=state.prefix_len,
             stable_len=state.stable_len,
@@ -307,6 +249,10 @@ class KVSession:
             divergence=Divergence("restored", state.prefix_len, None, None, "resident state was restored"),
         )
 
+    def state_identity(self) -> SnapshotIdentity:
+        """What the states this session exports belong to, and what a state must match to be imported."""
+        return SnapshotIdentity.of(self.identity, self.config)
+
     def kv_bytes(self) -> int:
         return self._ctx.kv_bytes()
 
@@ -315,8 +261,7 @@ class KVSession:
         reallocating its context (a pool reuses an evicted workspace's context this way)."""
         with self._lock.hold():
             self._check_usable()
-            self._trim(0)
-            self._r = _Resident()
+            self._kv.clear()
             self._cold_note = ""
 
     def note_cold_start(self, detail: str) -> None:
@@ -332,8 +277,8 @@ class KVSession:
     def _check_usable(self) -> None:
         if self._closed:
             raise SessionClosedError("session is closed")
-        if self._fatal is not None:
-            raise SessionFatalError(f"session is unusable after a backend failure: {self._fatal}")
+        if self._kv.fatal is not None:
+            raise SessionFatalError(f"session is unusable after a backend failure: {self._kv.fatal}")
 
     def _check_identity(self, manifest: ContextManifest) -> None:
         for name in IDENTITY_FIELDS:
@@ -349,7 +294,7 @@ class KVSession:
         r = self._r
         dropped = len(r.tokens) - r.prefix_len
         if dropped:
-            self._trim(r.prefix_len)
+            self._kv.trim(r.prefix_len)
         assert r.manifest is not None
         r.segments = segment_residency(r.manifest, r.offsets, r.prefix_len, r.prefix_len)
         r.divergence = None
@@ -385,9 +330,9 @@ class KVSession:
         dropped = len(r.tokens) - lcp
         started = time.perf_counter()
         r.manifest = None  # a failure from here on must not leave a reusable half-prefix
-        self._trim(lcp)
+        self._kv.trim(lcp)
         if len(tokens) > lcp:
-            self._extend(tokens[lcp:], "prefix", on_progress)
+            self._kv.extend(tokens[lcp:], "prefix", on_progress)
         prefill_s = time.perf_counter() - started
         offsets = token_byte_offsets(tokens, self._ctx.token_bytes, len(raw), manifest.add_bos and bool(tokens))
         r.prefix_len = r.stable_len = len(tokens)
@@ -425,130 +370,13 @@ class KVSession:
             prefill_s=secs,
         )
 
-    # -- KV operations (each keeps _Resident equal to the context) ---------------------------
-    def _trim(self, keep: int) -> None:
-        r = self._r
-        if keep >= len(r.tokens):
-            return
-        self._native(self._ctx.trim, keep)
-        del r.tokens[keep:]
-        r.prefix_len = min(r.prefix_len, keep)
-        r.stable_len = min(r.stable_len, keep)
-        r.generated = max(0, min(r.generated, keep - r.prefix_len))
-        if r.logits_for > keep:
-            r.logits_for = -1
-
-    def _extend(self, tokens: Sequence[int], stage: str, on_progress: ProgressFn | None, rewind: int = 0) -> None:
-        """Prefill tokens after the resident ones in batches of >= 2, reporting progress.
-
-        rewind re-prefills that many resident tokens in the same batch (a lone new token
-        takes its predecessor along, so no batch of one is ever decoded after position 0).
-        """
-        r = self._r
-        if len(tokens) + rewind == 1 and r.tokens:
-            rewind = 1
-        start = len(r.tokens) - min(rewind, len(r.tokens))
-        batch = [*r.tokens[start:], *tokens]
-        was_stable = r.stable_len >= start
-        if start < len(r.tokens):
-            self._native(self._ctx.trim, start)
-            del r.tokens[start:]
-        began, done = time.perf_counter(), 0
-        # chunk by the micro-batch too: llama.cpp would split a longer chunk into n_ubatch pieces
-        for size in chunk_sizes(len(batch), min(self.config.num_batch, self.config.num_ubatch)):
-            chunk = batch[done : done + size]
-            position = len(r.tokens)
-            self._native(self._ctx.prefill, chunk, position)
-            r.tokens.extend(chunk)
-            done += size
-            if on_progress is not None:
-                on_progress(PrefillProgress(stage, done, len(batch), time.perf_counter() - began))
-        if was_stable:
-            r.stable_len = len(r.tokens)
-        r.logits_for = len(r.tokens)
-
-    def _refresh_logits(self) -> None:
-        """Make the last token's logits live again, re-prefilling the last two as one batch."""
-        if self._r.logits_for != len(self._r.tokens):
-            self._extend([], "refresh", None, rewind=2)
-
-    def _native(self, op: Callable[..., None], *args: object) -> None:
-        try:
-            op(*args)
-        except LlamaNodeError as exc:
-            self._fatal = str(exc)
-            raise SessionFatalError(f"backend failed; the session is unusable: {exc}") from exc
-
     # -- decode ------------------------------------------------------------------------------
     def _stream(self, cfg: DecodeConfig, sampler: Sampler) -> DecodeStream:
         with self._lock.hold():
             try:
-                yield from self._decode_loop(cfg, sampler)
+                yield from decode_chunks(self._kv, cfg, sampler, self.num_ctx, self._check_usable)
             finally:
                 sampler.close()
-
-    def _decode_loop(self, cfg: DecodeConfig, sampler: Sampler) -> Iterator[StreamChunk]:
-        r = self._r
-        started = time.perf_counter()
-        first_token_s = 0.0
-        text = TextAssembler(cfg.stop)
-        produced = 0
-        held: list[int] = []  # ids whose bytes produced no text yet (half a character, a possible stop)
-        reason = "max_tokens"
-        error: LlamaNodeError | None = None
-        try:
-            self._check_usable()
-            self._refresh_logits()
-            limit = cfg.max_tokens if cfg.max_tokens is not None else self.num_ctx
-            while produced < limit:
-                token = sampler.sample()
-                if produced == 0:
-                    first_token_s = time.perf_counter() - started
-                if self._ctx.is_eog(token):
-                    reason = "eog"
-                    break
-                produced += 1
-                held.append(token)
-                delta = text.feed(self._ctx.token_bytes(token))
-                if delta.text or delta.stopped:
-                    yield StreamChunk(delta.text, tuple(held))
-                    held.clear()
-                if delta.stopped:
-                    reason = "stop_string"
-                    break
-                if produced == limit:
-                    break
-                if len(r.tokens) >= self.num_ctx:
-                    reason = "context_full"
-                    error = ContextOverflowError("decode", len(r.tokens), 1, self.num_ctx)
-                    break
-                position = len(r.tokens)
-                self._native(self._ctx.step, token, position)
-                r.tokens.append(token)
-                r.generated += 1
-                r.logits_for = len(r.tokens)
-        except SessionFatalError as exc:
-            reason, error = "error", exc
-        tail = text.finish() if reason != "stop_string" else None
-        elapsed = time.perf_counter() - started
-        decode_s = max(elapsed - first_token_s, 1e-9)
-        report = DecodeReport(produced, reason, first_token_s, elapsed, max(produced - 1, 0) / decode_s)
-        finish = "error" if error else ("length" if reason == "max_tokens" else "stop")
-        yield StreamChunk(tail.text if tail else "", tuple(held), finish, error, report)
-
-
-def _check_state_identity(state: SessionState, session: KVSession) -> None:
-    ident = session.identity
-    for name, stored, mine in (
-        ("model_digest", state.model_digest, ident.model_digest),
-        ("build_id", state.build_id, ident.build_id),
-        ("runtime_digest", state.runtime_digest, ident.runtime_digest),
-        ("manifest.model_digest", state.manifest.model_digest, ident.model_digest),
-        ("manifest.runtime_digest", state.manifest.runtime_digest, ident.runtime_digest),
-        ("manifest.tokenizer_digest", state.manifest.tokenizer_digest, ident.tokenizer_digest),
-    ):
-        if stored != mine:
-            raise SnapshotMismatchError(name, stored, mine)
 
 
 def _utf8(text: str, what: str) -> bytes:

@@ -6,6 +6,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Sequence
 
 from .manifest import ContextManifest, ManifestSegment
+from .prefix import common_prefix_len
 from .session import Divergence, SegmentResidency
 
 __all__ = ["explain_divergence", "segment_residency", "token_byte_offsets"]
@@ -55,14 +56,6 @@ def segment_residency(
     return tuple(rows)
 
 
-def _first_byte_difference(old: bytes, new: bytes) -> int:
-    n = min(len(old), len(new))
-    for i in range(n):
-        if old[i] != new[i]:
-            return i
-    return n
-
-
 def explain_divergence(
     old_manifest: ContextManifest | None,
     old_text: bytes,
@@ -95,7 +88,7 @@ def explain_divergence(
     if lcp == stable_limit and generated_blocked:
         detail = "decode-step KV is re-prefilled in a batch"
         return Divergence("generated_tokens", lcp, token_segment, token_byte, detail)
-    byte_diff = _first_byte_difference(old_text, new_text)
+    byte_diff = common_prefix_len(old_text, new_text)
     if byte_diff == len(new_text) < len(old_text):  # cut inside a token: its new last token re-tokenized
         detail = f"prefix shrank from {old_prefix_tokens} to {new_tokens} tokens, cutting its last token"
         return Divergence("shrunk", lcp, token_segment, token_byte, detail)

@@ -1,4 +1,4 @@
-"""The backend-neutral session contract: protocol, reports, and the backend registry."""
+"""The backend-neutral session contract: the Session protocol, its report dataclasses, the default model."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
-from .config import Config, DecodeConfig
+from .config import DecodeConfig
 from .errors import LlamaNodeError, SessionUnavailableError
 from .manifest import ContextManifest
 
@@ -18,24 +18,16 @@ __all__ = [
     "DecodeReport",
     "DecodeStream",
     "Divergence",
-    "EmbedFunc",
     "PrefillProgress",
     "PrefixInput",
     "PrefixStatus",
     "SegmentResidency",
     "Session",
-    "SessionFactory",
     "SessionState",
     "StreamChunk",
     "SuffixInput",
     "SuffixStatus",
     "default_model_path",
-    "embed",
-    "embed_available",
-    "open_session",
-    "session_available",
-    "set_embed_func",
-    "set_session_factory",
 ]
 
 
@@ -215,47 +207,6 @@ class Session(Protocol):
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None: ...
-
-
-SessionFactory = Callable[[str, Config], Session]
-EmbedFunc = Callable[[str, Config, str], list[float]]
-
-_session_factory: SessionFactory | None = None
-_embed_func: EmbedFunc | None = None
-
-
-def set_session_factory(factory: SessionFactory | None) -> None:
-    """Register the backend that creates sessions (None unregisters)."""
-    global _session_factory
-    _session_factory = factory
-
-
-def set_embed_func(func: EmbedFunc | None) -> None:
-    """Register the backend that computes embeddings (None unregisters)."""
-    global _embed_func
-    _embed_func = func
-
-
-def session_available() -> bool:
-    return _session_factory is not None
-
-
-def embed_available() -> bool:
-    return _embed_func is not None
-
-
-def open_session(model_path: str | os.PathLike[str] | None = None, config: Config | None = None) -> Session:
-    """Open a session on model_path (default: the embedded model) with the registered backend."""
-    if _session_factory is None:
-        raise SessionUnavailableError("no session backend registered (is llama-cpp-python installed?)")
-    return _session_factory(str(model_path or default_model_path()), config or Config())
-
-
-def embed(model_path: str | os.PathLike[str] | None, config: Config | None, text: str) -> list[float]:
-    """One embedding vector for text (deterministic, fixed dimension)."""
-    if _embed_func is None:
-        raise SessionUnavailableError("no embedding backend registered (is llama-cpp-python installed?)")
-    return _embed_func(str(model_path or default_model_path()), config or Config(), text)
 
 
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -21,8 +21,8 @@ from typing import Any, BinaryIO
 
 from .buffers import read_hashed
 from .errors import SnapshotCorruptError, SnapshotMismatchError
-from .kvsession import KVSession
-from .manifest import ContextManifest, ManifestSegment, byte_hash
+from .identity import SnapshotIdentity, require_identity
+from .manifest import ContextManifest, ManifestSegment
 from .session import SessionState
 
 __all__ = [
@@ -49,32 +49,6 @@ _LEN = struct.Struct("<I")
 _SHA = 32
 _MAX_HEADER = 16 << 20
 _CHAIN_ROOT = hashlib.sha256(b"llamanode-token-chain-v1").digest()
-
-
-@dataclass(frozen=True)
-class SnapshotIdentity:
-    """What a snapshot must match to be loaded: the build, the model, the KV-shaping config."""
-
-    build_id: str
-    model_digest: str
-    tokenizer_digest: str
-    runtime_digest: str
-    kv_config: Mapping[str, Any]  # kv_cache_type, flash_attn, num_gpu_layers, tensor_split, n_ctx
-
-    def key(self) -> str:
-        """A digest of every field: equal keys, interchangeable snapshots."""
-        return byte_hash(json.dumps(asdict(self), sort_keys=True, default=str))
-
-    @classmethod
-    def of(cls, session: KVSession) -> SnapshotIdentity:
-        ident = session.identity
-        return cls(
-            build_id=ident.build_id,
-            model_digest=ident.model_digest,
-            tokenizer_digest=ident.tokenizer_digest,
-            runtime_digest=ident.runtime_digest,
-            kv_config={**session.config.kv_shaping(), "n_ctx": ident.n_ctx},
-        )
 
 
 @dataclass(frozen=True)
@@ -111,19 +85,7 @@ class SnapshotHeader:
         """Raise SnapshotMismatchError naming the first field that differs from expected."""
         if self.format_version != FORMAT_VERSION:
             raise SnapshotMismatchError("format_version", str(self.format_version), str(FORMAT_VERSION))
-        for name in ("build_id", "model_digest", "tokenizer_digest"):
-            _same(name, getattr(self, name), getattr(expected, name))
-        for key in sorted(set(self.kv_config) | set(expected.kv_config)):
-            _same(f"kv_config.{key}", self.kv_config.get(key), expected.kv_config.get(key))
-        _same("runtime_digest", self.runtime_digest, expected.runtime_digest)
-        manifest = manifest_from_dict(self.manifest)
-        for name in ("model_digest", "tokenizer_digest", "runtime_digest"):
-            _same(f"manifest.{name}", getattr(manifest, name), getattr(expected, name))
-
-
-def _same(field: str, stored: object, mine: object) -> None:
-    if stored != mine:
-        raise SnapshotMismatchError(field, str(stored), str(mine))
+        require_identity(self.identity(), manifest_from_dict(self.manifest), expected)
 
 
 # -- token ids ---------------------------------------------------------------------------------
@@ -185,15 +147,16 @@ def build_header(workspace_id: str, state: SessionState, identity: SnapshotIdent
     digest = hashlib.sha256()
     for part in parts:
         digest.update(part)
+    claimed = SnapshotIdentity.of_state(state, identity.kv_config)
     return SnapshotHeader(
         format_version=FORMAT_VERSION,
         workspace_id=workspace_id,
         created_at=time.time(),
-        build_id=state.build_id,
-        model_digest=state.model_digest,
-        tokenizer_digest=state.manifest.tokenizer_digest,
-        runtime_digest=state.runtime_digest,
-        kv_config=dict(identity.kv_config),
+        build_id=claimed.build_id,
+        model_digest=claimed.model_digest,
+        tokenizer_digest=claimed.tokenizer_digest,
+        runtime_digest=claimed.runtime_digest,
+        kv_config=dict(claimed.kv_config),
         manifest_digest=state.manifest.digest,
         manifest=manifest_to_dict(state.manifest),
         n_tokens=len(state.tokens),

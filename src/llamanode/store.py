@@ -2,20 +2,21 @@
 
 Write protocol: temp file (O_EXCL) -> fsync -> rename -> fsync dir -> index commit -> unlink the old file.
 A crash at any point leaves either the old or the new snapshot listed; recover() removes the rest.
+`on_write_phase` is called between those steps (mid_write | before_commit | before_unlink): the seam
+through which crash tests stop a writer where a SIGKILL must leave a consistent store.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import re
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,12 +30,11 @@ from .snapshot import (
     payload_parts,
     read_header,
     read_snapshot,
-    tokens_from_bytes,
-    tokens_to_bytes,
 )
+from .store_index import SnapshotEntry, SnapshotIndex, new_entry
 
 __all__ = [
-    "PAUSE_ENV",
+    "WRITE_PHASES",
     "RecoveryReport",
     "SnapshotEntry",
     "SnapshotStore",
@@ -47,57 +47,14 @@ INDEX_FILE = "index.sqlite3"
 LOCK_FILE = "store.lock"
 TMP_PREFIX = ".tmp-"
 SUFFIX = ".snap"
-SCHEMA_VERSION = 1
-# Test hook: "<phase>:<marker file>" makes a writer create the marker and stall at that phase
-# (mid_write | before_commit | before_unlink), so a test can SIGKILL it there deterministically.
-PAUSE_ENV = "LLAMANODE_TEST_SNAPSHOT_PAUSE"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS snapshots (
-    workspace_id TEXT PRIMARY KEY,
-    file TEXT NOT NULL UNIQUE,
-    size_bytes INTEGER NOT NULL,
-    n_tokens INTEGER NOT NULL,
-    stable_len INTEGER NOT NULL,
-    identity_key TEXT NOT NULL,
-    model_digest TEXT NOT NULL,
-    build_id TEXT NOT NULL,
-    kv_config TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    last_used REAL NOT NULL,
-    tokens BLOB NOT NULL,
-    chain TEXT NOT NULL
-)
-"""
-_COLUMNS = (
-    "workspace_id, file, size_bytes, n_tokens, stable_len, identity_key, model_digest, build_id, kv_config,"
-    " created_at, last_used, tokens, chain"
-)
+WRITE_PHASES = ("mid_write", "before_commit", "before_unlink")  # where on_write_phase is called
+WritePhaseHook = Callable[[str], None]
 
 
 def default_store_dir() -> Path:
     """$LLAMANODE_HOME, else ~/.cache/llamanode."""
     home = os.environ.get("LLAMANODE_HOME")
     return Path(home) if home else Path.home() / ".cache" / "llamanode"
-
-
-@dataclass(frozen=True)
-class SnapshotEntry:
-    """One indexed snapshot: where it is, how big, whose it is, and its token ids (for routing)."""
-
-    workspace_id: str
-    file: str
-    size_bytes: int
-    n_tokens: int
-    stable_len: int
-    identity_key: str
-    model_digest: str
-    build_id: str
-    kv_config: str
-    created_at: float
-    last_used: float
-    tokens: tuple[int, ...]
-    chain: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -125,49 +82,38 @@ class SnapshotStore:
 
     exclusive=True (the default) takes root/store.lock for the life of the store, recovers after a crash,
     and allows writes; exclusive=False opens read-only for inspection alongside a running pool.
+    on_write_phase(phase), if given, runs at each step of the write protocol (see WRITE_PHASES).
     """
 
     def __init__(
-        self, root: Path | str | None = None, *, disk_budget_bytes: int | None = None, exclusive: bool = True
+        self,
+        root: Path | str | None = None,
+        *,
+        disk_budget_bytes: int | None = None,
+        exclusive: bool = True,
+        on_write_phase: WritePhaseHook | None = None,
     ) -> None:
         self.root = Path(root) if root is not None else default_store_dir()
         self.disk_budget_bytes = disk_budget_bytes
         self.exclusive = exclusive
         self._dir = self.root / SNAP_DIR
         self._lock = threading.RLock()
+        self._on_write_phase = on_write_phase
         self._lock_fd: int | None = None
         self._closed = False
         if exclusive:
             self._dir.mkdir(parents=True, exist_ok=True)
             self._lock_fd = _take_lock(self.root / LOCK_FILE)
-        self._db = self._connect()
+        self._index = SnapshotIndex(self.root / INDEX_FILE, writable=exclusive)
         self.recovery = self.recover() if exclusive else RecoveryReport(0, 0, ())
 
     # -- open / close --------------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        path = self.root / INDEX_FILE
-        if not self.exclusive:
-            if not path.exists():
-                db = sqlite3.connect(":memory:", check_same_thread=False)
-                db.execute(_SCHEMA)
-                return db
-            return sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, SCHEMA_VERSION):
-            raise SnapshotError(f"snapshot index {path} has schema {version}; this llamanode reads {SCHEMA_VERSION}")
-        db.execute(_SCHEMA)
-        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        return db
-
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self._db.close()
+            self._index.close()
             if self._lock_fd is not None:
                 os.close(self._lock_fd)  # releases the flock
                 self._lock_fd = None
@@ -180,18 +126,13 @@ class SnapshotStore:
 
     # -- queries -------------------------------------------------------------------------------
     def entries(self) -> list[SnapshotEntry]:
-        with self._lock:
-            rows = self._db.execute(f"SELECT {_COLUMNS} FROM snapshots ORDER BY last_used DESC").fetchall()
-        return [_entry(row) for row in rows]
+        return self._index.entries()
 
     def get(self, workspace_id: str) -> SnapshotEntry | None:
-        with self._lock:
-            row = self._db.execute(f"SELECT {_COLUMNS} FROM snapshots WHERE workspace_id=?", (workspace_id,)).fetchone()
-        return _entry(row) if row else None
+        return self._index.get(workspace_id)
 
     def total_bytes(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COALESCE(SUM(size_bytes), 0) FROM snapshots").fetchone()[0])
+        return self._index.total_bytes()
 
     def path_of(self, entry: SnapshotEntry) -> Path:
         return self._dir / entry.file
@@ -209,13 +150,13 @@ class SnapshotStore:
         name = f"{_slug(workspace_id)}-{uuid.uuid4().hex[:12]}{SUFFIX}"
         try:
             size = self._write_atomically(name, [encode_header(header), *payload_parts(state)])
-            entry = _new_entry(workspace_id, name, size, header, state.tokens, identity)
-            _pause_for_test("before_commit")
-            old = self._commit(entry)
+            entry = new_entry(workspace_id, name, size, header, state.tokens, identity)
+            self._phase("before_commit")
+            old = self._index.replace(entry)
         except (OSError, sqlite3.Error) as exc:
             _unlink(self._dir / name)
             raise SnapshotError(f"could not write the snapshot of {workspace_id!r}: {exc}") from exc
-        _pause_for_test("before_unlink")
+        self._phase("before_unlink")
         if old is not None and old != name:
             _unlink(self._dir / old)
         collected = self.collect_garbage({workspace_id, *protect})
@@ -230,7 +171,7 @@ class SnapshotStore:
                 _write_all(fd, part)
                 size += len(part)
                 if i == 1:
-                    _pause_for_test("mid_write")
+                    self._phase("mid_write")
             os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -241,42 +182,20 @@ class SnapshotStore:
         _fsync_dir(self._dir)
         return size
 
-    def _commit(self, entry: SnapshotEntry) -> str | None:
-        """Index entry (replacing the workspace's previous row); returns the previous file name."""
-        with self._lock, self._transaction():
-            row = self._db.execute("SELECT file FROM snapshots WHERE workspace_id=?", (entry.workspace_id,)).fetchone()
-            self._db.execute("DELETE FROM snapshots WHERE workspace_id=?", (entry.workspace_id,))
-            self._db.execute(f"INSERT INTO snapshots ({_COLUMNS}) VALUES ({', '.join('?' * 13)})", _row(entry))
-        return str(row[0]) if row else None
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
-
     def remove(self, workspace_id: str) -> bool:
         """Forget workspace_id's snapshot (index row first, then the file). False if there was none."""
         self._check_writable()
-        with self._lock, self._transaction():
-            row = self._db.execute("SELECT file FROM snapshots WHERE workspace_id=?", (workspace_id,)).fetchone()
-            self._db.execute("DELETE FROM snapshots WHERE workspace_id=?", (workspace_id,))
-        if row is None:
+        with self._lock:
+            file = self._index.remove(workspace_id)
+        if file is None:
             return False
-        _unlink(self._dir / str(row[0]))
+        _unlink(self._dir / file)
         return True
 
     def touch(self, workspace_id: str, when: float | None = None) -> None:
         if not self.exclusive:
             return
-        with self._lock:
-            self._db.execute(
-                "UPDATE snapshots SET last_used=? WHERE workspace_id=?", (when or time.time(), workspace_id)
-            )
+        self._index.touch(workspace_id, when or time.time())
 
     def collect_garbage(self, protect: Iterable[str] = ()) -> list[str]:
         """Remove least recently used snapshots (never a protected one) until the disk budget holds."""
@@ -373,6 +292,10 @@ class SnapshotStore:
             return False
         return True
 
+    def _phase(self, phase: str) -> None:
+        if self._on_write_phase is not None:
+            self._on_write_phase(phase)
+
     def _check_writable(self) -> None:
         if self._closed:
             raise SnapshotError("snapshot store is closed")
@@ -399,44 +322,6 @@ def _check_matches_index(header: SnapshotHeader, entry: SnapshotEntry) -> None:
         raise SnapshotCorruptError(f"snapshot {entry.file} does not match its index row")
 
 
-def _new_entry(
-    workspace_id: str, name: str, size: int, header: SnapshotHeader, tokens: Sequence[int], identity: SnapshotIdentity
-) -> SnapshotEntry:
-    now = time.time()
-    return SnapshotEntry(
-        workspace_id=workspace_id,
-        file=name,
-        size_bytes=size,
-        n_tokens=header.n_tokens,
-        stable_len=header.stable_len,
-        identity_key=identity.key(),
-        model_digest=header.model_digest,
-        build_id=header.build_id,
-        kv_config=json.dumps(dict(header.kv_config), sort_keys=True),
-        created_at=now,
-        last_used=now,
-        tokens=tuple(tokens),
-        chain=header.token_chain,
-    )
-
-
-def _row(e: SnapshotEntry) -> tuple[object, ...]:
-    return (
-        e.workspace_id, e.file, e.size_bytes, e.n_tokens, e.stable_len, e.identity_key, e.model_digest,
-        e.build_id, e.kv_config, e.created_at, e.last_used, tokens_to_bytes(e.tokens), ",".join(e.chain),
-    )  # fmt: skip
-
-
-def _entry(row: Sequence[object]) -> SnapshotEntry:
-    ws, file, size, n_tokens, stable, key, model, build, kv, created, used, tokens, chain = row
-    assert isinstance(tokens, bytes) and isinstance(chain, str)
-    links = tuple(chain.split(",")) if chain else ()
-    return SnapshotEntry(
-        str(ws), str(file), int(str(size)), int(str(n_tokens)), int(str(stable)), str(key), str(model), str(build),
-        str(kv), float(str(created)), float(str(used)), tokens_from_bytes(tokens), links,
-    )  # fmt: skip
-
-
 def _slug(workspace_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", workspace_id)[:48].lstrip(".") or "ws"
 
@@ -459,12 +344,3 @@ def _fsync_dir(path: Path) -> None:
 def _unlink(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-
-
-def _pause_for_test(phase: str) -> None:
-    hook = os.environ.get(PAUSE_ENV)
-    if not hook or not hook.startswith(f"{phase}:"):
-        return
-    Path(hook.split(":", 1)[1]).write_text(str(os.getpid()))
-    while True:  # wait to be killed
-        time.sleep(60)

@@ -1,15 +1,17 @@
-"""The native boundary: small, explicit KV-context operations. Only adapters implement it."""
+"""The native boundary. An adapter implements Backend (one loaded model: its facts, contexts, tokenizer,
+grammar check, embeddings, KV padding) and KVContext (one sequence of KV cells); the core wraps contexts
+in KVSession. Only adapters implement these."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..config import DecodeConfig
+from ..config import Config, DecodeConfig
 from ..rope import UNSCALED, RopeScaling
 
-__all__ = ["BackendIdentity", "KVContext", "Sampler"]
+__all__ = ["Backend", "BackendIdentity", "KVContext", "ModelInfo", "Sampler"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,51 @@ class KVContext(Protocol):
 
     def kv_bytes(self) -> int:
         """Bytes of KV memory this context holds."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a loaded model is, as plain values (the server's /v1/models, chat template and BOS/EOS rules)."""
+
+    path: str
+    digest: str  # sha256 of the weights file
+    description: str
+    chat_template: str | None  # the GGUF's own Jinja template
+    bos_token: str  # the BOS token's text ("" if the vocabulary has none)
+    eos_token: str
+    add_bos: bool  # the vocabulary's own BOS policy (Config.disable_bos may turn it off)
+    add_eos: bool
+    n_ctx_train: int
+    kv_bytes_per_token: Mapping[str, float]  # by kv_cache_type: KV bytes one resident token costs
+
+
+class Backend(Protocol):
+    """One handle to a loaded model: the only way the core reaches a model. close() drops the handle;
+    contexts opened from it stay valid until they are closed themselves."""
+
+    info: ModelInfo
+
+    def identity(self, config: Config) -> BackendIdentity:
+        """What a context opened with config is (n_ctx already padded), without opening one."""
+        ...
+
+    def padded_ctx(self, num_ctx: int) -> int:
+        """The n_ctx a context asked for num_ctx really gets (llama.cpp pads it)."""
+        ...
+
+    def open_context(self, config: Config) -> KVContext: ...
+
+    def tokenize(self, text: str, add_bos: bool) -> list[int]: ...
+
+    def check_grammar(self, config: DecodeConfig) -> None:
+        """Compile config's grammar or JSON schema against the vocabulary; GrammarError if it fails."""
+        ...
+
+    def embed(self, config: Config, text: str) -> list[float]:
+        """A mean-pooled, L2-normalised embedding of text."""
         ...
 
     def close(self) -> None: ...

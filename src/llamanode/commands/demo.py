@@ -17,7 +17,8 @@ from pathlib import Path
 from ..assembler import AssemblyReport, ContextAssembler
 from ..config import DecodeConfig
 from ..kvsession import KVSession
-from ..session import PrefillProgress, open_session
+from ..registry import open_session
+from ..session import PrefillProgress
 from .common import add_model_options, config_from_args
 
 SYSTEM = (
@@ -48,7 +49,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"llamanode demo: {len(files)} files of {tree} as the stable prefix", flush=True)
     assembler = ContextAssembler()
     with open_session(args.model, config_from_args(args)) as session:
-        assert isinstance(session, KVSession)
         print(f"model: {session.identity.description}; num_ctx {session.num_ctx}\n", flush=True)
         for turn, (kind, text) in enumerate(TURNS, start=1):
             label = f"cold start, {kind}" if turn == 1 else f"warm, new {kind}"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from contextlib import closing
 
 from .. import __version__
-from ..session import default_model_path, embed_available, open_session, session_available
+from ..registry import embed_available, load_backend, session_available
+from ..session import default_model_path
 from .common import add_model_options, config_from_args
 
 CAPABILITIES = ["prefix-reuse", "suffix-prefill", "streaming", "grammar", "json-schema", "embeddings", "state-export"]
@@ -30,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
         from ..backends.llamacpp.native import system_info
 
         repack = weight_repack_for(config.weight_repack)
-        with open_session(args.model, config) as session:
-            ident = session.identity  # type: ignore[attr-defined]
+        with closing(load_backend(args.model, config)) as backend:
+            ident = backend.identity(config)
             facts.update(
                 model=ident.description,
                 model_digest=ident.model_digest,

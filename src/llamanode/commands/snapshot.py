@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from contextlib import closing
 from dataclasses import asdict
 
-from ..kvsession import KVSession
-from ..session import open_session
+from ..registry import load_backend
 from ..snapshot import SnapshotIdentity
 from ..store import SnapshotStore
 from .common import add_model_options, config_from_args
@@ -43,6 +43,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _identity(args: argparse.Namespace) -> SnapshotIdentity:
-    with open_session(args.model, config_from_args(args)) as session:
-        assert isinstance(session, KVSession)
-        return SnapshotIdentity.of(session)
+    config = config_from_args(args)
+    with closing(load_backend(args.model, config)) as backend:
+        return SnapshotIdentity.of(backend.identity(config), config)

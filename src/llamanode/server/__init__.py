@@ -55,15 +55,9 @@ def build_app(
     """Load the model, open the pool and compile the chat template. The model is fixed from here on."""
     config = config or Config()
     path = str(model_path or default_model_path())
-    probe = ModelProbe(path, config.weight_repack)
+    pool = open_pool(path, config, store_dir, memory_budget_bytes, disk_budget_bytes, max_live)
     try:
-        pool = open_pool(path, config, store_dir, memory_budget_bytes, disk_budget_bytes, max_live)
-    except BaseException:
-        probe.close()
-        raise
-    try:
-        return App(settings, pool, probe, config)
+        return App(settings, pool, ModelProbe(pool.backend), config)
     except BaseException:
         pool.close()
-        probe.close()
         raise

@@ -22,6 +22,7 @@ from .. import __version__
 from ..chat import ChatTemplate, discover_special_tokens
 from ..config import Config
 from ..errors import LlamaNodeError
+from ..workspace_id import is_workspace_id
 from .admission import Admission
 from .engine import Engine, PoolLike
 from .errors import ApiError, from_exception
@@ -36,7 +37,6 @@ from .schemas import WORKSPACE_ID_PATTERN
 __all__ = ["App", "Route", "ServerSettings", "make_server"]
 
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
-_WORKSPACE_RE = re.compile(WORKSPACE_ID_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -473,7 +473,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 def _check_params(params: dict[str, str]) -> None:
     workspace = params.get("id")
-    if workspace is not None and not _WORKSPACE_RE.match(workspace):
+    if workspace is not None and not is_workspace_id(workspace):
         raise ApiError(400, f"session id must match {WORKSPACE_ID_PATTERN}", code="invalid_workspace", param="id")
 
 

@@ -1,17 +1,17 @@
 """What the server needs to know about its model before any workspace exists.
 
-Reads the GGUF once through the llama.cpp adapter's shared model loader (the pool's sessions
-share the same loaded weights): the chat template, BOS/EOS text and policy, and a vocabulary
-to check grammars against before a request touches any workspace.
+Read from the pool's backend (the one handle through which everything reaches the model): the chat
+template, BOS/EOS text and policy, and a grammar check against the vocabulary before a request
+touches any workspace.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from ..config import DecodeConfig
+from ..backends.base import Backend
+from ..config import Config, DecodeConfig
 
 __all__ = ["ModelInfo", "ModelProbe"]
 
@@ -30,41 +30,29 @@ class ModelInfo:
 
 
 class ModelProbe:
-    """Holds one reference to the loaded model for the server's lifetime."""
+    """The server's view of a backend it does not own (the pool closes it)."""
 
-    def __init__(self, model_path: str | Path, weight_repack: str = "auto") -> None:
-        from ..backends.llamacpp.model import acquire_model
-        from ..backends.llamacpp.native import lib
-
-        L = lib()
-        self._model: Any = acquire_model(str(model_path), weight_repack)  # the pool's choice: one copy
-        m = self._model
-        vocab = m.vocab
-        bos, eos = L.llama_vocab_bos(vocab), L.llama_vocab_eos(vocab)
-        self.n_vocab = int(L.llama_vocab_n_tokens(vocab))
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        m = backend.info
         self.info = ModelInfo(
-            path=str(m.path),
+            path=m.path,
             model_id=Path(m.path).name.removesuffix(".gguf"),
             digest=m.digest,
             description=m.description,
             chat_template=m.chat_template,
-            bos_token=m.token_bytes(bos).decode("utf-8", "replace") if bos >= 0 else "",
-            eos_token=m.token_bytes(eos).decode("utf-8", "replace") if eos >= 0 else "",
-            add_bos=bool(L.llama_vocab_get_add_bos(vocab)),
-            add_eos=bool(L.llama_vocab_get_add_eos(vocab)),
+            bos_token=m.bos_token,
+            eos_token=m.eos_token,
+            add_bos=m.add_bos,
+            add_eos=m.add_eos,
         )
 
     def check_grammar(self, config: DecodeConfig) -> None:
         """Compile the config's grammar (or JSON schema) against the vocabulary; GrammarError if it fails."""
-        if config.grammar is None and config.json_schema is None:
-            return
-        from ..backends.llamacpp.sampling import LlamaCppSampler
+        self._backend.check_grammar(config)
 
-        LlamaCppSampler(0, self._model.vocab, self.n_vocab, config).close()
+    def embed(self, config: Config, text: str) -> list[float]:
+        return self._backend.embed(config, text)
 
     def close(self) -> None:
-        if self._model is not None:
-            from ..backends.llamacpp.model import release_model
-
-            release_model(self._model)
-            self._model = None
+        """Nothing to release: the backend belongs to the pool."""

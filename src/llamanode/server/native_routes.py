@@ -16,7 +16,7 @@ from ..config import DecodeConfig
 from .engine import Job
 from .errors import ApiError, from_exception
 from .http import ClientGone, JsonResponse, Request, Response, StreamResponse, parse_body, sse_event
-from .schemas import DecodeRequest, ForkRequest, PrefixRequest, SessionCreateRequest, SuffixRequest
+from .schemas import WORKSPACE_HEADER, DecodeRequest, ForkRequest, PrefixRequest, SessionCreateRequest, SuffixRequest
 
 if TYPE_CHECKING:
     from .app import App
@@ -127,7 +127,7 @@ class NativeRoutes:
         self._info(workspace)
         job = self.app.engine.stream_only(request, workspace, config)
         if body.stream:
-            return StreamResponse(_decode_events(job), headers={"X-Llamanode-Workspace": workspace}, after=job.close)
+            return StreamResponse(_decode_events(job), headers={WORKSPACE_HEADER: workspace}, after=job.close)
         parts: list[str] = []
         final: dict[str, Any] = {}
         try:

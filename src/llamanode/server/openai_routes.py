@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import re
 import struct
 import time
 import uuid
@@ -15,11 +14,12 @@ from ..chat import ChatMessage
 from ..config import DecodeConfig
 from ..errors import UnsupportedFeatureError
 from ..kvsession import KVSession
-from ..session import embed
+from ..workspace_id import is_workspace_id
 from .engine import Job
 from .errors import ApiError, from_exception
 from .http import ClientGone, JsonResponse, Request, Response, StreamResponse, parse_body, sse_event
 from .schemas import (
+    WORKSPACE_HEADER,
     WORKSPACE_ID_PATTERN,
     ChatCompletionRequest,
     ChatMessageIn,
@@ -34,8 +34,6 @@ if TYPE_CHECKING:
 
 __all__ = ["WORKSPACE_HEADER", "OpenAIRoutes"]
 
-WORKSPACE_HEADER = "X-Llamanode-Workspace"
-_WORKSPACE_RE = re.compile(WORKSPACE_ID_PATTERN)
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default for /v1/completions
 
 
@@ -129,7 +127,7 @@ class OpenAIRoutes:
             )
         with self.app.admission.slot(None):
             for index, text in enumerate(texts):
-                vector = embed(self.app.model_path, self.app.config, text)
+                vector = self.app.model_probe.embed(self.app.config, text)
                 if body.dimensions is not None and body.dimensions != len(vector):
                     raise from_exception(UnsupportedFeatureError(f"dimensions other than {len(vector)}"), "dimensions")
                 tokens += counts[index]
@@ -190,7 +188,7 @@ class OpenAIRoutes:
         """Header, else the OpenAI `user` field, else the workspace sharing the longest token prefix."""
         header = request.header(WORKSPACE_HEADER)
         if header is not None:
-            if not _WORKSPACE_RE.match(header):
+            if not is_workspace_id(header):
                 raise ApiError(
                     400,
                     f"{WORKSPACE_HEADER} must match {WORKSPACE_ID_PATTERN}",
@@ -214,7 +212,7 @@ class OpenAIRoutes:
     ) -> Response:
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
-        headers = {"X-Llamanode-Workspace": job.workspace}
+        headers = {WORKSPACE_HEADER: job.workspace}
         if stream:
             events = _stream_events(self.app, job, ident, created, chat, include_usage, prompt)
             return StreamResponse(events, headers=headers, after=job.close)

@@ -9,6 +9,7 @@ from pydantic.json_schema import models_json_schema
 
 from .. import __version__
 from .schemas import (
+    WORKSPACE_HEADER,
     WORKSPACE_ID_PATTERN,
     ChatCompletionRequest,
     CompletionRequest,
@@ -78,7 +79,7 @@ def build_openapi(app: App) -> dict[str, Any]:
             "version": __version__,
             "description": (
                 "OpenAI-compatible API plus native session routes over persistent, workspace-scoped KV sessions. "
-                f"Serving {app.model_id}. Route a conversation to a workspace with the X-Llamanode-Workspace header "
+                f"Serving {app.model_id}. Route a conversation to a workspace with the {WORKSPACE_HEADER} header "
                 "(or the `user` field); without either, the workspace sharing the longest prompt prefix is used."
             ),
         },
@@ -111,7 +112,7 @@ def _operation(
     if path in ("/v1/chat/completions", "/v1/completions"):
         params.append(
             {
-                "name": "X-Llamanode-Workspace",
+                "name": WORKSPACE_HEADER,
                 "in": "header",
                 "required": False,
                 "schema": {"type": "string", "pattern": WORKSPACE_ID_PATTERN},

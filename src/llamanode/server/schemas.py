@@ -6,7 +6,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..workspace_id import WORKSPACE_ID_PATTERN
+
 __all__ = [
+    "WORKSPACE_HEADER",
     "WORKSPACE_ID_PATTERN",
     "ChatCompletionRequest",
     "ChatMessageIn",
@@ -20,7 +23,7 @@ __all__ = [
     "SuffixRequest",
 ]
 
-WORKSPACE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+WORKSPACE_HEADER = "X-Llamanode-Workspace"
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 WorkspaceId = Annotated[str, Field(pattern=WORKSPACE_ID_PATTERN)]

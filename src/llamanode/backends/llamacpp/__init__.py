@@ -4,8 +4,12 @@ and only inside functions, so `import llamanode` works without the native librar
 from __future__ import annotations
 
 import importlib.util
+from typing import TYPE_CHECKING
 
 from ...config import Config
+
+if TYPE_CHECKING:
+    from .backend import LlamaCppBackend
 
 __all__ = ["available", "register"]
 
@@ -14,22 +18,15 @@ def available() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
-def _open(model_path: str, config: Config):  # type: ignore[no-untyped-def]
-    from .context import open_llamacpp_session
+def _load(model_path: str, config: Config) -> LlamaCppBackend:
+    from .backend import LlamaCppBackend
 
-    return open_llamacpp_session(model_path, config)
-
-
-def _embed(model_path: str, config: Config, text: str) -> list[float]:
-    from .embedding import embed_text
-
-    return embed_text(model_path, config, text)
+    return LlamaCppBackend(model_path, config)
 
 
 def register() -> None:
-    """Register this adapter's session factory and embedding function, if llama_cpp is there."""
-    from ...session import set_embed_func, set_session_factory
+    """Register this adapter as the backend, if llama_cpp is there."""
+    from ...registry import set_backend
 
     if available():
-        set_session_factory(_open)
-        set_embed_func(_embed)
+        set_backend(_load)

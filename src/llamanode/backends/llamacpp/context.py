@@ -11,14 +11,13 @@ import numpy as np
 from ...buffers import fresh_bytes
 from ...config import Config, DecodeConfig
 from ...errors import SessionFatalError, SessionUnavailableError, SnapshotError
-from ...kvsession import KVSession
 from ...rope import RopeScaling
 from ..base import BackendIdentity
-from .model import LoadedModel, acquire_model, kv_bytes_per_token, release_model
+from .model import LoadedModel, kv_bytes_per_token, release_model
 from .native import lib
 from .sampling import LlamaCppSampler
 
-__all__ = ["LlamaCppContext", "context_params", "open_llamacpp_session"]
+__all__ = ["LlamaCppContext", "context_params", "tokenize"]
 
 _GGML_TYPES = {"f16": 1, "q4_0": 2, "q8_0": 8}
 
@@ -46,6 +45,22 @@ def context_params(config: Config, rope: RopeScaling) -> Any:
     cp.swa_full = True  # truncation anywhere stays valid on sliding-window models
     cp.no_perf = True
     return cp
+
+
+def tokenize(model: LoadedModel, text: str, add_bos: bool) -> list[int]:
+    """Token ids of text (special tokens parsed), with BOS first when add_bos and the vocabulary has one."""
+    L = lib()
+    raw = text.encode("utf-8")
+    cap = len(raw) + 8
+    arr = (ctypes.c_int32 * cap)()
+    n = L.llama_tokenize(model.vocab, raw, len(raw), arr, cap, False, True)
+    if n < 0:
+        cap = -n
+        arr = (ctypes.c_int32 * cap)()
+        n = L.llama_tokenize(model.vocab, raw, len(raw), arr, cap, False, True)
+    tokens = list(arr[:n])
+    bos = L.llama_vocab_bos(model.vocab)
+    return [bos, *tokens] if add_bos and bos >= 0 else tokens
 
 
 class _Batch:
@@ -95,18 +110,7 @@ class LlamaCppContext:
 
     # tokens
     def tokenize(self, text: str, add_bos: bool) -> list[int]:
-        L = lib()
-        raw = text.encode("utf-8")
-        cap = len(raw) + 8
-        arr = (ctypes.c_int32 * cap)()
-        n = L.llama_tokenize(self._model.vocab, raw, len(raw), arr, cap, False, True)
-        if n < 0:
-            cap = -n
-            arr = (ctypes.c_int32 * cap)()
-            n = L.llama_tokenize(self._model.vocab, raw, len(raw), arr, cap, False, True)
-        tokens = list(arr[:n])
-        bos = L.llama_vocab_bos(self._model.vocab)
-        return [bos, *tokens] if add_bos and bos >= 0 else tokens
+        return tokenize(self._model, text, add_bos)
 
     def token_bytes(self, token: int) -> bytes:
         return self._model.token_bytes(token)
@@ -167,13 +171,3 @@ class LlamaCppContext:
             lib().llama_free(self._ctx)
             self._ctx = None
             release_model(self._model)
-
-
-def open_llamacpp_session(model_path: str, config: Config) -> KVSession:
-    model = acquire_model(model_path, config.weight_repack)
-    try:
-        context = LlamaCppContext(model, config)
-    except BaseException:
-        release_model(model)
-        raise
-    return KVSession(context, config)

@@ -53,8 +53,10 @@ class LoadedModel:
 
     def identity(self, config: Config, n_ctx: int) -> BackendIdentity:
         rope = self.rope(config)
-        # repacked weights take other matmul kernels, so they write other KV numbers
-        shaping = {"build": build_id(), **config.kv_shaping(), "weight_repack": self.repack.enabled}
+        # repacked weights take other matmul kernels, so they write other KV numbers (contexts opened with
+        # config load the model with config's choice: see LlamaCppBackend.open_context)
+        repack = weight_repack_for(config.weight_repack).enabled
+        shaping = {"build": build_id(), **config.kv_shaping(), "weight_repack": repack}
         shaping |= {"rope": rope.key()} if rope.scaled else {}
         runtime = byte_hash(json.dumps(shaping, sort_keys=True))
         template = self.chat_template if config.prompt_format == "model" else None

@@ -1,0 +1,147 @@
+"""What a context holds, position by position, and the KV operations that keep the two equal.
+
+The batch rule lives here: a prefill never decodes a batch of one token after position 0 (a one-token
+batch takes another kernel path and gives KV that differs from a cold batched prefill; see
+docs/benchmarks.md, exactness), so chunks never end in one token and a lone new token takes its
+predecessor along.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .backends.base import KVContext
+from .config import Config
+from .errors import LlamaNodeError, SessionFatalError
+from .manifest import ContextManifest
+from .session import ContextReport, Divergence, PrefillProgress, PrefixStatus, SegmentResidency
+
+__all__ = ["ProgressFn", "Resident", "ResidentKV", "chunk_sizes"]
+
+ProgressFn = Callable[[PrefillProgress], None]
+
+
+def chunk_sizes(n: int, batch: int) -> list[int]:
+    """Split n tokens into chunks of at most batch, never leaving a chunk of one (the last two go together)."""
+    sizes = [batch] * (n // batch) + ([n % batch] if n % batch else [])
+    if len(sizes) > 1 and sizes[-1] == 1:
+        sizes[-2] -= 1
+        sizes[-1] = 2
+    return sizes
+
+
+@dataclass
+class Resident:
+    """What the context holds, position by position, and the prefix it came from."""
+
+    tokens: list[int] = field(default_factory=list)
+    prefix_len: int = 0
+    stable_len: int = 0  # tokens before this came from batched prefill; after it, decode steps may lie
+    generated: int = 0
+    logits_for: int = -1  # the context's last logits belong to tokens[:logits_for]
+    manifest: ContextManifest | None = None
+    text: bytes = b""
+    text_hash: str = ""
+    token_hash: str = ""
+    offsets: list[int] | None = None  # byte offset of each prefix token, when pieces add up
+    segments: tuple[SegmentResidency, ...] = ()
+    divergence: Divergence | None = None
+    last_prefix: PrefixStatus | None = None
+
+    def report(self, num_ctx: int, closed: bool, fatal: bool) -> ContextReport:
+        n_res = len(self.tokens)
+        return ContextReport(
+            resident_tokens=n_res,
+            prefix_tokens=self.prefix_len,
+            suffix_tokens=n_res - self.prefix_len - self.generated,
+            generated_tokens=self.generated,
+            num_ctx=num_ctx,
+            available_tokens=num_ctx - n_res,
+            stable_byte_hash=self.text_hash,
+            stable_token_hash=self.token_hash,
+            manifest_digest=self.manifest.digest if self.manifest else "",
+            manifest=self.manifest,
+            closed=closed,
+            fatal=fatal,
+            segments=self.segments,
+            last_divergence=self.divergence,
+            last_prefix=self.last_prefix,
+        )
+
+
+class ResidentKV:
+    """A context and its Resident bookkeeping, kept equal by every operation here. A native failure
+    leaves them unequal: `fatal` then says why, and the owner must refuse further use."""
+
+    def __init__(self, ctx: KVContext, config: Config) -> None:
+        self.ctx = ctx
+        self.r = Resident()
+        self.fatal: str | None = None
+        self._batch = min(config.num_batch, config.num_ubatch)  # llama.cpp would split a longer chunk
+
+    def clear(self) -> None:
+        """Drop every cell and all bookkeeping."""
+        self.trim(0)
+        self.r = Resident()
+
+    def trim(self, keep: int) -> None:
+        r = self.r
+        if keep >= len(r.tokens):
+            return
+        self._native(self.ctx.trim, keep)
+        del r.tokens[keep:]
+        r.prefix_len = min(r.prefix_len, keep)
+        r.stable_len = min(r.stable_len, keep)
+        r.generated = max(0, min(r.generated, keep - r.prefix_len))
+        if r.logits_for > keep:
+            r.logits_for = -1
+
+    def extend(self, tokens: Sequence[int], stage: str, on_progress: ProgressFn | None, rewind: int = 0) -> None:
+        """Prefill tokens after the resident ones in batches of >= 2, reporting progress.
+
+        rewind re-prefills that many resident tokens in the same batch (a lone new token
+        takes its predecessor along, so no batch of one is ever decoded after position 0).
+        """
+        r = self.r
+        if len(tokens) + rewind == 1 and r.tokens:
+            rewind = 1
+        start = len(r.tokens) - min(rewind, len(r.tokens))
+        batch = [*r.tokens[start:], *tokens]
+        was_stable = r.stable_len >= start
+        if start < len(r.tokens):
+            self._native(self.ctx.trim, start)
+            del r.tokens[start:]
+        began, done = time.perf_counter(), 0
+        for size in chunk_sizes(len(batch), self._batch):
+            chunk = batch[done : done + size]
+            position = len(r.tokens)
+            self._native(self.ctx.prefill, chunk, position)
+            r.tokens.extend(chunk)
+            done += size
+            if on_progress is not None:
+                on_progress(PrefillProgress(stage, done, len(batch), time.perf_counter() - began))
+        if was_stable:
+            r.stable_len = len(r.tokens)
+        r.logits_for = len(r.tokens)
+
+    def refresh_logits(self) -> None:
+        """Make the last token's logits live again, re-prefilling the last two as one batch."""
+        if self.r.logits_for != len(self.r.tokens):
+            self.extend([], "refresh", None, rewind=2)
+
+    def step(self, token: int) -> None:
+        """Decode one generated token after the resident ones (a decode step: its KV is not stable)."""
+        r = self.r
+        self._native(self.ctx.step, token, len(r.tokens))
+        r.tokens.append(token)
+        r.generated += 1
+        r.logits_for = len(r.tokens)
+
+    def _native(self, op: Callable[..., None], *args: object) -> None:
+        try:
+            op(*args)
+        except LlamaNodeError as exc:
+            self.fatal = str(exc)
+            raise SessionFatalError(f"backend failed; the session is unusable: {exc}") from exc
