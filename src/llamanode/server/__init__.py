@@ -1,8 +1,8 @@
 """`llamanode serve`: an OpenAI-compatible HTTP server over pooled, persistent KV sessions.
 
-app = build_app(ServerSettings(port=0), model_path=None, config=Config())
-server = make_server(app)        # bound; server.server_address has the port
-server.serve_forever()
+runtime = build_runtime(ServerSettings(port=0), model_path=None, config=Config())
+sock = bind(runtime.settings.host, runtime.settings.port)   # sock.getsockname() has the port
+serve(runtime, sock, on_started=lambda: ...)                  # until SIGTERM/SIGINT; then checkpoints
 """
 
 from __future__ import annotations
@@ -12,11 +12,24 @@ from pathlib import Path
 from ..config import Config
 from ..pool import SessionPool
 from ..session import default_model_path
-from .app import App, Route, ServerSettings, make_server
+from .asgi import create_app
 from .errors import ApiError
 from .model_info import ModelProbe
+from .runtime import Runtime
+from .serving import bind, serve
+from .settings import ServerSettings
 
-__all__ = ["DEFAULT_MAX_LIVE", "ApiError", "App", "Route", "ServerSettings", "build_app", "make_server", "open_pool"]
+__all__ = [
+    "DEFAULT_MAX_LIVE",
+    "ApiError",
+    "Runtime",
+    "ServerSettings",
+    "bind",
+    "build_runtime",
+    "create_app",
+    "open_pool",
+    "serve",
+]
 
 DEFAULT_MAX_LIVE = 8
 
@@ -42,7 +55,7 @@ def open_pool(
     return pool
 
 
-def build_app(
+def build_runtime(
     settings: ServerSettings,
     model_path: str | Path | None = None,
     config: Config | None = None,
@@ -51,7 +64,7 @@ def build_app(
     memory_budget_bytes: int | None = None,
     disk_budget_bytes: int | None = None,
     max_live: int = DEFAULT_MAX_LIVE,
-) -> App:
+) -> Runtime:
     """Load the model, open the pool and compile the chat template. The model is fixed from here on."""
     config = config or Config()
     path = str(model_path or default_model_path())
@@ -62,7 +75,7 @@ def build_app(
         probe.close()
         raise
     try:
-        return App(settings, pool, probe, config)
+        return Runtime(settings, pool, probe, config)
     except BaseException:
         pool.close()
         probe.close()

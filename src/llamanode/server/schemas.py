@@ -1,4 +1,4 @@
-"""Request bodies (pydantic, unknown fields rejected) and the response shapes the OpenAPI document names."""
+"""Request bodies (pydantic, unknown fields rejected), the workspace id rule and header."""
 
 from __future__ import annotations
 
@@ -7,19 +7,20 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "WORKSPACE_HEADER",
     "WORKSPACE_ID_PATTERN",
     "ChatCompletionRequest",
     "ChatMessageIn",
     "CompletionRequest",
     "DecodeRequest",
     "EmbeddingRequest",
-    "ErrorResponse",
     "ForkRequest",
     "PrefixRequest",
     "SessionCreateRequest",
     "SuffixRequest",
 ]
 
+WORKSPACE_HEADER = "X-Llamanode-Workspace"
 WORKSPACE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
@@ -157,14 +158,3 @@ class DecodeRequest(_Strict):
 
 class ForkRequest(_Strict):
     dst: WorkspaceId
-
-
-class ErrorObject(BaseModel):
-    message: str
-    type: str
-    param: str | None
-    code: str | None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorObject
