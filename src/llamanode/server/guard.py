@@ -66,7 +66,7 @@ class Guard:
                     }
                 message = _with_headers(message, extra)
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                call.response_complete = True
+                call.response_complete = not call.client_gone  # uvicorn drops what is sent to a gone client
             await send(message)
 
         self.rt.calls.add(call)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from functools import partial
+from http import HTTPStatus
 from typing import Any, ClassVar
 
 import h11
@@ -77,7 +78,9 @@ class _Protocol(H11Protocol):
         body = pydantic_core.to_json(openai_error(error))
         headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
         try:
-            for event in (h11.Response(status_code=status, headers=headers), h11.Data(data=body), h11.EndOfMessage()):
+            reason = HTTPStatus(status).phrase.encode()
+            response = h11.Response(status_code=status, headers=headers, reason=reason)
+            for event in (response, h11.Data(data=body), h11.EndOfMessage()):
                 self.transport.write(self.conn.send(event) or b"")
         except h11.LocalProtocolError:
             pass  # mid-response: nothing more can be said on this connection

@@ -78,7 +78,7 @@ def serve(runtime: Runtime, sock: socket.socket, on_started: Callable[[], None])
         loop="asyncio",
         lifespan="off",
         log_config=None,
-        log_level="warning",
+        log_level="error",  # protocol errors and timeouts are logged as JSON lines instead
         access_log=False,
         server_header=False,
         headers=[("server", f"llamanode/{__version__}")],
