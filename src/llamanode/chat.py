@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,6 @@ __all__ = [
     "ChatTemplateError",
     "SplitPrompt",
     "discover_special_tokens",
-    "messages_from_mappings",
 ]
 
 # llama.cpp's fallback when a model carries no template (common/chat.cpp, CHATML_TEMPLATE_SRC).
@@ -245,7 +244,3 @@ def _is_special(text: str, tokenize: Callable[[str], list[int]]) -> bool:
             return False
     return True
 
-
-def messages_from_mappings(values: Sequence[Mapping[str, Any]]) -> list[ChatMessage]:
-    """Plain dicts ({"role", "content"}) to ChatMessage, for callers outside the server."""
-    return [ChatMessage(str(v["role"]), str(v["content"]), v.get("name")) for v in values]
