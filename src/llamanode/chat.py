@@ -243,4 +243,3 @@ def _is_special(text: str, tokenize: Callable[[str], list[int]]) -> bool:
         if tokenize(left + text + right) != tokenize(left) + ids + tokenize(right):
             return False
     return True
-

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,6 +19,7 @@ from . import native_api, openai_api, ops_api
 from .call import SHUTDOWN, Call, Cancelled
 from .errors import ApiError, from_exception, from_validation, shutting_down
 from .guard import CLIENT_CLOSED, Guard
+from .responses import STREAM_MODELS
 from .runtime import Runtime
 from .schemas import WORKSPACE_HEADER
 from .web import error_response
@@ -91,15 +93,22 @@ def _http_error(exc: HTTPException, path: str) -> ApiError:
 
 
 def _customise_openapi(api: FastAPI, runtime: Runtime) -> None:
-    """FastAPI's document, plus what only the running server knows: the model names it accepts and
-    answers with (so clients and fuzzers can know) and whether an API key is required."""
+    """FastAPI's document, plus the streamed event models (FastAPI only knows a route's JSON response),
+    and what only the running server knows: the model names it accepts and answers with (so clients
+    and fuzzers can know) and whether an API key is required."""
     generate = api.openapi
 
     def openapi() -> dict[str, Any]:
         if api.openapi_schema is not None:
             return api.openapi_schema
         document = generate()
-        for schema in document.get("components", {}).get("schemas", {}).values():
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        mode: JsonSchemaMode = "serialization"
+        missing = [(m, mode) for m in STREAM_MODELS if m.__name__ not in schemas]
+        _, extra = models_json_schema(missing, ref_template="#/components/schemas/{model}")
+        for name, schema in extra.get("$defs", {}).items():
+            schemas.setdefault(name, schema)
+        for schema in schemas.values():
             model = schema.get("properties", {}).get("model")
             if model is not None and model.get("type") == "string":
                 model.pop("minLength", None)

@@ -34,7 +34,7 @@ from .schemas import (
     SuffixRequest,
 )
 from .streaming import collect, data_event, sse_response, stream_generation
-from .web import ERROR_RESPONSES, CallDep, JsonRoute, RuntimeDep, json_response
+from .web import ERROR_RESPONSES, CallDep, JsonRoute, RuntimeDep, event_stream, json_response
 
 __all__ = ["BASE", "Sessions", "explain_not_found", "router"]
 
@@ -152,13 +152,10 @@ async def suffix(id: SessionId, body: SuffixRequest, rt: RuntimeDep, call: CallD
     return json_response(status)
 
 
-_SSE = {"text/event-stream": {"schema": {"type": "string", "description": "`data:` DecodeEvent JSON, then [DONE]"}}}
-
-
 @router.post(
     "/{id}/decode",
     summary="decode: generate (JSON or server-sent events)",
-    responses={200: {"model": DecodeResult, "content": _SSE}, **ERROR_RESPONSES},
+    responses={200: {"model": DecodeResult, "content": event_stream(DecodeEvent)}, **ERROR_RESPONSES},
 )
 async def decode(id: SessionId, body: DecodeRequest, rt: RuntimeDep, call: CallDep, request: Request) -> Response:
     values = body.model_dump(exclude={"stream"})

@@ -54,7 +54,7 @@ from .schemas import (
     ResponseFormatJsonSchema,
 )
 from .streaming import collect, data_event, sse_response, stream_generation
-from .web import ERROR_RESPONSES, CallDep, JsonRoute, RuntimeDep, json_response
+from .web import ERROR_RESPONSES, CallDep, JsonRoute, RuntimeDep, event_stream, json_response
 
 __all__ = ["router"]
 
@@ -71,7 +71,6 @@ WorkspaceHeader = Annotated[
         "sharing the longest prompt prefix.",
     ),
 ]
-_SSE = {"text/event-stream": {"schema": {"type": "string", "description": "`data:` events, then `data: [DONE]`"}}}
 
 
 @router.get("/v1/models", summary="List the served model", responses={200: {"model": ModelList}, **ERROR_RESPONSES})
@@ -91,7 +90,7 @@ async def model(rt: RuntimeDep, model: str) -> Response:
 @router.post(
     "/v1/chat/completions",
     summary="Chat completion (OpenAI-compatible)",
-    responses={200: {"model": ChatCompletion, "content": _SSE}, **ERROR_RESPONSES},
+    responses={200: {"model": ChatCompletion, "content": event_stream(ChatChunk)}, **ERROR_RESPONSES},
 )
 async def chat_completions(
     body: ChatCompletionRequest, rt: RuntimeDep, call: CallDep, workspace: WorkspaceHeader = None
@@ -133,7 +132,7 @@ def _warm_next(rt: Runtime, session: KVSession, chat: list[ChatMessage], answer:
 @router.post(
     "/v1/completions",
     summary="Text completion (OpenAI-compatible)",
-    responses={200: {"model": Completion, "content": _SSE}, **ERROR_RESPONSES},
+    responses={200: {"model": Completion, "content": event_stream(CompletionChunk)}, **ERROR_RESPONSES},
 )
 async def completions(
     body: CompletionRequest, rt: RuntimeDep, call: CallDep, workspace: WorkspaceHeader = None

@@ -14,6 +14,7 @@ from ..manifest import ManifestSegment
 from ..session import DecodeReport, Divergence, PrefixStatus, SegmentResidency
 
 __all__ = [
+    "STREAM_MODELS",
     "ChatChunk",
     "ChatCompletion",
     "Completion",
@@ -251,6 +252,9 @@ class ContextOut(BaseModel):
     last_divergence: Divergence | None
     last_prefix: PrefixStatus | None
 
+
+# Streamed events: the OpenAPI document names them in event_stream() schemas, so it includes them too.
+STREAM_MODELS: tuple[type[BaseModel], ...] = (ChatChunk, CompletionChunk, DecodeEvent)
 
 _ADAPTERS: dict[type[Any], TypeAdapter[Any]] = {}
 
