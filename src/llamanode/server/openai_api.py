@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import struct
 import time
 import uuid
@@ -20,9 +19,9 @@ from ..config import DecodeConfig
 from ..errors import UnsupportedFeatureError
 from ..kvsession import KVSession
 from ..session import StreamChunk, embed
-from .call import Call
 from .engine import Generation, Plan
 from .errors import ApiError, from_exception, openai_error
+from .prepare import check_model, check_prompt_size, decode_config, route_workspace, unknown_model
 from .responses import (
     AssistantMessage,
     ChatChoice,
@@ -83,7 +82,7 @@ async def models(rt: RuntimeDep) -> Response:
 )
 async def model(rt: RuntimeDep, model: str) -> Response:
     if model != rt.model_id:
-        raise _unknown_model(rt, model)
+        raise unknown_model(rt, model)
     return json_response(_model_card(rt))
 
 
@@ -95,7 +94,7 @@ async def model(rt: RuntimeDep, model: str) -> Response:
 async def chat_completions(
     body: ChatCompletionRequest, rt: RuntimeDep, call: CallDep, workspace: WorkspaceHeader = None
 ) -> Response:
-    _check_model(rt, body.model)
+    check_model(rt, body.model)
     _check_unsupported(body.presence_penalty, body.frequency_penalty)
     if body.logprobs:
         raise from_exception(UnsupportedFeatureError("logprobs"), "logprobs")
@@ -105,8 +104,14 @@ async def chat_completions(
     def prepare() -> tuple[str, str, str, str, DecodeConfig]:
         config = _decode_config(rt, body, max_tokens, _json_schema(body.response_format))
         split = rt.template.split(chat)
-        _check_prompt_size(rt, len(split.prefix.encode()) + len(split.suffix.encode()))
-        return split.prefix, split.suffix, split.text, _route(rt, call, workspace, body.user, split.text), config
+        check_prompt_size(rt, len(split.prefix.encode()) + len(split.suffix.encode()))
+        return (
+            split.prefix,
+            split.suffix,
+            split.text,
+            route_workspace(rt, call, workspace, body.user, split.text),
+            config,
+        )
 
     prefix, suffix, text, ws, config = await run_in_threadpool(prepare)
     after = (lambda session, answer: _warm_next(rt, session, chat, answer)) if rt.settings.warm_next else None
@@ -137,7 +142,7 @@ def _warm_next(rt: Runtime, session: KVSession, chat: list[ChatMessage], answer:
 async def completions(
     body: CompletionRequest, rt: RuntimeDep, call: CallDep, workspace: WorkspaceHeader = None
 ) -> Response:
-    _check_model(rt, body.model)
+    check_model(rt, body.model)
     _check_unsupported(body.presence_penalty, body.frequency_penalty)
     if body.echo:
         raise from_exception(UnsupportedFeatureError("echo"), "echo")
@@ -148,8 +153,8 @@ async def completions(
 
     def prepare() -> tuple[str, DecodeConfig]:
         config = _decode_config(rt, body, max_tokens, None)
-        _check_prompt_size(rt, len(prompt.encode()))
-        return _route(rt, call, workspace, body.user, prompt), config
+        check_prompt_size(rt, len(prompt.encode()), "prompt")
+        return route_workspace(rt, call, workspace, body.user, prompt), config
 
     ws, config = await run_in_threadpool(prepare)
     generation = rt.engine.generation(call, Plan(ws, (("prompt", prompt),), None, config))
@@ -162,9 +167,9 @@ async def completions(
     responses={200: {"model": EmbeddingList}, **ERROR_RESPONSES},
 )
 async def embeddings(body: EmbeddingRequest, rt: RuntimeDep, call: CallDep) -> Response:
-    _check_model(rt, body.model)
+    check_model(rt, body.model)
     texts = [body.input] if isinstance(body.input, str) else list(body.input)
-    _check_prompt_size(rt, sum(len(t.encode()) for t in texts))
+    check_prompt_size(rt, sum(len(t.encode()) for t in texts), "input")
     counts = await run_in_threadpool(lambda: [len(rt.pool.tokenize(text)) for text in texts])
     if 0 in counts:
         raise ApiError(
@@ -199,62 +204,14 @@ def _model_card(rt: Runtime) -> ModelCard:
     return ModelCard(id=rt.model_id, created=rt.started_at, owned_by="llamanode", meta=meta)
 
 
-def _check_model(rt: Runtime, name: str) -> None:
-    if name not in rt.model_names:
-        raise _unknown_model(rt, name)
-
-
-def _unknown_model(rt: Runtime, name: str) -> ApiError:
-    return ApiError(
-        404,
-        f"model {name!r} is not served here; this server serves {rt.model_id!r} (see /v1/models)",
-        code="model_not_found",
-        param="model",
-    )
-
-
-def _check_prompt_size(rt: Runtime, size: int) -> None:
-    limit = rt.settings.max_prompt_bytes
-    if size > limit:
-        raise ApiError(
-            413,
-            f"prompt is {size} bytes; this server accepts at most {limit}",
-            code="prompt_too_large",
-            param="messages",
-        )
-
-
 def _decode_config(
     rt: Runtime, body: ChatCompletionRequest | CompletionRequest, max_tokens: int | None, schema: dict[str, Any] | None
 ) -> DecodeConfig:
-    values: dict[str, Any] = {"max_tokens": max_tokens}
-    for name in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed"):
-        value = getattr(body, name)
-        if value is not None:
-            values[name] = value
-    if body.stop is not None:
-        values["stop"] = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop)
-    if schema is not None:
-        values["json_schema"] = schema
-    config = DecodeConfig.from_mapping(values)
-    rt.model_probe.check_grammar(config)
-    return config
-
-
-def _route(rt: Runtime, call: Call, header: str | None, user: str | None, full_text: str) -> str:
-    """Header, else the OpenAI `user` field, else the workspace sharing the longest token prefix."""
-    if header is not None:
-        call.log["routed_by"] = "header"
-        return header
-    if user:
-        call.log["routed_by"] = "user"
-        return "user-" + hashlib.sha256(user.encode("utf-8")).hexdigest()[:24]
-    found, how = rt.router.find(full_text)
-    if found is not None:
-        call.log["routed_by"] = how
-        return found
-    call.log["routed_by"] = "new"
-    return "auto-" + uuid.uuid4().hex[:16]
+    stop = (body.stop,) if isinstance(body.stop, str) else None if body.stop is None else tuple(body.stop)
+    sampling = {
+        name: getattr(body, name) for name in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed")
+    }
+    return decode_config(rt, {"max_tokens": max_tokens, **sampling, "stop": stop, "json_schema": schema})
 
 
 async def _respond(
