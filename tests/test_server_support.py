@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,8 +54,25 @@ class ServerProcess:
     def request_logs(self, path: str | None = None) -> list[dict[str, Any]]:
         return [line for line in list(self.lines) if "method" in line and (path is None or line["path"] == path)]
 
-    def mark(self) -> int:
-        return len(self.lines)
+    def mark(self, timeout: float = 60.0) -> int:
+        """A position in the log after every earlier request has finished and been logged.
+
+        A request's line is written when all its work is done, and work may go on after the client
+        has its answer (warming the next turn); so wait until nothing runs, then send a probe whose
+        line comes after every earlier one (lines are written in order).
+        """
+        probe = f"/__mark__/{uuid.uuid4().hex}"
+        deadline = time.monotonic() + timeout
+        with self.http() as http:
+            while http.get("/health").json()["active"] > 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            http.get(probe)
+        while time.monotonic() < deadline:
+            for index, line in enumerate(list(self.lines)):
+                if line.get("path") == probe:
+                    return index + 1
+            time.sleep(0.02)
+        raise TimeoutError(f"the server did not log {probe}")
 
     def wait_logs(self, mark: int, count: int, path: str, timeout: float = 30.0) -> list[dict[str, Any]]:
         """The request log lines for path written after mark, once there are count of them."""

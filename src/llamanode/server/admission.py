@@ -107,11 +107,12 @@ class Ticket:
         """
         deadline = self._started + self._admission.queue_timeout_s
         if self._entry is not None:
-            self._held_ws = await _wait(self._entry.lock.acquire, self._entry.lock.release, cancel, deadline)
+            lock = self._entry.lock
+            self._held_ws = await _wait(lock.locked, lock.acquire, lock.release, cancel, deadline)
             if not self._held_ws:
                 raise self._refusal(cancel)
         slots = self._admission._slots
-        self._held_slot = await _wait(slots.acquire, slots.release, cancel, deadline)
+        self._held_slot = await _wait(slots.locked, slots.acquire, slots.release, cancel, deadline)
         if not self._held_slot:
             raise self._refusal(cancel)
         self._admission.queued -= 1
@@ -137,11 +138,18 @@ class Ticket:
 
 
 async def _wait(
-    acquire: Callable[[], Awaitable[Any]], release: Callable[[], None], cancel: Cancellation, deadline: float
+    busy: Callable[[], bool],
+    acquire: Callable[[], Awaitable[Any]],
+    release: Callable[[], None],
+    cancel: Cancellation,
+    deadline: float,
 ) -> bool:
     """acquire() unless cancel fires or the deadline passes first; True when acquired."""
     if cancel.reason is not None:
         return False
+    if not busy():
+        await acquire()  # free: returns without suspending
+        return True
     waiter = asyncio.ensure_future(acquire())
     stop = asyncio.ensure_future(cancel.wait())
     try:

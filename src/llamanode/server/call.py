@@ -85,8 +85,9 @@ class Call:
             await closer()
 
 
-def current_call(request: Request) -> Call:
-    """FastAPI dependency: the Call the guard middleware made for this request."""
+async def current_call(request: Request) -> Call:
+    """FastAPI dependency (async: FastAPI would run a plain function on a worker thread): the Call the
+    guard middleware made for this request."""
     call = request.scope["state"]["call"]
     assert isinstance(call, Call)
     return call

@@ -22,6 +22,7 @@ from ..session import PrefillProgress, PrefixStatus, StreamChunk, SuffixStatus
 from .call import Cancellation
 from .engine import Plan
 from .errors import ApiError, openai_error
+from .prepare import check_grammar
 from .responses import ContextOut, DecodeEvent, DecodeResult, SessionDeleted, SessionInfo, SessionList
 from .runtime import Runtime
 from .schemas import (
@@ -161,7 +162,7 @@ async def decode(id: SessionId, body: DecodeRequest, rt: RuntimeDep, call: CallD
     values = body.model_dump(exclude={"stream"})
     values["stop"] = tuple(values["stop"])
     config = DecodeConfig.from_mapping(values)
-    await run_in_threadpool(rt.model_probe.check_grammar, config)
+    await check_grammar(rt, config)
     await _sessions(request).info(id)
     generation = rt.engine.generation(call, Plan(id, None, None, config))
     if body.stream:

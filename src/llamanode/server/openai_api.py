@@ -101,22 +101,13 @@ async def chat_completions(
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     chat = [_message(m) for m in body.messages]
 
-    def prepare() -> tuple[str, str, str, str, DecodeConfig]:
-        config = _decode_config(rt, body, max_tokens, _json_schema(body.response_format))
-        split = rt.template.split(chat)
-        check_prompt_size(rt, len(split.prefix.encode()) + len(split.suffix.encode()))
-        return (
-            split.prefix,
-            split.suffix,
-            split.text,
-            route_workspace(rt, call, workspace, body.user, split.text),
-            config,
-        )
-
-    prefix, suffix, text, ws, config = await run_in_threadpool(prepare)
+    config = await _decode_config(rt, body, max_tokens, _json_schema(body.response_format))
+    split = rt.template.split(chat)  # on the loop: well under a millisecond for a 100 KB prompt
+    check_prompt_size(rt, len(split.prefix.encode()) + len(split.suffix.encode()))
+    ws = await route_workspace(rt, call, workspace, body.user, split.text)
     after = (lambda session, answer: _warm_next(rt, session, chat, answer)) if rt.settings.warm_next else None
-    generation = rt.engine.generation(call, Plan(ws, (("chat", prefix),), suffix, config, after))
-    return await _respond(rt, generation, body.stream, _include_usage(body), text, chat=True)
+    generation = rt.engine.generation(call, Plan(ws, (("chat", split.prefix),), split.suffix, config, after))
+    return await _respond(rt, generation, body.stream, _include_usage(body), split.text, chat=True)
 
 
 def _warm_next(rt: Runtime, session: KVSession, chat: list[ChatMessage], answer: str) -> int:
@@ -151,12 +142,9 @@ async def completions(
         raise ApiError(400, "prompt must not be empty", param="prompt", code="invalid_value")
     max_tokens = body.max_tokens if body.max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
 
-    def prepare() -> tuple[str, DecodeConfig]:
-        config = _decode_config(rt, body, max_tokens, None)
-        check_prompt_size(rt, len(prompt.encode()), "prompt")
-        return route_workspace(rt, call, workspace, body.user, prompt), config
-
-    ws, config = await run_in_threadpool(prepare)
+    config = await _decode_config(rt, body, max_tokens, None)
+    check_prompt_size(rt, len(prompt.encode()), "prompt")
+    ws = await route_workspace(rt, call, workspace, body.user, prompt)
     generation = rt.engine.generation(call, Plan(ws, (("prompt", prompt),), None, config))
     return await _respond(rt, generation, body.stream, _include_usage(body), prompt, chat=False)
 
@@ -204,14 +192,14 @@ def _model_card(rt: Runtime) -> ModelCard:
     return ModelCard(id=rt.model_id, created=rt.started_at, owned_by="llamanode", meta=meta)
 
 
-def _decode_config(
+async def _decode_config(
     rt: Runtime, body: ChatCompletionRequest | CompletionRequest, max_tokens: int | None, schema: dict[str, Any] | None
 ) -> DecodeConfig:
     stop = (body.stop,) if isinstance(body.stop, str) else None if body.stop is None else tuple(body.stop)
     sampling = {
         name: getattr(body, name) for name in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed")
     }
-    return decode_config(rt, {"max_tokens": max_tokens, **sampling, "stop": stop, "json_schema": schema})
+    return await decode_config(rt, {"max_tokens": max_tokens, **sampling, "stop": stop, "json_schema": schema})
 
 
 async def _respond(

@@ -1,5 +1,9 @@
 """Checks and choices every generating API makes before it queues: the model name, the prompt size,
-the decode config (its grammar compiled against the vocabulary), and the workspace to run in."""
+the decode config (its grammar compiled against the vocabulary), and the workspace to run in.
+
+They run on the event loop, and hop to a worker thread only for what blocks: compiling a grammar,
+tokenizing a prompt to find its workspace.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,14 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
+
 from ..config import DecodeConfig
 from .call import Call
 from .errors import ApiError
 from .runtime import Runtime
 
-__all__ = ["check_model", "check_prompt_size", "decode_config", "route_workspace", "unknown_model"]
+__all__ = ["check_grammar", "check_model", "check_prompt_size", "decode_config", "route_workspace", "unknown_model"]
 
 
 def check_model(rt: Runtime, name: str) -> None:
@@ -38,24 +44,29 @@ def check_prompt_size(rt: Runtime, size: int, param: str = "messages") -> None:
         )
 
 
-def decode_config(rt: Runtime, values: Mapping[str, Any]) -> DecodeConfig:
-    """DecodeConfig from the given values (None values are left at their defaults); blocking: it
-    compiles a grammar or JSON schema against the vocabulary (GrammarError if it fails)."""
+async def decode_config(rt: Runtime, values: Mapping[str, Any]) -> DecodeConfig:
+    """DecodeConfig from the given values (None values are left at their defaults), its grammar or
+    JSON schema compiled against the vocabulary (GrammarError if it fails)."""
     config = DecodeConfig.from_mapping({k: v for k, v in values.items() if v is not None or k == "max_tokens"})
-    rt.model_probe.check_grammar(config)
+    await check_grammar(rt, config)
     return config
 
 
-def route_workspace(rt: Runtime, call: Call, header: str | None, user: str | None, full_text: str) -> str:
+async def check_grammar(rt: Runtime, config: DecodeConfig) -> None:
+    if config.grammar is not None or config.json_schema is not None:
+        await run_in_threadpool(rt.model_probe.check_grammar, config)
+
+
+async def route_workspace(rt: Runtime, call: Call, header: str | None, user: str | None, full_text: str) -> str:
     """The header, else a stable id for the client's `user`, else the workspace sharing the longest
-    token prefix with full_text, else a new one. Blocking: it may tokenize full_text."""
+    token prefix with full_text, else a new one."""
     if header is not None:
         call.log["routed_by"] = "header"
         return header
     if user:
         call.log["routed_by"] = "user"
         return "user-" + hashlib.sha256(user.encode("utf-8")).hexdigest()[:24]
-    found, how = rt.router.find(full_text)
+    found, how = await run_in_threadpool(rt.router.find, full_text)
     if found is not None:
         call.log["routed_by"] = how
         return found

@@ -30,7 +30,9 @@ _SHUTDOWN_GRACE_S = 10.0  # past the drain deadline, for cancelled requests to s
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket (port 0 picks a free one: read getsockname())."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only then (without it,
+    # Nagle plus delayed ACKs hold a response's second write for 40 ms).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

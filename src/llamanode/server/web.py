@@ -108,7 +108,8 @@ class JsonRoute(APIRoute):
         return run
 
 
-def current_runtime(request: Request) -> Runtime:
+async def current_runtime(request: Request) -> Runtime:
+    # async: FastAPI runs a plain-function dependency on a worker thread (a thread hop per request)
     runtime = request.app.state.runtime
     assert isinstance(runtime, Runtime)
     return runtime
