@@ -81,8 +81,15 @@ class Runtime:
             call.cancel.cancel(SHUTDOWN)
 
     def log(self, entry: dict[str, Any]) -> None:
-        if not self.settings.log_requests:
-            return
+        """One request's JSON line (none with --quiet)."""
+        if self.settings.log_requests:
+            self._write(entry)
+
+    def event(self, name: str, **fields: Any) -> None:
+        """A server event's JSON line (shutting down, forced exit), written even with --quiet."""
+        self._write({"event": name, **fields})
+
+    def _write(self, entry: dict[str, Any]) -> None:
         line = json.dumps(entry, ensure_ascii=False, separators=(",", ":"), default=str)
         with self._log_lock:
             self._log_stream.write(line + "\n")

@@ -58,12 +58,10 @@ class _Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """First signal: drain. Second: exit now. (Not re-raised after a graceful exit: that exits 0.)"""
         if self.should_exit:
-            self.runtime.log({"event": "forced_exit", "signal": sig})
+            self.runtime.event("forced_exit", signal=sig)
             sys.stderr.flush()
             os._exit(128 + sig)
-        self.runtime.log(
-            {"event": "shutting_down", "signal": sig, "deadline_s": self.runtime.settings.shutdown_timeout_s}
-        )
+        self.runtime.event("shutting_down", signal=sig, deadline_s=self.runtime.settings.shutdown_timeout_s)
         self.should_exit = True
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
