@@ -29,6 +29,7 @@ from ..errors import (
     SnapshotMismatchError,
     UnsupportedFeatureError,
 )
+from .schemas import WORKSPACE_HEADER
 
 __all__ = [
     "ERROR_TABLE",
@@ -133,7 +134,7 @@ def shutting_down() -> ApiError:
 
 
 # Validation failures on these parameters get a more specific code than invalid_value.
-_PARAM_CODES = {"id": "invalid_workspace", "x-llamanode-workspace": "invalid_workspace"}
+_PARAM_CODES = {"id": "invalid_workspace", WORKSPACE_HEADER.lower(): "invalid_workspace"}
 _NOT_AN_OBJECT = {"model_type", "model_attributes_type", "dict_type", "dataclass_type"}
 
 

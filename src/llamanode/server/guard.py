@@ -70,16 +70,13 @@ class Guard:
             await send(message)
 
         self.rt.calls.add(call)
-        watcher: asyncio.Task[None] | None = None
         try:
             refusal = self._refuse(scope, headers, cors)
             if refusal is not None:
                 await refusal(scope, receive, send_wrapped)
             else:
-                watcher = await self._run(scope, receive, send_wrapped, call, status)
+                await self._run(scope, receive, send_wrapped, call, status)
         finally:
-            if watcher is not None:
-                watcher.cancel()
             self.rt.calls.discard(call)
             await call.close()
             self._record(call, scope, status)
@@ -100,16 +97,15 @@ class Guard:
             return error_response(error, path)
         return None
 
-    async def _run(
-        self, scope: Scope, receive: Receive, send: Send, call: Call, status: list[int]
-    ) -> asyncio.Task[None] | None:
+    async def _run(self, scope: Scope, receive: Receive, send: Send, call: Call, status: list[int]) -> None:
+        """Read the body, then run the app with it while a task watches for the client leaving."""
         try:
             body = await self._read_body(receive, call)
         except ApiError as error:
             await error_response(error, scope["path"])(scope, receive, send)
-            return None
+            return
         if body is None:  # the client left while sending
-            return None
+            return
         gone = asyncio.Event()
         watcher = asyncio.create_task(_watch(receive, call, gone))
         replayed = False
@@ -128,7 +124,8 @@ class Guard:
             call.log["exception"] = "".join(traceback.format_exception(exc)).strip()
             if not status:
                 await error_response(from_exception(exc), scope["path"])(scope, replay, send)
-        return watcher
+        finally:
+            watcher.cancel()
 
     async def _read_body(self, receive: Receive, call: Call) -> bytes | None:
         limit = self.rt.settings.max_body_bytes
