@@ -370,6 +370,7 @@ def test_counters_parse_and_only_go_up(server: ServerProcess) -> None:
         model=MODEL, messages=[{"role": "user", "content": "Say ok."}], max_tokens=2,
         extra_headers={"X-Llamanode-Workspace": "metrics-up"},
     )  # fmt: skip
+    server.mark()  # a request's counts are recorded when all its work is done, maybe just after the answer
     after = server.metric_samples()
     for key in counters:
         assert after[key][1] >= before[key][1], key

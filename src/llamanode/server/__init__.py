@@ -3,6 +3,12 @@
 runtime = build_runtime(ServerSettings(port=0), model_path=None, config=Config())
 sock = bind(runtime.settings.host, runtime.settings.port)   # sock.getsockname() has the port
 serve(runtime, sock, on_started=lambda: ...)                  # until SIGTERM/SIGINT; then checkpoints
+
+An API is one router module (openai_api.py, native_api.py, ops_api.py): pydantic request models
+(schemas.py) and response models (responses.py), the shared checks in prepare.py, generations through
+engine.generation() and, when streamed, streaming.stream_generation() with the API's StreamEncoder.
+A new API adds its router in asgi.create_app, its error shape by path prefix in errors._SHAPES and its
+streamed event models in responses.STREAM_MODELS.
 """
 
 from __future__ import annotations

@@ -31,7 +31,9 @@ class AdmissionStats:
 
 class _WorkspaceLock:
     def __init__(self) -> None:
-        self.lock = asyncio.Lock()
+        # A semaphore of one, not a Lock: its locked() is exact ("cannot be acquired without waiting",
+        # waiters included), which the no-wait path in _wait relies on.
+        self.lock = asyncio.Semaphore(1)
         self.users = 0
 
 
@@ -148,7 +150,7 @@ async def _wait(
     if cancel.reason is not None:
         return False
     if not busy():
-        await acquire()  # free: returns without suspending
+        await acquire()  # free: returns without suspending (asyncio.Semaphore.locked() counts waiters)
         return True
     waiter = asyncio.ensure_future(acquire())
     stop = asyncio.ensure_future(cancel.wait())
