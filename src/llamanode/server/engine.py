@@ -158,7 +158,10 @@ class Generation:
                         bridge.emit(chunk)
                 finally:
                     chunks.close()
-                if plan.after is not None and self.error is None and bridge.delivered():
+                # Idle (without the GIL) until the answer is out; releasing the lease is Python work
+                # that would otherwise compete with the event loop writing the response.
+                delivered = bridge.delivered()
+                if plan.after is not None and self.error is None and delivered:
                     self._after(plan.after, session)
         finally:
             self.engine.finished(self)
