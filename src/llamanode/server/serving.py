@@ -81,6 +81,7 @@ def serve(runtime: Runtime, sock: socket.socket, on_started: Callable[[], None])
         log_level="error",  # protocol errors and timeouts are logged as JSON lines instead
         access_log=False,
         server_header=False,
+        proxy_headers=False,  # no X-Forwarded-* rewriting: nothing here depends on the client's address
         headers=[("server", f"llamanode/{__version__}")],
         timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
         timeout_graceful_shutdown=settings.shutdown_timeout_s + _SHUTDOWN_GRACE_S,  # type: ignore[arg-type]
