@@ -9,9 +9,13 @@ The servers run side by side and each turn visits them in alternating order (A,B
 Then llamanode's HTTP overhead: the same short warm request over HTTP vs the same library calls in
 process (template split, lease, ensure_prefix, prefill_suffix, decode), medians of interleaved runs.
 
+--compare runs llamanode's server at another revision (default 55c71c3, the stdlib http.server one)
+and this tree's side by side: HTTP overhead, warm-turn TTFT and a load run (bench/server_compare.py).
+
     bench/build_llama_server.sh                             # once: ~/.cache/llamanode/llama-server
     .venv/bin/pip install 'llama-cpp-python[server]==0.3.36' # optional: llama-cpp-python's server
     .venv/bin/python bench/bench_server.py                   # -> bench/out/server.md, server.json
+    .venv/bin/python bench/bench_server.py --compare         # -> bench/out/server-compare.md, .json
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from common import OUT_DIR, SYSTEM_INTRO, fit_text, machine_info, md_table, sour
 from llamanode import Config, DecodeConfig
 from llamanode.chat import ChatMessage, ChatTemplate, discover_special_tokens
 from llamanode.pool import SessionPool
+from llamanode.server.schemas import WORKSPACE_HEADER
 from llamanode.session import default_model_path
 from raw_loop import repack_decision
 
@@ -267,7 +272,7 @@ def overhead(model: Path, args: argparse.Namespace, reps: int, work: Path) -> tu
         {"role": "system", "content": "You are a terse coding assistant."},
         {"role": "user", "content": "Say ok."},
     ]
-    headers = {"X-Llamanode-Workspace": "overhead"}
+    headers = {WORKSPACE_HEADER: "overhead"}
     pool = SessionPool(str(model), Config(num_ctx=2048, num_threads=1), store_dir=work / "store-inproc")
     try:
         body = {"model": model_id_of(server), "messages": messages, "max_tokens": 1, "temperature": 0}
@@ -425,9 +430,23 @@ def main() -> int:
     parser.add_argument("--skip-llama-cpp-python", action="store_true")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "server.md")
     parser.add_argument("--overhead-only", action="store_true", help="only the HTTP overhead (-> server-overhead.md)")
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="llamanode before (--compare-rev) and after: overhead, warm TTFT, load (-> server-compare.md)",
+    )
+    parser.add_argument("--compare-rev", default="55c71c3", help="the 'before' revision (default: %(default)s)")
+    parser.add_argument("--load-seconds", type=float, default=60.0)
+    parser.add_argument("--load-clients", type=int, default=16)
+    parser.add_argument("--load-workspaces", type=int, default=4)
+    parser.add_argument("--load-max-tokens", type=int, default=16)
     args = parser.parse_args()
     if args.overhead_only:
         return overhead_only(args)
+    if args.compare:
+        from server_compare import compare
+
+        return compare(args)
 
     model = default_model_path()
     missing: list[str] = []

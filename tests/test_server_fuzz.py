@@ -1,4 +1,6 @@
-"""Schemathesis over the served OpenAPI document: no generated request may get a 5xx.
+"""Schemathesis over the served OpenAPI document: no generated request may get a 5xx, every
+response must match the document (status, content type, body schema: the same pydantic models
+the handlers build responses from), and invalid data must be rejected.
 
 A dedicated server with a 512-token context keeps generations short. The default run fuzzes
 for a bounded time; the slow run fuzzes longer with more examples.
@@ -17,6 +19,19 @@ import pytest
 
 from test_server_support import ServerProcess, start_server
 
+CHECKS = ",".join(
+    (
+        "not_a_server_error",
+        "status_code_conformance",
+        "content_type_conformance",
+        "response_schema_conformance",
+        "negative_data_rejection",
+        "unsupported_method",
+        "allow_header_conformance",
+        "missing_required_header",
+    )
+)
+
 
 @pytest.fixture(scope="module")
 def fuzz_server() -> Iterator[ServerProcess]:
@@ -32,7 +47,7 @@ def _schemathesis(server: ServerProcess, seconds: int, examples: int) -> subproc
         return subprocess.run(
             [
                 str(exe), "run", f"{server.url}/openapi.json",
-                "--checks", "not_a_server_error",
+                "--checks", CHECKS,
                 "--max-examples", str(examples),
                 "--max-time", str(seconds),
                 "--workers", "1",

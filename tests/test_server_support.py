@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 MODEL = "SmolLM2-135M-Instruct.Q4_1"
 API_KEY = "test-key-123"
@@ -33,6 +35,7 @@ class ServerProcess:
     url: str
     api_key: str | None
     store_dir: str
+    owns_store: bool = True
     lines: list[dict[str, Any]] = field(default_factory=list)
     raw_stderr: list[str] = field(default_factory=list)
     drain: threading.Thread | None = None
@@ -51,8 +54,25 @@ class ServerProcess:
     def request_logs(self, path: str | None = None) -> list[dict[str, Any]]:
         return [line for line in list(self.lines) if "method" in line and (path is None or line["path"] == path)]
 
-    def mark(self) -> int:
-        return len(self.lines)
+    def mark(self, timeout: float = 60.0) -> int:
+        """A position in the log after every earlier request has finished and been logged.
+
+        A request's line is written when all its work is done, and work may go on after the client
+        has its answer (warming the next turn); so wait until nothing runs, then send a probe whose
+        line comes after every earlier one (lines are written in order).
+        """
+        probe = f"/__mark__/{uuid.uuid4().hex}"
+        deadline = time.monotonic() + timeout
+        with self.http() as http:
+            while http.get("/health").json()["active"] > 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            http.get(probe)
+        while time.monotonic() < deadline:
+            for index, line in enumerate(list(self.lines)):
+                if line.get("path") == probe:
+                    return index + 1
+            time.sleep(0.02)
+        raise TimeoutError(f"the server did not log {probe}")
 
     def wait_logs(self, mark: int, count: int, path: str, timeout: float = 30.0) -> list[dict[str, Any]]:
         """The request log lines for path written after mark, once there are count of them."""
@@ -64,14 +84,18 @@ class ServerProcess:
             time.sleep(0.05)
 
     def metrics(self) -> dict[str, float]:
-        """Every sample of /metrics as {'name{labels}': value}."""
+        """Every sample of /metrics as {'name{labels}': value}, parsed by prometheus-client's parser."""
+        return {key: value for key, (_, value) in self.metric_samples().items()}
+
+    def metric_samples(self) -> dict[str, tuple[str, float]]:
+        """Every sample of /metrics as {'name{labels}': (its family's type, value)}."""
         with self.http() as http:
             text = http.get("/metrics").text
-        samples: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, _, value = line.rpartition(" ")
-                samples[key] = float(value)
+        samples: dict[str, tuple[str, float]] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = (family.type, sample.value)
         return samples
 
     def stop(self) -> None:
@@ -88,16 +112,20 @@ class ServerProcess:
             self.drain.join(10)
         if self.proc.stderr is not None:
             self.proc.stderr.close()
-        shutil.rmtree(self.store_dir, ignore_errors=True)
+        if self.owns_store:
+            shutil.rmtree(self.store_dir, ignore_errors=True)
 
 
-def start_server(*args: str, api_key: str | None = None, timeout: float = 120.0) -> ServerProcess:
-    store = tempfile.mkdtemp(prefix="llamanode-serve-test-")
-    cmd = [sys.executable, "-m", "llamanode.cli", "serve", "--port", "0", "--store-dir", store, *BASE_ARGS, *args]
+def start_server(
+    *args: str, api_key: str | None = None, timeout: float = 120.0, store: str | None = None
+) -> ServerProcess:
+    """A `llamanode serve` process on a free port; its own temporary store unless one is given (kept)."""
+    store_dir = store or tempfile.mkdtemp(prefix="llamanode-serve-test-")
+    cmd = [sys.executable, "-m", "llamanode.cli", "serve", "--port", "0", "--store-dir", store_dir, *BASE_ARGS, *args]
     if api_key:
         cmd += ["--api-key", api_key]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    server = ServerProcess(proc, "", api_key, store)
+    server = ServerProcess(proc, "", api_key, store_dir, owns_store=store is None)
     ready = threading.Event()
 
     def drain() -> None:

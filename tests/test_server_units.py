@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
 
 import pytest
@@ -25,8 +25,8 @@ from llamanode.errors import (
     UnsupportedFeatureError,
 )
 from llamanode.server.admission import Admission
-from llamanode.server.errors import ApiError, from_exception
-from llamanode.server.metrics import Metrics
+from llamanode.server.call import CLIENT_GONE, Cancellation, Cancelled
+from llamanode.server.errors import ApiError, from_exception, openai_error
 
 
 @pytest.mark.parametrize(
@@ -52,7 +52,7 @@ from llamanode.server.metrics import Metrics
 def test_error_table(exc: BaseException, status: int, code: str) -> None:
     error = from_exception(exc)
     assert (error.status, error.code) == (status, code)
-    body = error.body()["error"]
+    body = openai_error(error)["error"]
     assert set(body) >= {"message", "type", "param", "code"}
     if isinstance(exc, RuntimeError):
         assert "a bug" not in body["message"]  # internals stay in the log, not the response
@@ -65,7 +65,7 @@ def test_classification_never_reads_the_message() -> None:
 
 
 def test_overflow_error_carries_token_counts() -> None:
-    body = from_exception(ContextOverflowError("suffix", 2000, 100, 2048)).body()["error"]
+    body = openai_error(from_exception(ContextOverflowError("suffix", 2000, 100, 2048)))["error"]
     assert body["requested_tokens"] == 2100 and body["num_ctx"] == 2048 and body["stage"] == "suffix"
     assert body["type"] == "invalid_request_error"
 
@@ -75,66 +75,87 @@ def test_unavailable_asks_to_retry_later() -> None:
 
 
 def test_admission_serializes_a_workspace_and_refuses_when_the_queue_is_full() -> None:
-    admission = Admission(parallel=2, max_queue=1, queue_timeout_s=30)
-    order: list[str] = []
-    first_in = threading.Event()
-    release = threading.Event()
+    async def scenario() -> list[str]:
+        admission = Admission(parallel=2, max_queue=1, queue_timeout_s=30)
+        order: list[str] = []
+        first_in = asyncio.Event()
+        release = asyncio.Event()
 
-    def holder() -> None:
-        with admission.slot("w"):
+        async def holder() -> None:
+            ticket = admission.enter("w")
+            await ticket.acquire(Cancellation())
             order.append("a-in")
             first_in.set()
-            release.wait(10)
+            await release.wait()
             order.append("a-out")
+            ticket.release()
 
-    def waiter() -> None:
-        with admission.slot("w"):
+        async def waiter() -> None:
+            ticket = admission.enter("w")
+            await ticket.acquire(Cancellation())
             order.append("b-in")
+            ticket.release()
 
-    a = threading.Thread(target=holder)
-    a.start()
-    assert first_in.wait(5)
-    b = threading.Thread(target=waiter)
-    b.start()
-    deadline = time.monotonic() + 5
-    while admission.stats().queued < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert admission.stats().queued == 1
-    with pytest.raises(ApiError) as refused, admission.slot("w"):
-        pass
-    assert refused.value.status == 429 and refused.value.headers["Retry-After"]
-    with admission.slot("other"):  # a free compute slot and an idle workspace never queue
+        a = asyncio.create_task(holder())
+        await first_in.wait()
+        b = asyncio.create_task(waiter())
+        await asyncio.sleep(0.01)
+        assert admission.stats().queued == 1
+        with pytest.raises(ApiError) as refused:
+            admission.enter("w")
+        assert refused.value.status == 429 and refused.value.headers["Retry-After"]
+        other = admission.enter("other")  # a free compute slot and an idle workspace never queue
+        await other.acquire(Cancellation())
         order.append("other")
-    release.set()
-    a.join(5)
-    b.join(5)
-    assert order == ["a-in", "other", "a-out", "b-in"]
-    assert admission.stats().queued == 0 and admission.stats().active == 0
+        other.release()
+        release.set()
+        await asyncio.gather(a, b)
+        assert admission.stats().queued == 0 and admission.stats().active == 0
+        return order
+
+    assert asyncio.run(scenario()) == ["a-in", "other", "a-out", "b-in"]
 
 
 def test_admission_times_out_with_503() -> None:
-    admission = Admission(parallel=1, max_queue=4, queue_timeout_s=0.2)
-    with admission.slot("a"), pytest.raises(ApiError) as timed_out, admission.slot("b"):
-        pass
-    assert timed_out.value.status == 503 and timed_out.value.code == "queue_timeout"
-    assert admission.stats().queued == 0
+    async def scenario() -> None:
+        admission = Admission(parallel=1, max_queue=4, queue_timeout_s=0.2)
+        held = admission.enter("a")
+        await held.acquire(Cancellation())
+        late = admission.enter("b")
+        with pytest.raises(ApiError) as timed_out:
+            await late.acquire(Cancellation())
+        late.release()
+        assert timed_out.value.status == 503 and timed_out.value.code == "queue_timeout"
+        assert admission.stats().queued == 0
+        held.release()
+        assert admission.stats().active == 0
+
+    asyncio.run(scenario())
 
 
-def test_metrics_text_format() -> None:
-    metrics = Metrics()
-    metrics.describe("x_total", "counter", "Things")
-    metrics.describe("t_seconds", "histogram", "Times", (0.1, 1.0))
-    metrics.inc("x_total", 2, {"route": '/a"b'})
-    metrics.observe("t_seconds", 0.5)
-    metrics.observe("t_seconds", 5.0)
-    metrics.add_collector(lambda: [("g", "Gauge", {"state": "live"}, 3.0)])
-    text = metrics.render()
-    assert '# TYPE x_total counter\nx_total{route="/a\\"b"} 2\n' in text
-    assert 't_seconds_bucket{le="0.1"} 0' in text
-    assert 't_seconds_bucket{le="1"} 1' in text
-    assert 't_seconds_bucket{le="+Inf"} 2' in text
-    assert "t_seconds_sum 5.5" in text and "t_seconds_count 2" in text
-    assert '# TYPE g gauge\ng{state="live"} 3' in text
+def test_a_request_whose_client_leaves_stops_queueing_at_once() -> None:
+    async def scenario() -> None:
+        admission = Admission(parallel=1, max_queue=4, queue_timeout_s=60)
+        held = admission.enter("a")
+        await held.acquire(Cancellation())
+        cancel = Cancellation()
+        queued = admission.enter("a")
+        waiting = asyncio.create_task(queued.acquire(cancel))
+        await asyncio.sleep(0.01)
+        started = time.perf_counter()
+        cancel.cancel(CLIENT_GONE)
+        with pytest.raises(Cancelled) as stopped:
+            await waiting
+        assert stopped.value.reason == CLIENT_GONE and time.perf_counter() - started < 1
+        queued.release()
+        assert admission.stats().queued == 0
+        held.release()
+        again = admission.enter("a")  # the workspace is free again
+        await asyncio.wait_for(again.acquire(Cancellation()), 1)
+        again.release()
+        assert admission.stats().active == 0
+
+    asyncio.run(scenario())
 
 
 @pytest.mark.parametrize(("text", "value"), [("1024", 1024), ("2K", 2048), ("1.5G", 3 << 29), ("512MiB", 512 << 20)])

@@ -35,7 +35,6 @@ __all__ = [
     "ChatTemplateError",
     "SplitPrompt",
     "discover_special_tokens",
-    "messages_from_mappings",
 ]
 
 # llama.cpp's fallback when a model carries no template (common/chat.cpp, CHATML_TEMPLATE_SRC).

@@ -9,11 +9,8 @@ import argparse
 import json
 import os
 import re
-import signal
 import sys
-import threading
 from pathlib import Path
-from types import FrameType
 
 from .common import add_model_options, config_from_args
 
@@ -70,11 +67,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not prefill a chat answer ahead of the next turn (after the response is sent)",
     )
+    connections = parser.add_argument_group("connections")
+    connections.add_argument(
+        "--max-connections", type=int, default=256, help="open connections; more get 503 (default: %(default)s)"
+    )
+    connections.add_argument(
+        "--keep-alive-timeout", type=float, default=15.0, help="idle seconds before a connection is closed"
+    )
+    connections.add_argument(
+        "--header-timeout", type=float, default=10.0, help="seconds for a request's line and headers to arrive"
+    )
+    connections.add_argument("--body-timeout", type=float, default=60.0, help="seconds for a request body to arrive")
+    connections.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="on SIGTERM/SIGINT: seconds in-flight requests may take before they are cancelled (a second signal "
+        "exits at once)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no per-request JSON log lines on stderr")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..server import ServerSettings, build_app, make_server
+    from ..server import ServerSettings, bind, build_runtime, serve
 
     if args.threads == 0:  # llama.cpp's spinning barriers make oversubscribed cores very slow
         args.threads = max(1, (os.cpu_count() or 1) // max(args.parallel, 1))
@@ -92,46 +107,43 @@ def run(args: argparse.Namespace) -> int:
         aliases=tuple(args.alias),
         log_requests=not args.quiet,
         warm_next=not args.no_warm_next,
+        max_connections=args.max_connections,
+        keep_alive_s=args.keep_alive_timeout,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        shutdown_timeout_s=args.shutdown_timeout,
     )
-    app = build_app(
-        settings,
-        args.model,
-        config_from_args(args),
-        store_dir=args.store_dir,
-        memory_budget_bytes=args.memory_budget,
-        disk_budget_bytes=args.disk_budget,
-        max_live=args.max_live,
-    )
-    server = make_server(app)
-    host, port = str(server.server_address[0]), int(server.server_address[1])
-    shown = f"[{host}]" if ":" in host else host
-    print(
-        json.dumps(
-            {
-                "event": "listening",
-                "url": f"http://{shown}:{port}",
-                "model": app.model_id,
-                "num_ctx": app.num_ctx,
-                "api_key": bool(settings.api_key),
-                "cors_origins": list(settings.cors_origins),
-                "chat_template": "chatml (fallback: the model has none)"
-                if app.template.fallback
-                else "the model's own",
-            }
-        ),
-        file=sys.stderr,
-        flush=True,
-    )
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
+    sock = bind(settings.host, settings.port)
     try:
-        server.serve_forever(poll_interval=0.2)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-        app.close()
+        runtime = build_runtime(
+            settings,
+            args.model,
+            config_from_args(args),
+            store_dir=args.store_dir,
+            memory_budget_bytes=args.memory_budget,
+            disk_budget_bytes=args.disk_budget,
+            max_live=args.max_live,
+        )
+    except BaseException:
+        sock.close()
+        raise
+    host, port = str(sock.getsockname()[0]), int(sock.getsockname()[1])
+    shown = f"[{host}]" if ":" in host else host
+
+    def listening() -> None:
+        line = {
+            "event": "listening",
+            "url": f"http://{shown}:{port}",
+            "model": runtime.model_id,
+            "num_ctx": runtime.num_ctx,
+            "api_key": bool(settings.api_key),
+            "cors_origins": list(settings.cors_origins),
+            "chat_template": "chatml (fallback: the model has none)"
+            if runtime.template.fallback
+            else "the model's own",
+        }
+        print(json.dumps(line), file=sys.stderr, flush=True)
+
+    serve(runtime, sock, listening)
+    print(json.dumps({"event": "stopped", "checkpointed": True}), file=sys.stderr, flush=True)
     return 0

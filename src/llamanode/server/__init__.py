@@ -1,8 +1,14 @@
 """`llamanode serve`: an OpenAI-compatible HTTP server over pooled, persistent KV sessions.
 
-app = build_app(ServerSettings(port=0), model_path=None, config=Config())
-server = make_server(app)        # bound; server.server_address has the port
-server.serve_forever()
+runtime = build_runtime(ServerSettings(port=0), model_path=None, config=Config())
+sock = bind(runtime.settings.host, runtime.settings.port)   # sock.getsockname() has the port
+serve(runtime, sock, on_started=lambda: ...)                  # until SIGTERM/SIGINT; then checkpoints
+
+An API is one router module (openai_api.py, native_api.py, ops_api.py): pydantic request models
+(schemas.py) and response models (responses.py), the shared checks in prepare.py, generations through
+engine.generation() and, when streamed, streaming.stream_generation() with the API's StreamEncoder.
+A new API adds its router in asgi.create_app, its error shape by path prefix in errors._SHAPES and its
+streamed event models in responses.STREAM_MODELS.
 """
 
 from __future__ import annotations
@@ -12,11 +18,24 @@ from pathlib import Path
 from ..config import Config
 from ..pool import SessionPool
 from ..session import default_model_path
-from .app import App, Route, ServerSettings, make_server
+from .asgi import create_app
 from .errors import ApiError
 from .model_info import ModelProbe
+from .runtime import Runtime
+from .serving import bind, serve
+from .settings import ServerSettings
 
-__all__ = ["DEFAULT_MAX_LIVE", "ApiError", "App", "Route", "ServerSettings", "build_app", "make_server", "open_pool"]
+__all__ = [
+    "DEFAULT_MAX_LIVE",
+    "ApiError",
+    "Runtime",
+    "ServerSettings",
+    "bind",
+    "build_runtime",
+    "create_app",
+    "open_pool",
+    "serve",
+]
 
 DEFAULT_MAX_LIVE = 8
 
@@ -42,7 +61,7 @@ def open_pool(
     return pool
 
 
-def build_app(
+def build_runtime(
     settings: ServerSettings,
     model_path: str | Path | None = None,
     config: Config | None = None,
@@ -51,13 +70,13 @@ def build_app(
     memory_budget_bytes: int | None = None,
     disk_budget_bytes: int | None = None,
     max_live: int = DEFAULT_MAX_LIVE,
-) -> App:
+) -> Runtime:
     """Load the model, open the pool and compile the chat template. The model is fixed from here on."""
     config = config or Config()
     path = str(model_path or default_model_path())
     pool = open_pool(path, config, store_dir, memory_budget_bytes, disk_budget_bytes, max_live)
     try:
-        return App(settings, pool, ModelProbe(pool.backend), config)
+        return Runtime(settings, pool, ModelProbe(pool.backend), config)
     except BaseException:
         pool.close()
         raise

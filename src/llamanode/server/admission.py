@@ -3,20 +3,22 @@
 A request first queues for its workspace (requests to one workspace are serialized), then for a
 compute slot (different workspaces run concurrently, at most `parallel` at once). When the queue
 is full a request is refused at once (429 with Retry-After); one that waits longer than
-`queue_timeout_s` is refused with 503. Neither touches any workspace.
+`queue_timeout_s` is refused with 503; one whose client leaves while it waits stops waiting.
+None of them touches any workspace. Everything here runs on the event loop.
 """
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
+from .call import Cancellation, Cancelled
 from .errors import ApiError
 
-__all__ = ["Admission", "AdmissionStats"]
+__all__ = ["Admission", "AdmissionStats", "Ticket"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,9 @@ class AdmissionStats:
 
 class _WorkspaceLock:
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        # A semaphore of one, not a Lock: its locked() is exact ("cannot be acquired without waiting",
+        # waiters included), which the no-wait path in _wait relies on.
+        self.lock = asyncio.Semaphore(1)
         self.users = 0
 
 
@@ -40,73 +44,43 @@ class Admission:
         self.parallel = parallel
         self.max_queue = max_queue
         self.queue_timeout_s = queue_timeout_s
-        self._slots = threading.BoundedSemaphore(parallel)
-        self._guard = threading.Lock()
+        self._slots = asyncio.Semaphore(parallel)
         self._workspaces: dict[str, _WorkspaceLock] = {}
-        self._queued = 0
-        self._active = 0
+        self.queued = 0
+        self.active = 0
 
     def stats(self) -> AdmissionStats:
-        with self._guard:
-            return AdmissionStats(self._queued, self._active, self.parallel, self.max_queue)
+        return AdmissionStats(self.queued, self.active, self.parallel, self.max_queue)
 
-    @contextmanager
-    def slot(self, workspace: str | None) -> Iterator[float]:
-        """Hold the workspace (if any) and a compute slot; yields the seconds spent queued."""
-        started = time.perf_counter()
-        with self._guard:
-            if self._queued >= self.max_queue and not self._free_now(workspace):
-                raise ApiError(
-                    429,
-                    f"server busy: {self._queued} requests already queued (limit {self.max_queue}); retry later",
-                    "rate_limit_error",
-                    "queue_full",
-                    headers={"Retry-After": "1"},
-                )
-            self._queued += 1
-            entry = self._workspaces.setdefault(workspace, _WorkspaceLock()) if workspace is not None else None
-            if entry is not None:
-                entry.users += 1
-        held_ws = held_slot = False
-        try:
-            deadline = started + self.queue_timeout_s
-            if entry is not None:
-                held_ws = entry.lock.acquire(timeout=max(deadline - time.perf_counter(), 0.0))
-                if not held_ws:
-                    raise self._timeout()
-            held_slot = self._slots.acquire(timeout=max(deadline - time.perf_counter(), 0.0))
-            if not held_slot:
-                raise self._timeout()
-            with self._guard:
-                self._queued -= 1
-                self._active += 1
-            try:
-                yield time.perf_counter() - started
-            finally:
-                with self._guard:
-                    self._active -= 1
-        except BaseException:
-            if not held_slot:
-                with self._guard:
-                    self._queued -= 1
-            raise
-        finally:
-            if held_slot:
-                self._slots.release()
-            if entry is not None:
-                if held_ws:
-                    entry.lock.release()
-                with self._guard:
-                    entry.users -= 1
-                    if entry.users == 0:
-                        self._workspaces.pop(workspace, None)  # type: ignore[arg-type]
+    def enter(self, workspace: str | None) -> Ticket:
+        """Join the queue, or raise 429 at once when it is full (unless this request would not wait)."""
+        if self.queued >= self.max_queue and not self._free_now(workspace):
+            raise ApiError(
+                429,
+                f"server busy: {self.queued} requests already queued (limit {self.max_queue}); retry later",
+                "rate_limit_error",
+                "queue_full",
+                headers={"Retry-After": "1"},
+            )
+        entry = None
+        if workspace is not None:
+            entry = self._workspaces.setdefault(workspace, _WorkspaceLock())
+            entry.users += 1
+        self.queued += 1
+        return Ticket(self, workspace, entry)
 
     def _free_now(self, workspace: str | None) -> bool:
         """True when the request would not wait at all (so a full queue need not refuse it)."""
         busy_ws = workspace is not None and workspace in self._workspaces
-        return not busy_ws and self._active < self.parallel
+        return not busy_ws and self.active < self.parallel
 
-    def _timeout(self) -> ApiError:
+    def _forget(self, workspace: str | None, entry: _WorkspaceLock | None) -> None:
+        if workspace is not None and entry is not None:
+            entry.users -= 1
+            if entry.users == 0:
+                self._workspaces.pop(workspace, None)
+
+    def timeout_error(self) -> ApiError:
         return ApiError(
             503,
             f"server busy: waited {self.queue_timeout_s:.0f} s in the queue; retry later",
@@ -114,3 +88,89 @@ class Admission:
             "queue_timeout",
             headers={"Retry-After": "5"},
         )
+
+
+class Ticket:
+    """A place in the queue: acquire() waits for the workspace and a slot; release() gives back what is held."""
+
+    def __init__(self, admission: Admission, workspace: str | None, entry: _WorkspaceLock | None) -> None:
+        self._admission = admission
+        self._workspace = workspace
+        self._entry = entry
+        self._started = time.perf_counter()
+        self._held_ws = False
+        self._held_slot = False
+        self._released = False
+
+    async def acquire(self, cancel: Cancellation) -> float:
+        """Wait (at most queue_timeout_s) for the workspace, then a compute slot; the seconds queued.
+
+        Raises Cancelled when `cancel` fires first, the 503 ApiError on timeout; release() either way.
+        """
+        deadline = self._started + self._admission.queue_timeout_s
+        if self._entry is not None:
+            lock = self._entry.lock
+            self._held_ws = await _wait(lock.locked, lock.acquire, lock.release, cancel, deadline)
+            if not self._held_ws:
+                raise self._refusal(cancel)
+        slots = self._admission._slots
+        self._held_slot = await _wait(slots.locked, slots.acquire, slots.release, cancel, deadline)
+        if not self._held_slot:
+            raise self._refusal(cancel)
+        self._admission.queued -= 1
+        self._admission.active += 1
+        return time.perf_counter() - self._started
+
+    def _refusal(self, cancel: Cancellation) -> Exception:
+        return Cancelled(cancel.reason) if cancel.reason is not None else self._admission.timeout_error()
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        admission = self._admission
+        if self._held_slot:
+            admission.active -= 1
+            admission._slots.release()
+        else:
+            admission.queued -= 1
+        if self._held_ws and self._entry is not None:
+            self._entry.lock.release()
+        admission._forget(self._workspace, self._entry)
+
+
+async def _wait(
+    busy: Callable[[], bool],
+    acquire: Callable[[], Awaitable[Any]],
+    release: Callable[[], None],
+    cancel: Cancellation,
+    deadline: float,
+) -> bool:
+    """acquire() unless cancel fires or the deadline passes first; True when acquired."""
+    if cancel.reason is not None:
+        return False
+    if not busy():
+        await acquire()  # free: returns without suspending (asyncio.Semaphore.locked() counts waiters)
+        return True
+    waiter = asyncio.ensure_future(acquire())
+    stop = asyncio.ensure_future(cancel.wait())
+    try:
+        timeout = max(deadline - time.perf_counter(), 0.0)
+        done, _ = await asyncio.wait({waiter, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this task was cancelled: leave nothing held
+        _abandon(waiter, release)
+        raise
+    finally:
+        stop.cancel()
+    if waiter in done:
+        return True
+    _abandon(waiter, release)
+    return False
+
+
+def _abandon(waiter: asyncio.Future[Any], release: Callable[[], None]) -> None:
+    """Stop waiting; if the acquire completed after all, give it back."""
+    if not waiter.done():
+        waiter.cancel()
+    elif not waiter.cancelled() and waiter.exception() is None:
+        release()

@@ -1,28 +1,34 @@
-"""Runs generations on pooled workspaces: admission, lease, prefix, suffix, decode, metrics.
+"""Runs work on pooled workspaces: admission, then the blocking part on the compute executor.
 
-`Engine.start` does everything that can fail before the first token (and raises); the Job it
-returns streams chunks while holding the workspace lease and a compute slot, and gives both
-back when it ends or is closed (a client that went away closes it).
+`Engine.generation(call, plan)` queues a generation (429 at once when the queue is full) and returns
+a `Generation`: iterating it waits for admission, then streams prefill progress and decoded chunks
+from a worker thread that holds the workspace's lease. `Engine.run(call, workspace, fn)` does the
+same for one short blocking call (the native session routes, embeddings).
 """
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, ExitStack
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Executor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from ..config import DecodeConfig
 from ..errors import ContextOverflowError, LlamaNodeError
 from ..kvsession import KVSession
 from ..session import DecodeReport, PrefillProgress, PrefixStatus, StreamChunk, SuffixStatus
-from .admission import Admission
-from .http import ClientGone, Request
-from .metrics import TPS_BUCKETS, TTFT_BUCKETS, Metrics
+from .admission import Admission, Ticket
+from .bridge import Bridge
+from .call import Call, Cancelled
+from .metrics import Metrics
 
-__all__ = ["Engine", "Job", "PoolLike", "Usage"]
+__all__ = ["Engine", "Generation", "Plan", "PoolLike", "Queued", "Usage"]
+
+T = TypeVar("T")
+KEEPALIVE_S = 10.0  # while queued, a generation reports it this often (streams send an SSE comment)
 
 
 class PoolLike(Protocol):
@@ -53,230 +59,229 @@ class Usage:
     cached_tokens: int
     completion_tokens: int
 
-    def openai(self) -> dict[str, Any]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
-        }
+
+@dataclass(frozen=True)
+class Queued:
+    """Still waiting for the workspace or a compute slot."""
+
+    waited_s: float
 
 
-class Job:
-    """One generation in flight. Iterate for chunks; close() releases the workspace."""
+@dataclass(frozen=True)
+class Plan:
+    """What to generate. segments None: decode from whatever the workspace holds (native decode).
 
-    def __init__(
-        self,
-        engine: Engine,
-        request: Request,
-        workspace: str,
-        prefix: PrefixStatus | None,
-        suffix: SuffixStatus | None,
-        chunks: Iterator[StreamChunk],
-        stack: ExitStack,
-        session: KVSession,
-    ) -> None:
+    config.max_tokens None means "up to the end of the context": it becomes the room left.
+    after(session, answer) runs once the whole answer reached the client, still holding the lease;
+    it returns the tokens it prefilled.
+    """
+
+    workspace: str
+    segments: tuple[tuple[str, str], ...] | None
+    suffix: str | None
+    config: DecodeConfig
+    after: Callable[[KVSession, str], int] | None = None
+
+
+Event = PrefillProgress | StreamChunk | Queued
+
+
+class Generation:
+    """One generation: iterate events(); the Call closes it when the request ends."""
+
+    def __init__(self, engine: Engine, call: Call, plan: Plan, ticket: Ticket) -> None:
         self.engine = engine
-        self.session = session
-        self.after_success: Callable[[KVSession], None] | None = None
-        self.request = request
-        self.workspace = workspace
-        self.prefix = prefix
-        self.suffix = suffix
+        self.call = call
+        self.plan = plan
+        self.workspace = plan.workspace
+        self.prefix: PrefixStatus | None = None
+        self.suffix: SuffixStatus | None = None
         self.report: DecodeReport | None = None
         self.finish_reason: str | None = None
-        self.generated = 0
-        self.cancelled = False
         self.error: LlamaNodeError | None = None
+        self.generated = 0
         self._parts: list[str] = []
-        self._chunks = chunks
-        self._stack = stack
         self._first_at: float | None = None
-        self._closed = False
-
-    @property
-    def prompt_tokens(self) -> int:
-        if self.suffix is not None:
-            return self.suffix.resident_tokens
-        return self.prefix.resident_tokens if self.prefix is not None else 0
-
-    @property
-    def cached_tokens(self) -> int:
-        return self.prefix.reused_tokens if self.prefix is not None else 0
-
-    def usage(self) -> Usage:
-        return Usage(self.prompt_tokens, self.cached_tokens, self.generated)
-
-    def __iter__(self) -> Iterator[StreamChunk]:
-        """Chunks until the final one. An early end (error, client gone) closes the job at once;
-        a complete one leaves closing to the owner, after the response is written."""
-        try:
-            for chunk in self._chunks:
-                if self._first_at is None:
-                    self._first_at = time.perf_counter()
-                self.generated += len(chunk.token_ids)
-                self._parts.append(chunk.text)
-                if chunk.report is not None:
-                    self.report = chunk.report
-                    self.generated = chunk.report.generated_tokens
-                    self.finish_reason = chunk.finish_reason
-                    self.error = chunk.error
-                yield chunk
-                if chunk.finish_reason is None and self.request.client_gone():
-                    raise ClientGone()
-        except BaseException:
-            if self.report is None:  # closed before the final chunk: the client went away (or a failure)
-                self.cancelled = True
-                self.request.log["client_gone"] = True
-            self.close()
-            raise
+        self._ticket = ticket
+        self._bridge: Bridge[Event] = Bridge(engine.executor, call.cancel)
+        call.on_close(self.close)
 
     @property
     def text(self) -> str:
         return "".join(self._parts)
 
-    @property
-    def completed(self) -> bool:
-        return self.report is not None and self.error is None and not self.cancelled
+    def usage(self) -> Usage:
+        if self.suffix is not None:
+            prompt = self.suffix.resident_tokens
+        else:
+            prompt = self.prefix.resident_tokens if self.prefix is not None else 0
+        cached = self.prefix.reused_tokens if self.prefix is not None else 0
+        return Usage(prompt, cached, self.generated)
 
-    def close(self) -> None:
-        """Release the workspace. After a complete generation, run after_success first (still leased)."""
-        if self._closed:
-            return
-        self._closed = True
+    async def events(self) -> AsyncIterator[Event]:
+        """Queued ticks, then prefill progress and chunks; raises what stopped it (Cancelled, typed errors)."""
+        waiting = asyncio.ensure_future(self._ticket.acquire(self.call.cancel))
         try:
-            close = getattr(self._chunks, "close", None)
-            if close is not None:
-                close()
-            self.engine.finished(self)
-            if self.after_success is not None and self.completed and not self.request.log.get("client_gone"):
-                started = time.perf_counter()
-                try:
-                    self.after_success(self.session)
-                except LlamaNodeError as exc:  # only a warm-up: the answer is already out
-                    self.request.log["after_error"] = type(exc).__name__
-                self.request.log["after_ms"] = round((time.perf_counter() - started) * 1000, 2)
+            while not waiting.done():
+                done, _ = await asyncio.wait({waiting}, timeout=KEEPALIVE_S)
+                if not done:
+                    yield Queued(time.perf_counter() - self.call.started)
         finally:
-            self._stack.close()
+            if not waiting.done():
+                waiting.cancel()
+        self.engine.record_wait(self.call, waiting.result())
+        self._bridge.start(self._work)
+        while (event := await self._bridge.get()) is not None:
+            yield event
+            if isinstance(event, StreamChunk) and event.finish_reason is not None:
+                return  # the worker now waits for the response to be delivered (see close())
+
+    async def close(self) -> None:
+        """Wait for the worker (it runs `after` first if the answer was delivered) and free the slot."""
+        try:
+            await self._bridge.finish(delivered=self.call.response_complete and self.report is not None)
+        finally:
+            self._ticket.release()
+
+    # -- the worker thread ---------------------------------------------------------------------
+    def _work(self, bridge: Bridge[Event]) -> None:
+        plan = self.plan
+        try:
+            with self.engine.pool.session(plan.workspace) as session:
+                config = plan.config
+                if plan.segments is not None:
+                    config = self._prefill(bridge, session, plan.segments, plan.suffix, config)
+                chunks = session.decode(config)
+                try:
+                    for chunk in chunks:
+                        self._count(chunk)
+                        bridge.emit(chunk)
+                finally:
+                    chunks.close()
+                # Idle (without the GIL) until the answer is out; releasing the lease is Python work
+                # that would otherwise compete with the event loop writing the response.
+                delivered = bridge.delivered()
+                if plan.after is not None and self.error is None and delivered:
+                    self._after(plan.after, session)
+        finally:
+            self.engine.finished(self)
+
+    def _prefill(
+        self,
+        bridge: Bridge[Event],
+        session: KVSession,
+        segments: tuple[tuple[str, str], ...],
+        suffix: str | None,
+        config: DecodeConfig,
+    ) -> DecodeConfig:
+        def progress(report: PrefillProgress) -> None:
+            if report.done_tokens < report.total_tokens:
+                try:
+                    bridge.emit(report)
+                except Cancelled:
+                    self.call.log["cancelled_in"] = report.stage
+                    raise
+
+        self.prefix = session.ensure_prefix(session.prefix(segments), on_progress=progress)
+        self.engine.record_prefix(self.call, self.prefix)
+        resident, available = self.prefix.resident_tokens, self.prefix.available_tokens
+        if suffix:
+            self.suffix = session.prefill_suffix(session.suffix(suffix), on_progress=progress)
+            self.engine.record_suffix(self.call, self.suffix)
+            resident, available = self.suffix.resident_tokens, self.suffix.available_tokens
+        bridge.check()
+        if config.max_tokens is None:
+            if available < 1:
+                raise ContextOverflowError("decode", resident, 1, session.num_ctx)
+            config = config.replace(max_tokens=available)
+        return config
+
+    def _count(self, chunk: StreamChunk) -> None:
+        if self._first_at is None:
+            self._first_at = time.perf_counter()
+        self.generated += len(chunk.token_ids)
+        self._parts.append(chunk.text)
+        if chunk.report is not None:
+            self.report = chunk.report
+            self.generated = chunk.report.generated_tokens
+            self.finish_reason = chunk.finish_reason
+            self.error = chunk.error
+
+    def _after(self, after: Callable[[KVSession, str], int], session: KVSession) -> None:
+        started = time.perf_counter()
+        try:
+            self.call.log["warm_next_tokens"] = after(session, self.text)
+        except LlamaNodeError as exc:  # only a warm-up: the answer is already out
+            self.call.log["after_error"] = type(exc).__name__
+        self.call.log["after_ms"] = round((time.perf_counter() - started) * 1000, 2)
 
     @property
     def ttft_s(self) -> float | None:
-        return None if self._first_at is None else self._first_at - self.request.started
-
-
-def _cancel_when_gone(request: Request) -> Callable[[PrefillProgress], None]:
-    """A prefill progress callback that abandons the prefill (after a chunk) once the client is gone."""
-
-    def check(progress: PrefillProgress) -> None:
-        if progress.done_tokens < progress.total_tokens and request.client_gone():
-            request.log["client_gone"] = True
-            request.log["cancelled_in"] = progress.stage
-            raise ClientGone()
-
-    return check
+        return None if self._first_at is None else self._first_at - self.call.started
 
 
 class Engine:
-    def __init__(self, pool: PoolLike, admission: Admission, metrics: Metrics, num_ctx: int) -> None:
+    def __init__(self, pool: PoolLike, admission: Admission, metrics: Metrics, executor: Executor) -> None:
         self.pool = pool
         self.admission = admission
         self.metrics = metrics
-        self.num_ctx = num_ctx
-        self._lock = threading.Lock()
-        m = metrics
-        m.describe("llamanode_prompt_tokens_reused_total", "counter", "Prompt tokens reused from a warm prefix")
-        m.describe(
-            "llamanode_prompt_tokens_prefilled_total", "counter", "Prompt tokens prefilled (prefix tail + suffix)"
-        )
-        m.describe("llamanode_generated_tokens_total", "counter", "Tokens generated")
-        m.describe("llamanode_generations_total", "counter", "Generations by outcome")
-        m.describe("llamanode_ttft_seconds", "histogram", "Request arrival to first token", TTFT_BUCKETS)
-        m.describe("llamanode_decode_tokens_per_second", "histogram", "Decode speed per generation", TPS_BUCKETS)
-        m.describe("llamanode_queue_wait_seconds", "histogram", "Time spent queued before running")
+        self.executor = executor
 
-    def lease(self, request: Request, workspace: str) -> tuple[ExitStack, KVSession]:
-        """Admission, then the pool's exclusive lease; the caller must close the stack."""
-        stack = ExitStack()
+    def generation(self, call: Call, plan: Plan) -> Generation:
+        """Queue a generation (429 at once when the queue is full); iterate its events() to run it."""
+        call.log["workspace"] = plan.workspace
+        return Generation(self, call, plan, self.admission.enter(plan.workspace))
+
+    async def run(self, call: Call, workspace: str | None, fn: Callable[[], T]) -> T:
+        """fn() on the compute executor, once admitted for the workspace (None: any slot)."""
+        ticket = self.admission.enter(workspace)
         try:
-            waited = stack.enter_context(self.admission.slot(workspace))
-            self.metrics.observe("llamanode_queue_wait_seconds", waited)
-            request.log["queued_ms"] = round(waited * 1000, 2)
-            session = stack.enter_context(self.pool.session(workspace))
-        except BaseException:
-            stack.close()
-            raise
-        return stack, session
+            self.record_wait(call, await ticket.acquire(call.cancel))
+            return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
+        finally:
+            ticket.release()
 
-    def start(
-        self,
-        request: Request,
-        workspace: str,
-        segments: Sequence[tuple[str, str]],
-        suffix: str | None,
-        config: DecodeConfig,
-        on_leased: Callable[[KVSession], None] | None = None,
-    ) -> Job:
-        """Prefix, suffix, then open the decode stream; any error raises with nothing leased.
+    async def with_session(self, call: Call, workspace: str, fn: Callable[[KVSession], T]) -> T:
+        """fn(session) on the compute executor, holding the workspace's lease."""
 
-        config.max_tokens None means "up to the end of the context": it becomes the room left.
-        """
-        request.log["workspace"] = workspace
-        stack, session = self.lease(request, workspace)
-        try:
-            if on_leased is not None:
-                on_leased(session)
-            cancel = _cancel_when_gone(request)
-            prefix = session.ensure_prefix(session.prefix(tuple(segments)), on_progress=cancel)
-            self.record_prefix(request, prefix)
-            suffix_status = None
-            if suffix:
-                suffix_status = session.prefill_suffix(session.suffix(suffix), on_progress=cancel)
-                self.metrics.inc("llamanode_prompt_tokens_prefilled_total", suffix_status.suffix_tokens)
-                request.log["suffix_tokens"] = suffix_status.suffix_tokens
-            resident = suffix_status.resident_tokens if suffix_status else prefix.resident_tokens
-            available = suffix_status.available_tokens if suffix_status else prefix.available_tokens
-            if config.max_tokens is None:
-                if available < 1:
-                    raise ContextOverflowError("decode", resident, 1, session.num_ctx)
-                config = config.replace(max_tokens=available)
-            chunks = session.decode(config)
-        except BaseException:
-            stack.close()
-            raise
-        return Job(self, request, workspace, prefix, suffix_status, chunks, stack, session)
+        def leased() -> T:
+            with self.pool.session(workspace) as session:
+                return fn(session)
 
-    def stream_only(self, request: Request, workspace: str, config: DecodeConfig) -> Job:
-        """Decode from whatever the workspace holds (the native decode route)."""
-        request.log["workspace"] = workspace
-        stack, session = self.lease(request, workspace)
-        try:
-            chunks = session.decode(config)
-        except BaseException:
-            stack.close()
-            raise
-        return Job(self, request, workspace, None, None, chunks, stack, session)
+        call.log["workspace"] = workspace
+        return await self.run(call, workspace, leased)
 
-    def record_prefix(self, request: Request, prefix: PrefixStatus) -> None:
-        self.metrics.inc("llamanode_prompt_tokens_reused_total", prefix.reused_tokens)
-        self.metrics.inc("llamanode_prompt_tokens_prefilled_total", prefix.prefilled_tokens)
-        request.log.update(
+    def record_wait(self, call: Call, waited_s: float) -> None:
+        self.metrics.queue_wait.observe(waited_s)
+        call.log["queued_ms"] = round(waited_s * 1000, 2)
+
+    def record_prefix(self, call: Call, prefix: PrefixStatus) -> None:
+        self.metrics.prompt_tokens_reused.inc(prefix.reused_tokens)
+        self.metrics.prompt_tokens_prefilled.inc(prefix.prefilled_tokens)
+        call.log.update(
             reused_tokens=prefix.reused_tokens,
             prefilled_tokens=prefix.prefilled_tokens,
             prefix_tokens=prefix.prefix_tokens,
             prefix_prefill_ms=round(prefix.prefill_s * 1000, 2),
         )
 
-    def finished(self, job: Job) -> None:
+    def record_suffix(self, call: Call, suffix: SuffixStatus) -> None:
+        self.metrics.prompt_tokens_prefilled.inc(suffix.suffix_tokens)
+        call.log["suffix_tokens"] = suffix.suffix_tokens
+
+    def finished(self, generation: Generation) -> None:
         m = self.metrics
-        outcome = "cancelled" if job.cancelled else (job.finish_reason or "error")
-        m.inc("llamanode_generations_total", labels={"outcome": outcome})
-        m.inc("llamanode_generated_tokens_total", job.generated)
-        log = job.request.log
-        log["generated_tokens"] = job.generated
+        cancelled = generation.report is None and generation.call.cancel.reason is not None
+        outcome = "cancelled" if cancelled else (generation.finish_reason or "error")
+        m.generations.labels(outcome=outcome).inc()
+        m.generated_tokens.inc(generation.generated)
+        log = generation.call.log
+        log["generated_tokens"] = generation.generated
         log["finish"] = outcome
-        if job.ttft_s is not None:
-            m.observe("llamanode_ttft_seconds", job.ttft_s)
-            log["ttft_ms"] = round(job.ttft_s * 1000, 2)
-        if job.report is not None and job.report.generated_tokens > 1:
-            m.observe("llamanode_decode_tokens_per_second", job.report.tokens_per_s)
-            log["decode_tps"] = round(job.report.tokens_per_s, 1)
+        if generation.ttft_s is not None:
+            m.ttft.observe(generation.ttft_s)
+            log["ttft_ms"] = round(generation.ttft_s * 1000, 2)
+        report = generation.report
+        if report is not None and report.generated_tokens > 1:
+            m.decode_tps.observe(report.tokens_per_s)
+            log["decode_tps"] = round(report.tokens_per_s, 1)

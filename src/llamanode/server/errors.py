@@ -1,13 +1,15 @@
-"""HTTP errors in OpenAI's shape. Typed llamanode errors map to a status through ONE table.
+"""HTTP errors: one ApiError, ONE table from typed llamanode errors to status, and per-API error shapes.
 
-Classification walks the exception's class hierarchy (most specific class first); message
-text is never inspected.
+Classification walks the exception's class hierarchy (most specific class first); message text is
+never inspected. An error's wire shape depends on the API the path belongs to (OpenAI's so far).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from starlette.exceptions import HTTPException
 
 from ..chat import ChatTemplateError
 from ..errors import (
@@ -27,32 +29,50 @@ from ..errors import (
     SnapshotMismatchError,
     UnsupportedFeatureError,
 )
+from .schemas import WORKSPACE_HEADER
 
-__all__ = ["ERROR_TABLE", "ApiError", "from_exception"]
-
-
-@dataclass
-class ApiError(Exception):
-    """An error response: status, OpenAI error object, extra headers."""
-
-    status: int
-    message: str
-    type: str = "invalid_request_error"
-    code: str | None = None
-    param: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        super().__init__(self.message)
-
-    def body(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
-        error.update(self.details)
-        return {"error": error}
+__all__ = [
+    "ERROR_TABLE",
+    "ApiError",
+    "ErrorShape",
+    "from_exception",
+    "from_validation",
+    "openai_error",
+    "shape_for",
+    "shutting_down",
+]
 
 
-# exception class -> (HTTP status, OpenAI error type, code). Looked up along the MRO.
+class ApiError(HTTPException):
+    """An error response: status, error type and code, extra headers and detail fields.
+
+    A Starlette HTTPException, so FastAPI lets it through its own body handling unchanged.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(status_code=status, detail=message, headers=dict(headers or {}))
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.headers: dict[str, str] = dict(headers or {})
+        self.details: dict[str, Any] = dict(details or {})
+
+    def __repr__(self) -> str:
+        return f"ApiError({self.status}, {self.message!r}, code={self.code!r})"
+
+
+# exception class -> (HTTP status, error type, code). Looked up along the MRO.
 ERROR_TABLE: dict[type[BaseException], tuple[int, str, str]] = {
     ContextOverflowError: (400, "invalid_request_error", "context_length_exceeded"),
     ChatTemplateError: (400, "invalid_request_error", "invalid_messages"),
@@ -71,11 +91,6 @@ ERROR_TABLE: dict[type[BaseException], tuple[int, str, str]] = {
     SnapshotError: (500, "server_error", "snapshot_error"),
     LlamaNodeError: (500, "server_error", "internal_error"),
 }
-
-
-def register_error(cls: type[BaseException], status: int, type_: str, code: str) -> None:
-    """Add a row (for error classes defined by other modules, such as the workspace pool)."""
-    ERROR_TABLE[cls] = (status, type_, code)
 
 
 def from_exception(exc: BaseException, param: str | None = None) -> ApiError:
@@ -106,3 +121,66 @@ def from_exception(exc: BaseException, param: str | None = None) -> ApiError:
         headers["Retry-After"] = "5"
     message = str(exc) if isinstance(exc, LlamaNodeError) else "internal server error"
     return ApiError(status, message, type_, code, param, headers, details)
+
+
+def shutting_down() -> ApiError:
+    return ApiError(
+        503,
+        "the server is shutting down; retry later",
+        "server_error",
+        "server_shutting_down",
+        headers={"Retry-After": "5"},
+    )
+
+
+# Validation failures on these parameters get a more specific code than invalid_value.
+_PARAM_CODES = {"id": "invalid_workspace", WORKSPACE_HEADER.lower(): "invalid_workspace"}
+_NOT_AN_OBJECT = {"model_type", "model_attributes_type", "dict_type", "dataclass_type"}
+
+
+def from_validation(errors: Sequence[Mapping[str, Any]]) -> ApiError:
+    """A 400 for the first problem FastAPI/pydantic found in a request (never FastAPI's 422)."""
+    first = errors[0]
+    where, loc = _split_loc(first.get("loc", ()))
+    kind = str(first.get("type", ""))
+    name = ".".join(str(part) for part in loc)
+    if kind == "json_invalid":
+        reason = (first.get("ctx") or {}).get("error") or first.get("msg")
+        return ApiError(400, f"request body is not valid JSON: {reason}", code="invalid_json")
+    if where == "body" and not loc and kind == "missing":
+        return ApiError(400, "request body is empty; expected a JSON object", code="invalid_json")
+    if where == "body" and not loc and kind in _NOT_AN_OBJECT:
+        return ApiError(400, "request body must be a JSON object", code="invalid_json")
+    if kind == "extra_forbidden":
+        return ApiError(400, f"unknown field {name!r}", param=name, code="unknown_field")
+    code = _PARAM_CODES.get(name.lower(), "invalid_value") if where in ("path", "header") else "invalid_value"
+    prefix = f"{name}: " if name else ""
+    return ApiError(400, f"{prefix}{first.get('msg', 'invalid value')}", param=name or None, code=code)
+
+
+def _split_loc(loc: Sequence[Any]) -> tuple[str, tuple[Any, ...]]:
+    """('body', 'messages', 0) -> ('body', ('messages', 0))."""
+    if loc and loc[0] in ("body", "path", "query", "header", "cookie"):
+        return str(loc[0]), tuple(loc[1:])
+    return "", tuple(loc)
+
+
+ErrorShape = Callable[[ApiError], dict[str, Any]]
+
+
+def openai_error(error: ApiError) -> dict[str, Any]:
+    """OpenAI's error object: {"error": {message, type, param, code, ...details}}."""
+    body: dict[str, Any] = {"message": error.message, "type": error.type, "param": error.param, "code": error.code}
+    body.update(error.details)
+    return {"error": body}
+
+
+# Path prefix -> that API's error shape; the first match wins, OpenAI's shape otherwise.
+_SHAPES: tuple[tuple[str, ErrorShape], ...] = ()
+
+
+def shape_for(path: str) -> ErrorShape:
+    for prefix, shape in _SHAPES:
+        if path.startswith(prefix):
+            return shape
+    return openai_error

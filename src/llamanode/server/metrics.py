@@ -1,133 +1,129 @@
-"""Prometheus text exposition (format 0.0.4) without a client library: counters, gauges, histograms."""
+"""Prometheus metrics through prometheus-client: request and generation counters, histograms, and the
+pool's cumulative counts as counters (`_total`, only going up) read at scrape time."""
 
 from __future__ import annotations
 
-import bisect
-import math
-import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterator
+from typing import Any
 
-__all__ = ["Metrics"]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
-Labels = tuple[tuple[str, str], ...]
+from .admission import AdmissionStats
+
+__all__ = ["POOL_COUNTERS", "POOL_GAUGES", "Metrics"]
 
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 TPS_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
-DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 120.0)
+WAIT_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 120.0)
 
-
-def _labels(labels: Mapping[str, str] | None) -> Labels:
-    return tuple(sorted((labels or {}).items()))
-
-
-def _fmt_labels(labels: Labels, extra: tuple[str, str] | None = None) -> str:
-    items = [*labels, *([extra] if extra else [])]
-    if not items:
-        return ""
-    escaped = (
-        f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34)).replace(chr(10), "")}"'
-        for k, v in items
-    )
-    return "{" + ",".join(escaped) + "}"
-
-
-def _fmt_value(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
-
-
-class _Histogram:
-    def __init__(self, buckets: tuple[float, ...]) -> None:
-        self.buckets = buckets
-        self.counts = [0] * (len(buckets) + 1)
-        self.total = 0.0
-        self.n = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.total += value
-        self.n += 1
+# PoolStats field -> help text. Cumulative counts are counters; the rest are gauges.
+POOL_COUNTERS = {
+    "hits": "Leases of a live workspace",
+    "restores": "Leases that restored an evicted workspace",
+    "restores_from_memory": "Restores from a state still in memory (no disk read)",
+    "evictions": "Workspaces evicted to make room",
+    "writes_cancelled": "Evicted states restored before their write began (never written)",
+    "snapshots_written": "Snapshots written to disk",
+    "snapshot_failures": "Snapshot writes that failed",
+    "collected": "Snapshots removed by the disk budget",
+    "forks": "Workspaces forked",
+}
+POOL_GAUGES = {
+    "live_bytes": "Bytes accounted now: live KV, the tokenizer session, state buffers",
+    "peak_live_bytes": "Highest live_bytes so far",
+    "memory_budget_bytes": "The memory budget",
+    "snapshot_bytes": "Bytes of snapshots on disk",
+    "disk_budget_bytes": "The disk budget",
+    "pending_writes": "Evicted states not yet on disk",
+    "kept_states": "Written states still kept in memory",
+}
+# Read by other collectors, or not a number: exported elsewhere or not at all.
+POOL_OTHER = ("live_workspaces", "evicted_workspaces", "misses", "miss_reasons", "recent_misses", "transfer_seconds")
 
 
 class Metrics:
-    """Thread-safe registry. Gauges may also be computed at scrape time by collectors."""
+    """Every metric the server exports, in a registry of its own."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._help: dict[str, tuple[str, str]] = {}
-        self._counters: dict[str, dict[Labels, float]] = {}
-        self._gauges: dict[str, dict[Labels, float]] = {}
-        self._histograms: dict[str, dict[Labels, _Histogram]] = {}
-        self._buckets: dict[str, tuple[float, ...]] = {}
-        self._collectors: list[Callable[[], Iterable[tuple[str, str, Mapping[str, str], float]]]] = []
+    def __init__(self, pool_stats: Callable[[], Any], admission_stats: Callable[[], AdmissionStats]) -> None:
+        # No *_created series: one sample per counter and label set.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "llamanode_requests", "HTTP requests by route and status", ["route", "status"], registry=r
+        )
+        self.refusals = Counter(
+            "llamanode_refusals", "Requests refused before any work (queue full, too large...)", ["status"], registry=r
+        )
+        self.client_disconnects = Counter(
+            "llamanode_client_disconnects", "Requests abandoned because the client went away", registry=r
+        )
+        self.protocol_errors = Counter(
+            "llamanode_protocol_errors", "Connections closed for HTTP protocol errors or timeouts", ["kind"], registry=r
+        )
+        self.warm_next_tokens = Counter(
+            "llamanode_warm_next_tokens", "Answer tokens prefilled ahead of the next turn", registry=r
+        )
+        self.prompt_tokens_reused = Counter(
+            "llamanode_prompt_tokens_reused", "Prompt tokens reused from a warm prefix", registry=r
+        )
+        self.prompt_tokens_prefilled = Counter(
+            "llamanode_prompt_tokens_prefilled", "Prompt tokens prefilled (prefix tail + suffix)", registry=r
+        )
+        self.generated_tokens = Counter("llamanode_generated_tokens", "Tokens generated", registry=r)
+        self.generations = Counter("llamanode_generations", "Generations by outcome", ["outcome"], registry=r)
+        self.ttft = Histogram(
+            "llamanode_ttft_seconds", "Request arrival to first token", buckets=TTFT_BUCKETS, registry=r
+        )
+        self.decode_tps = Histogram(
+            "llamanode_decode_tokens_per_second", "Decode speed per generation", buckets=TPS_BUCKETS, registry=r
+        )
+        self.queue_wait = Histogram(
+            "llamanode_queue_wait_seconds", "Time spent queued before running", buckets=WAIT_BUCKETS, registry=r
+        )
+        queued = Gauge("llamanode_queue_depth", "Requests waiting for a workspace or a compute slot", registry=r)
+        queued.set_function(lambda: admission_stats().queued)
+        active = Gauge("llamanode_active_requests", "Requests running", registry=r)
+        active.set_function(lambda: admission_stats().active)
+        r.register(_PoolCollector(pool_stats))
+        ProcessCollector(registry=r)
 
-    def describe(self, name: str, kind: str, help_text: str, buckets: tuple[float, ...] = ()) -> None:
-        self._help[name] = (kind, help_text)
-        if kind == "histogram":
-            self._buckets[name] = buckets
-            self._histograms.setdefault(name, {})
-        elif kind == "counter":
-            self._counters.setdefault(name, {})
-        else:
-            self._gauges.setdefault(name, {})
+    def render(self, accept: str | None) -> tuple[bytes, str]:
+        """The exposition in the format the Accept header asks for, and its content type."""
+        encode, content_type = choose_encoder(accept or "")
+        return encode(self.registry), content_type
 
-    def inc(self, name: str, value: float = 1.0, labels: Mapping[str, str] | None = None) -> None:
-        key = _labels(labels)
-        with self._lock:
-            series = self._counters.setdefault(name, {})
-            series[key] = series.get(key, 0.0) + value
 
-    def set(self, name: str, value: float, labels: Mapping[str, str] | None = None) -> None:
-        with self._lock:
-            self._gauges.setdefault(name, {})[_labels(labels)] = value
+class _PoolCollector(Collector):
+    """The workspace pool's stats, read at scrape time."""
 
-    def observe(self, name: str, value: float, labels: Mapping[str, str] | None = None) -> None:
-        key = _labels(labels)
-        with self._lock:
-            series = self._histograms.setdefault(name, {})
-            hist = series.get(key)
-            if hist is None:
-                hist = series[key] = _Histogram(self._buckets.get(name, DURATION_BUCKETS))
-            hist.observe(value)
+    def __init__(self, pool_stats: Callable[[], Any]) -> None:
+        self._pool_stats = pool_stats
 
-    def counter_value(self, name: str, labels: Mapping[str, str] | None = None) -> float:
-        with self._lock:
-            return self._counters.get(name, {}).get(_labels(labels), 0.0)
-
-    def add_collector(self, collect: Callable[[], Iterable[tuple[str, str, Mapping[str, str], float]]]) -> None:
-        """collect() yields (name, help, labels, value) gauges computed at scrape time."""
-        self._collectors.append(collect)
-
-    def render(self) -> str:
-        lines: list[str] = []
-        collected: dict[str, tuple[str, list[tuple[Labels, float]]]] = {}
-        for collect in self._collectors:
-            for name, help_text, labels, value in collect():
-                collected.setdefault(name, (help_text, []))[1].append((_labels(labels), value))
-        with self._lock:
-            for name, series in sorted(self._counters.items()):
-                self._header(lines, name, "counter")
-                lines.extend(f"{name}{_fmt_labels(k)} {_fmt_value(v)}" for k, v in sorted(series.items()))
-            for name, series in sorted(self._gauges.items()):
-                self._header(lines, name, "gauge")
-                lines.extend(f"{name}{_fmt_labels(k)} {_fmt_value(v)}" for k, v in sorted(series.items()))
-            for name, hists in sorted(self._histograms.items()):
-                self._header(lines, name, "histogram")
-                for key, hist in sorted(hists.items()):
-                    running = 0
-                    for bound, count in zip((*hist.buckets, math.inf), hist.counts, strict=True):
-                        running += count
-                        lines.append(f"{name}_bucket{_fmt_labels(key, ('le', _fmt_value(bound)))} {running}")
-                    lines.append(f"{name}_sum{_fmt_labels(key)} {_fmt_value(hist.total)}")
-                    lines.append(f"{name}_count{_fmt_labels(key)} {hist.n}")
-        for name, (help_text, values) in sorted(collected.items()):
-            lines.append(f"# HELP {name} {help_text}")
-            lines.append(f"# TYPE {name} gauge")
-            lines.extend(f"{name}{_fmt_labels(k)} {_fmt_value(v)}" for k, v in values)
-        return "\n".join(lines) + "\n"
-
-    def _header(self, lines: list[str], name: str, kind: str) -> None:
-        help_text = self._help.get(name, (kind, name))[1]
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
+    def collect(self) -> Iterator[Metric]:
+        stats = self._pool_stats()
+        workspaces = GaugeMetricFamily("llamanode_workspaces", "Workspaces by state", labels=["state"])
+        workspaces.add_metric(["live"], stats.live_workspaces)
+        workspaces.add_metric(["evicted"], stats.evicted_workspaces)
+        yield workspaces
+        for name, help_text in POOL_COUNTERS.items():
+            yield CounterMetricFamily(f"llamanode_pool_{name}", help_text, value=getattr(stats, name))
+        for name, help_text in POOL_GAUGES.items():
+            value = getattr(stats, name)
+            if value is not None:  # a budget that is not set
+                yield GaugeMetricFamily(f"llamanode_pool_{name}", help_text, value=value)
+        misses = CounterMetricFamily("llamanode_pool_misses", "Leases that started cold, by reason", labels=["reason"])
+        for reason, count in sorted(stats.miss_reasons.items()):
+            misses.add_metric([reason], count)
+        yield misses
+        seconds = CounterMetricFamily(
+            "llamanode_pool_transfer_seconds",
+            "Seconds spent moving workspace states, by kind (export, read, import, wait, write)",
+            labels=["kind"],
+        )
+        for kind, value in sorted(stats.transfer_seconds.items()):
+            seconds.add_metric([kind], value)
+        yield seconds

@@ -1,4 +1,4 @@
-"""Request bodies (pydantic, unknown fields rejected) and the response shapes the OpenAPI document names."""
+"""Request bodies (pydantic, unknown fields rejected), the workspace id rule and header."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ __all__ = [
     "CompletionRequest",
     "DecodeRequest",
     "EmbeddingRequest",
-    "ErrorResponse",
     "ForkRequest",
     "PrefixRequest",
     "SessionCreateRequest",
@@ -160,14 +159,3 @@ class DecodeRequest(_Strict):
 
 class ForkRequest(_Strict):
     dst: WorkspaceId
-
-
-class ErrorObject(BaseModel):
-    message: str
-    type: str
-    param: str | None
-    code: str | None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorObject
