@@ -21,7 +21,15 @@ from ..kvsession import KVSession
 from ..session import StreamChunk
 from .engine import Generation, Plan
 from .errors import ApiError, from_exception, openai_error
-from .prepare import check_model, check_prompt_size, decode_config, route_workspace, unknown_model
+from .prepare import (
+    SessionKey,
+    check_model,
+    check_prompt_size,
+    decode_config,
+    first_key,
+    route_workspace,
+    unknown_model,
+)
 from .responses import (
     AssistantMessage,
     ChatChoice,
@@ -104,7 +112,7 @@ async def chat_completions(
     config = await _decode_config(rt, body, max_tokens, _json_schema(body.response_format))
     split = rt.template.split(chat)  # on the loop: well under a millisecond for a 100 KB prompt
     check_prompt_size(rt, len(split.prefix.encode()) + len(split.suffix.encode()))
-    ws = await route_workspace(rt, call, workspace, body.user, split.text)
+    ws = await route_workspace(rt, call, workspace, first_key(SessionKey("user", body.user or "")), split.text)
     after = (lambda session, answer: _warm_next(rt, session, chat, answer)) if rt.settings.warm_next else None
     generation = rt.engine.generation(call, Plan(ws, (("chat", split.prefix),), split.suffix, config, after))
     return await _respond(rt, generation, body.stream, _include_usage(body), split.text, chat=True)
@@ -144,7 +152,7 @@ async def completions(
 
     config = await _decode_config(rt, body, max_tokens, None)
     check_prompt_size(rt, len(prompt.encode()), "prompt")
-    ws = await route_workspace(rt, call, workspace, body.user, prompt)
+    ws = await route_workspace(rt, call, workspace, first_key(SessionKey("user", body.user or "")), prompt)
     generation = rt.engine.generation(call, Plan(ws, (("prompt", prompt),), None, config))
     return await _respond(rt, generation, body.stream, _include_usage(body), prompt, chat=False)
 

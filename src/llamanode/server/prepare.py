@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -19,7 +20,35 @@ from .call import Call
 from .errors import ApiError
 from .runtime import Runtime
 
-__all__ = ["check_grammar", "check_model", "check_prompt_size", "decode_config", "route_workspace", "unknown_model"]
+__all__ = [
+    "SessionKey",
+    "check_grammar",
+    "check_model",
+    "check_prompt_size",
+    "decode_config",
+    "first_key",
+    "route_workspace",
+    "unknown_model",
+]
+
+# Where a session key comes from -> the prefix of the workspace ids made from it (logged as routed_by).
+KEY_SOURCES = {"prompt_cache_key": "cache", "metadata.user_id": "session", "user": "user"}
+
+
+@dataclass(frozen=True)
+class SessionKey:
+    """A client's own name for its conversation (source: a KEY_SOURCES key), mapped to a workspace id."""
+
+    source: str
+    value: str
+
+    def workspace(self) -> str:
+        return f"{KEY_SOURCES[self.source]}-" + hashlib.sha256(self.value.encode("utf-8")).hexdigest()[:24]
+
+
+def first_key(*keys: SessionKey | None) -> SessionKey | None:
+    """The first key that is present; an API passes its keys in precedence order (README: routing)."""
+    return next((k for k in keys if k is not None and k.value), None)
 
 
 def check_model(rt: Runtime, name: str) -> None:
@@ -57,15 +86,15 @@ async def check_grammar(rt: Runtime, config: DecodeConfig) -> None:
         await run_in_threadpool(rt.model_probe.check_grammar, config)
 
 
-async def route_workspace(rt: Runtime, call: Call, header: str | None, user: str | None, full_text: str) -> str:
-    """The header, else a stable id for the client's `user`, else the workspace sharing the longest
+async def route_workspace(rt: Runtime, call: Call, header: str | None, key: SessionKey | None, full_text: str) -> str:
+    """The header, else a stable id for the client's session key, else the workspace sharing the longest
     token prefix with full_text, else a new one."""
     if header is not None:
         call.log["routed_by"] = "header"
         return header
-    if user:
-        call.log["routed_by"] = "user"
-        return "user-" + hashlib.sha256(user.encode("utf-8")).hexdigest()[:24]
+    if key is not None:
+        call.log["routed_by"] = key.source
+        return key.workspace()
     found, how = await run_in_threadpool(rt.router.find, full_text)
     if found is not None:
         call.log["routed_by"] = how
