@@ -71,7 +71,9 @@ class Queued:
 class Plan:
     """What to generate. segments None: decode from whatever the workspace holds (native decode).
 
-    config.max_tokens None means "up to the end of the context": it becomes the room left.
+    config.max_tokens None means "up to the end of the context": it becomes the room left. With
+    max_tokens_is_cap (agent APIs, which ask for far more than any window), a larger max_tokens is cut to
+    the room left too, and Generation.window_capped says so (the API reports the window as the stop).
     after(session, answer) runs once the whole answer reached the client, still holding the lease;
     it returns the tokens it prefilled.
     """
@@ -81,6 +83,7 @@ class Plan:
     suffix: str | None
     config: DecodeConfig
     after: Callable[[KVSession, str], int] | None = None
+    max_tokens_is_cap: bool = False
 
 
 Event = PrefillProgress | StreamChunk | Queued
@@ -100,6 +103,7 @@ class Generation:
         self.finish_reason: str | None = None
         self.error: LlamaNodeError | None = None
         self.generated = 0
+        self.window_capped = False  # max_tokens was cut to the room left in the window
         self._parts: list[str] = []
         self._first_at: float | None = None
         self._ticket = ticket
@@ -190,10 +194,12 @@ class Generation:
             self.engine.record_suffix(self.call, self.suffix)
             resident, available = self.suffix.resident_tokens, self.suffix.available_tokens
         bridge.check()
-        if config.max_tokens is None:
+        capped = self.plan.max_tokens_is_cap and config.max_tokens is not None and config.max_tokens > available
+        if config.max_tokens is None or capped:
             if available < 1:
                 raise ContextOverflowError("decode", resident, 1, session.num_ctx)
             config = config.replace(max_tokens=available)
+            self.window_capped = capped
         return config
 
     def _count(self, chunk: StreamChunk) -> None:
