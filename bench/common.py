@@ -38,6 +38,8 @@ __all__ = [
     "fit_text",
     "free_port",
     "interleaved",
+    "llama_server_cmd",
+    "llamanode_serve_cmd",
     "log",
     "machine_info",
     "md_table",
@@ -333,6 +335,30 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def llamanode_serve_cmd(model: Path, port: int, threads: int, ctx: int, store_dir: Path, *extra: str) -> list[str]:
+    """`llamanode serve` of this checkout's interpreter, one workspace at a time, quiet."""
+    return [sys.executable, "-m", "llamanode.cli", "serve", "--port", str(port), "--model", str(model),
+            "--ctx", str(ctx), "--threads", str(threads), "--parallel", "1", "--store-dir", str(store_dir),
+            "--quiet", *extra]  # fmt: skip
+
+
+def llama_server_cmd(
+    model: Path, port: int, threads: int, ctx: int, *extra: str, train_ctx: int = 8192, repack: bool = True
+) -> list[str]:
+    """llama-server with the Jinja templates, flash attention off (llamanode's default), one slot.
+
+    A window beyond the model's training context is reached by YaRN, as llamanode does:
+    `--rope-scaling yarn --rope-scale ctx/train_ctx --yarn-orig-ctx train_ctx`.
+    """
+    cmd = [str(LLAMA_SERVER), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-c", str(ctx),
+           "-t", str(threads), "-tb", str(threads), "-np", "1", "-fa", "off", "--jinja", "--no-webui"]  # fmt: skip
+    if ctx > train_ctx:
+        cmd += ["--rope-scaling", "yarn", "--rope-scale", f"{ctx / train_ctx:g}", "--yarn-orig-ctx", str(train_ctx)]
+    if not repack:
+        cmd.append("--no-repack")
+    return [*cmd, *extra]
 
 
 # -- machine and output ----------------------------------------------------------------------
