@@ -50,8 +50,8 @@ from agent_wire import (
     tool_results_in,
 )
 
-# Not forwarded: connection-level headers, and accept-encoding (the proxy asks upstream for identity so
-# that what it observes is what it forwards; no server here compresses anyway).
+# Not forwarded: connection-level headers, and accept-encoding: the proxy asks upstream for identity, so the
+# bytes it forwards are the bytes upstream sent (a server that compresses anyway gets its body decoded).
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "host"}
     | {"content-length", "accept-encoding"}
@@ -150,8 +150,11 @@ def _forward_headers(request: Request) -> list[tuple[str, str]]:
     return [*kept, ("accept-encoding", "identity")]
 
 
-def make_app(upstream: str, recorder: Recorder) -> Starlette:
-    client = httpx.AsyncClient(base_url=upstream.rstrip("/"), timeout=httpx.Timeout(None, connect=10.0))
+def make_app(upstream: str, recorder: Recorder, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
+    """The proxy app; `transport` replaces the network to the upstream (tests use httpx.MockTransport)."""
+    client = httpx.AsyncClient(
+        base_url=upstream.rstrip("/"), timeout=httpx.Timeout(None, connect=10.0), transport=transport
+    )
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "upstream": upstream})
@@ -170,7 +173,7 @@ def make_app(upstream: str, recorder: Recorder) -> Starlette:
             recorder.write(record)
             return JSONResponse({"error": {"type": "proxy_error", "message": repr(exc)}}, status_code=502)
         record.update(status=answer.status_code, response_headers_s=round(time.monotonic() - incoming.arrival, 4))
-        headers = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
+        headers = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP | {"content-encoding"}}
         return StreamingResponse(
             _relay(answer, incoming, record, recorder), status_code=answer.status_code, headers=headers
         )
@@ -194,7 +197,7 @@ async def _relay(
     first_byte: float | None = None
     outcome = "complete"
     try:
-        async for chunk in answer.aiter_raw():
+        async for chunk in answer.aiter_bytes():
             at = time.monotonic() - incoming.arrival
             first_byte = at if first_byte is None else first_byte
             observer.feed(chunk, at)
