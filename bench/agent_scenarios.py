@@ -136,7 +136,8 @@ def codex_config(home: Path, proxy_url: str) -> None:
 
 def codex_steps(binary: Path, home: Path, turns: int, sessions: int) -> list[Step]:
     env = {"CODEX_HOME": str(home), "LOCAL_KEY": "dummy"}
-    flags = ["--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox"]
+    # read-only sandbox (bundled bubblewrap): commands the model asks for run, but cannot write anything
+    flags = ["--skip-git-repo-check", "--sandbox", "read-only"]
     steps = []
     for s, (opening, follow_up) in enumerate(CODEX_SESSIONS[:sessions], 1):
         steps.append(Step(f"s{s}t1", [str(binary), "exec", *flags, opening], env))
@@ -151,6 +152,8 @@ def _edit_for_aider(repo: Path) -> None:
 
 
 def aider_steps(binary: Path, proxy_url: str, messages: int) -> list[Step]:
+    """One file in the chat: aider 0.86 keeps chat files in a set, so with two or more their order in the
+    prompt changes from one process to the next (string hashing is randomised per process)."""
     env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "AIDER_ANALYTICS": "false"}
     flags = [
         "--model", f"openai/{MODEL_NAME}", "--openai-api-base", f"{proxy_url}/v1", "--openai-api-key", "dummy",
@@ -158,7 +161,7 @@ def aider_steps(binary: Path, proxy_url: str, messages: int) -> list[Step]:
         "--no-show-model-warnings", "--no-pretty", "--no-fancy-input", "--no-detect-urls", "--no-notifications",
     ]  # fmt: skip
     return [
-        Step(f"m{i}", [str(binary), *flags, "--message", text, "errors.py", "textstream.py"], env,
+        Step(f"m{i}", [str(binary), *flags, "--message", text, "errors.py"], env,
              before=_edit_for_aider if i == 2 else None)
         for i, text in enumerate(AIDER_MESSAGES[:messages], 1)
     ]  # fmt: skip
