@@ -208,6 +208,7 @@ def run_steps(
 
 def run_agent(agent: str, binary: Path, upstream: str, out_dir: Path, args: argparse.Namespace) -> AgentRun:
     """One agent's scenario in a fresh scratch repo and HOME, through its own recording proxy."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     run = AgentRun(agent, out_dir / f"{agent}.jsonl")
     with tempfile.TemporaryDirectory(prefix=f"llamanode-{agent}-") as tmp:
         repo, home = scratch_repo(Path(tmp) / "repo"), Path(tmp) / "home"

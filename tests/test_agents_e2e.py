@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from agent_scenarios import install_agents, run_agent
+from agent_scenarios import AgentRun, install_agents, run_agent
 from agent_wire import read_recording
 from common import LLAMA_SERVER, Server, free_port, llama_server_cmd, llamanode_serve_cmd
 from llamanode import default_model_path
@@ -70,21 +70,23 @@ def upstream(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         yield kind, server.url
 
 
-_runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+_runs: dict[tuple[str, str], AgentRun] = {}
 
 
-def recording(agent: str, upstream: tuple[str, str], binaries: dict[str, Path], out: Path) -> list[dict[str, Any]]:
-    """The agent's scenario against this upstream, run once per test module and shared by its tests."""
+def scenario(agent: str, upstream: tuple[str, str], binaries: dict[str, Path], out: Path) -> AgentRun:
+    """The agent's scenario against this upstream, run once per test session and shared by its tests."""
     key = (agent, upstream[0])
     if key not in _runs:
         args = argparse.Namespace(
             turns=2, sessions=1, aider_messages=3, max_output_tokens=OUTPUT_CAP, force_tool_first=True, timeout=900
         )
-        run = run_agent(agent, binaries[agent], upstream[1], out, args)
-        failed = [s for s in run.steps if s["exit"] != 0]
-        assert not failed, f"{agent} exited badly: {failed}"
-        _runs[key] = read_recording(run.recording)
+        _runs[key] = run_agent(agent, binaries[agent], upstream[1], out / upstream[0], args)
     return _runs[key]
+
+
+def recording(agent: str, upstream: tuple[str, str], binaries: dict[str, Path], out: Path) -> list[dict[str, Any]]:
+    run = scenario(agent, upstream, binaries, out)
+    return read_recording(run.recording) if run.recording.exists() else []
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +109,8 @@ def test_agent_gets_no_errors(
     assert not bad
     unfinished = [r["seq"] for r in generations(records) if r.get("outcome") != "complete"]
     assert not unfinished, f"answers cut off: {unfinished}"
+    failed = [s for s in scenario(agent, upstream, agent_binaries, out_dir).steps if s["exit"] != 0]
+    assert not failed, f"{agent} exited badly: {failed}"
 
 
 @pytest.mark.parametrize("agent", AGENTS)

@@ -331,9 +331,7 @@ def test_reuse_never_changes_the_answer_and_counts_are_exact(
         last = (f"turn{_turn}", suffix + text)
 
 
-def check_residency(
-    session: KVSession, text: str, segments: list[tuple[str, str]], reused: int, add_bos: bool
-) -> None:
+def check_residency(session: KVSession, text: str, segments: list[tuple[str, str]], reused: int, add_bos: bool) -> None:
     """Byte-level tokens map 1:1 to bytes, so every segment's token range is known exactly."""
     report = session.explain_context()
     assert [s.name for s in report.segments] == [name for name, _ in segments]

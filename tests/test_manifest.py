@@ -12,9 +12,7 @@ from fakes import fake_session
 from llamanode import ContextManifest, ManifestSegment, build_manifest, hash_token_ids
 from llamanode.manifest import IDENTITY_FIELDS, RENDERING_FIELDS, byte_hash, join_segments
 
-BASE = ContextManifest(
-    model_digest="m", tokenizer_digest="t", runtime_digest="r", template_digest="p", add_bos=False
-)
+BASE = ContextManifest(model_digest="m", tokenizer_digest="t", runtime_digest="r", template_digest="p", add_bos=False)
 
 
 def test_segments_measure_utf8_bytes() -> None:
