@@ -44,7 +44,7 @@ def totals(rows: Sequence[Row]) -> dict[str, AgentTotals]:
         later = [_nan_if_none(r["reuse"]) for r in mine if r["turn"] > 1]
         out[agent] = AgentTotals(
             requests=len(mine),
-            errors=sum(1 for r in mine if r["status"] >= 400),
+            errors=sum(1 for r in mine if r["status"] >= 400 or r["status"] == 0),
             prompt_tokens=sum(r["prompt_tokens"] or 0 for r in mine),
             cached_tokens=sum(r["cached_tokens"] or 0 for r in mine),
             ttft_s=sum(_nan_if_none(r["ttft_s"]) for r in mine),
@@ -97,11 +97,15 @@ def _secs(value: float | None) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.2f}"
 
 
+def _count(value: int | None) -> str:
+    return "n/a" if value is None else str(value)
+
+
 def requests_table(rows: Sequence[Row]) -> str:
     return md_table(
         ["agent", "request", "status", "prompt tok", "reused tok", "reuse", "TTFT s", "total s", "error"],
         [
-            [r["agent"], f"{r['session']}#{r['turn']}", r["status"], r["prompt_tokens"], r["cached_tokens"],
+            [r["agent"], f"{r['session']}#{r['turn']}", r["status"], _count(r["prompt_tokens"]), _count(r["cached_tokens"]),
              _pct(r["reuse"]), _secs(r["ttft_s"]), _secs(r["total_s"]), (r["error"] or "")[:60]]
             for r in rows
         ],
