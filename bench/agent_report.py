@@ -105,8 +105,9 @@ def requests_table(rows: Sequence[Row]) -> str:
     return md_table(
         ["agent", "request", "status", "prompt tok", "reused tok", "reuse", "TTFT s", "total s", "error"],
         [
-            [r["agent"], f"{r['session']}#{r['turn']}", r["status"], _count(r["prompt_tokens"]), _count(r["cached_tokens"]),
-             _pct(r["reuse"]), _secs(r["ttft_s"]), _secs(r["total_s"]), (r["error"] or "")[:60]]
+            [r["agent"], f"{r['session']}#{r['turn']}", r["status"], _count(r["prompt_tokens"]),
+             _count(r["cached_tokens"]), _pct(r["reuse"]), _secs(r["ttft_s"]), _secs(r["total_s"]),
+             (r["error"] or "")[:60]]
             for r in rows
         ],
     )  # fmt: skip
