@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import datetime
 import itertools
 import json
@@ -40,10 +41,8 @@ from starlette.routing import Route
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from agent_wire import (
     Api,
-    Harness,
     ReplyObserver,
     api_of,
-    apply_harness,
     has_tools,
     public_headers,
     session_key,
@@ -57,6 +56,58 @@ HOP_BY_HOP = frozenset(
     | {"content-length", "accept-encoding"}
 )
 HEALTH_PATH = "/_proxy/health"
+
+
+# -- harness edits the proxy may make (each off unless asked) --------------------------------------
+
+
+@dataclass(frozen=True)
+class Harness:
+    """Edits the recording proxy makes to a request before forwarding it, each off unless asked.
+
+    max_output_tokens: cap the requested output (the 135M default model rarely stops by itself, and agents
+        ask for 32k-64k tokens); a request that asks for less keeps its own figure, one that asks nothing gets
+        the cap.
+    force_tool_first: on a session's first request that carries tools, force a tool call (Anthropic
+        `tool_choice: {"type": "any"}`, OpenAI `"required"`) so a tiny model exercises the agent's tool loop.
+        Anthropic refuses forced tool use together with extended thinking, so `thinking` is dropped there.
+    """
+
+    max_output_tokens: int | None = None
+    force_tool_first: bool = False
+
+
+_OUTPUT_LIMIT_FIELDS: dict[Api, tuple[str, ...]] = {
+    "anthropic": ("max_tokens",),
+    "responses": ("max_output_tokens",),
+    "chat": ("max_tokens", "max_completion_tokens"),
+}
+
+
+def apply_harness(
+    api: Api, body: dict[str, Any], first_with_tools: bool, harness: Harness
+) -> tuple[dict[str, Any], list[str]]:
+    """The body to forward and a list of the edits made, in words (recorded with the request)."""
+    if api == "other":
+        return body, []
+    edited = copy.deepcopy(body)
+    changes: list[str] = []
+    cap = harness.max_output_tokens
+    if cap is not None:
+        names = _OUTPUT_LIMIT_FIELDS[api]
+        present = [n for n in names if isinstance(edited.get(n), int)] or [names[0]]
+        for name in present:
+            asked = edited.get(name)
+            if not isinstance(asked, int) or asked > cap:
+                edited[name] = cap
+                changes.append(f"{name} {asked} -> {cap}")
+    if harness.force_tool_first and first_with_tools:
+        edited["tool_choice"] = {"type": "any"} if api == "anthropic" else "required"
+        changes.append(f"tool_choice {json.dumps(body.get('tool_choice'))} -> {json.dumps(edited['tool_choice'])}")
+        if api == "anthropic" and "thinking" in edited:
+            del edited["thinking"]
+            changes.append("thinking dropped (Anthropic refuses it with a forced tool)")
+    return edited, changes
 
 
 @dataclass

@@ -15,13 +15,11 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from agent_proxy import Recorder, make_app
+from agent_proxy import Harness, Recorder, apply_harness, make_app
 from agent_wire import (
-    Harness,
     ReplyObserver,
     SSEParser,
     api_of,
-    apply_harness,
     public_headers,
     read_recording,
     session_key,
