@@ -114,6 +114,9 @@ def claude_steps(binary: Path, proxy_url: str, turns: int, sessions: int) -> lis
         "ANTHROPIC_BASE_URL": proxy_url,
         "ANTHROPIC_API_KEY": "dummy",
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        # any side request Claude Code makes with its small model names the same model
+        "ANTHROPIC_SMALL_FAST_MODEL": MODEL_NAME,
+        "ANTHROPIC_DEFAULT_HAIKU_MODEL": MODEL_NAME,
     }
     common = ["--model", MODEL_NAME, "--max-turns", "3"]
     steps = []
