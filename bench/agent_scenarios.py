@@ -129,18 +129,20 @@ def claude_steps(binary: Path, proxy_url: str, turns: int, sessions: int) -> lis
 
 
 def codex_config(home: Path, proxy_url: str) -> None:
-    """CODEX_HOME/config.toml: a local provider speaking the Responses API at the proxy."""
+    """CODEX_HOME/config.toml: a local provider speaking the Responses API at the proxy, and the read-only
+    sandbox (bundled bubblewrap): commands the model asks for run, but can write nothing. In the config, as
+    `codex exec resume` takes no --sandbox flag."""
     home.mkdir(parents=True, exist_ok=True)
     (home / "config.toml").write_text(
-        f'model = "{MODEL_NAME}"\nmodel_provider = "local"\n\n[model_providers.local]\nname = "local"\n'
-        f'base_url = "{proxy_url}/v1"\nwire_api = "responses"\nenv_key = "LOCAL_KEY"\n'
+        f'model = "{MODEL_NAME}"\nmodel_provider = "local"\nsandbox_mode = "read-only"\napproval_policy = "never"\n\n'
+        f'[model_providers.local]\nname = "local"\nbase_url = "{proxy_url}/v1"\nwire_api = "responses"\n'
+        'env_key = "LOCAL_KEY"\n'
     )
 
 
 def codex_steps(binary: Path, home: Path, turns: int, sessions: int) -> list[Step]:
     env = {"CODEX_HOME": str(home), "LOCAL_KEY": "dummy"}
-    # read-only sandbox (bundled bubblewrap): commands the model asks for run, but cannot write anything
-    flags = ["--skip-git-repo-check", "--sandbox", "read-only"]
+    flags = ["--skip-git-repo-check"]
     steps = []
     for s, (opening, follow_up) in enumerate(CODEX_SESSIONS[:sessions], 1):
         steps.append(Step(f"s{s}t1", [str(binary), "exec", *flags, opening], env))
