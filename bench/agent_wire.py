@@ -179,6 +179,7 @@ class Reply:
     tool_calls: list[str] = field(default_factory=list)
     error: str | None = None
     events: int = 0
+    finished: bool = False  # the answer's own end was seen (a client may close the stream right after it)
     usage_source: str | None = None  # "usage" (the API's fields), "timings" (llama-server's), or None
 
     def settle(self) -> None:
@@ -230,6 +231,7 @@ class ReplyObserver:
                 obj = None
             if isinstance(obj, dict):
                 _observe_body(self.api, obj, self.reply)
+                self.reply.finished = True
                 if self.reply.error is None:
                     self.reply.first_content_s = at_s
         self.reply.settle()
@@ -237,6 +239,7 @@ class ReplyObserver:
 
     def _event(self, event: str, data: str, at_s: float) -> None:
         if data == "[DONE]":
+            self.reply.finished = True
             return
         try:
             obj = json.loads(data)
@@ -246,7 +249,9 @@ class ReplyObserver:
             return
         self.reply.events += 1
         _observe_timings(obj, self.reply)
-        is_content = _observe_event(self.api, obj.get("type") or event, obj, self.reply)
+        kind = obj.get("type") or event
+        is_content = _observe_event(self.api, kind, obj, self.reply)
+        self.reply.finished = self.reply.finished or kind in _FINAL_EVENTS
         if is_content and self.reply.first_content_s is None:
             self.reply.first_content_s = at_s
 
@@ -282,6 +287,7 @@ def _openai_usage(usage: object, reply: Reply, prompt: str, details: str, output
 
 
 _RESPONSES_CONTENT = (".delta",)
+_FINAL_EVENTS = {"message_stop", "response.completed", "response.incomplete", "response.failed"}
 _ANTHROPIC_CONTENT = {"content_block_delta"}
 
 

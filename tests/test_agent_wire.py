@@ -77,7 +77,8 @@ def test_anthropic_usage_counts_cached_plus_uncached_as_the_prompt() -> None:
     assert (reply.prompt_tokens, reply.cached_tokens, reply.output_tokens) == (1000, 900, 7)
     assert reply.reuse == 0.9
     assert reply.tool_calls == ["Bash"]
-    assert reply.stop_reason == "tool_use"
+    assert reply.stop_reason == "tool_use" and reply.finished
+    assert not observe("anthropic", ANTHROPIC_STREAM[: ANTHROPIC_STREAM.index(b"event: message_stop")]).finished
     first_content = ANTHROPIC_STREAM.index(b"content_block_start")
     assert reply.first_content_s is not None and reply.first_content_s >= first_content - 7
 
@@ -86,14 +87,14 @@ def test_responses_usage_and_llama_server_timings() -> None:
     reply = observe("responses", RESPONSES_STREAM)
     assert (reply.prompt_tokens, reply.cached_tokens, reply.usage_source) == (500, 480, "usage")
     assert (reply.timings_prompt_n, reply.timings_cache_n) == (20, 480)
-    assert reply.tool_calls == ["shell"]
+    assert reply.tool_calls == ["shell"] and reply.finished
     assert reply.first_content_s is not None and reply.first_content_s < RESPONSES_STREAM.index(b"completed")
 
 
 def test_chat_stream_without_usage_falls_back_to_timings() -> None:
     reply = observe("chat", CHAT_STREAM_WITHOUT_USAGE)
     assert (reply.prompt_tokens, reply.cached_tokens, reply.usage_source) == (32, 30, "timings")
-    assert reply.stop_reason == "length"
+    assert reply.stop_reason == "length" and reply.finished
     assert reply.first_content_s is not None and reply.first_content_s > CHAT_STREAM_WITHOUT_USAGE.index(b"null")
 
 

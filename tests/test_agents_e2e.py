@@ -107,7 +107,7 @@ def test_agent_gets_no_errors(
     bad = [(r["method"], r["path"], r["status"], r.get("reply", {}).get("error")) for r in records
            if r["status"] >= 400 and (r["method"], r["path"]) not in PROBES]  # fmt: skip
     assert not bad
-    unfinished = [r["seq"] for r in generations(records) if r.get("outcome") != "complete"]
+    unfinished = [r["seq"] for r in generations(records) if not r["reply"]["finished"]]
     assert not unfinished, f"answers cut off: {unfinished}"
     failed = [s for s in scenario(agent, upstream, agent_binaries, out_dir).steps if not _exited_well(agent, s)]
     assert not failed, f"{agent} exited badly: {failed}"
