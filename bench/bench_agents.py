@@ -95,8 +95,9 @@ class Replayed:
         return None
 
 
-def load_agent(path: Path, max_requests: int | None) -> list[Recorded]:
-    """The generation requests of one recording, sessions renamed s1, s2, ... in order of appearance."""
+def load_agent(path: Path, per_session: int | None) -> list[Recorded]:
+    """The generation requests of one recording, sessions renamed s1, s2, ... in order of appearance; at most
+    `per_session` requests of each session (every session keeps its first)."""
     names: dict[str, str] = {}
     turns: dict[str, int] = {}
     out: list[Recorded] = []
@@ -110,7 +111,7 @@ def load_agent(path: Path, max_requests: int | None) -> list[Recorded]:
         headers = {k: v for k, v in record["headers"].items() if k not in NOT_RESENT}
         out.append(Recorded(record.get("label") or path.stem, session, turns[session], api, record["path"], headers,
                             _with_usage(api, record["body"])))  # fmt: skip
-    return out[:max_requests] if max_requests else out
+    return [r for r in out if r.turn <= per_session] if per_session else out
 
 
 def _with_usage(api: Api, body: dict[str, Any]) -> dict[str, Any]:
@@ -220,7 +221,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ctx", type=int, default=32768, help="window on both servers (YaRN beyond 8192)")
     parser.add_argument("--repack", choices=("auto", "on", "off"), default="auto", help="llama-server's repacking")
     parser.add_argument("--interleave", default="claude,codex", help="two agents interleaved on one server ('' = skip)")
-    parser.add_argument("--max-requests", type=int, default=None, help="replay at most N requests per agent (smoke)")
+    parser.add_argument("--per-session", type=int, default=None, help="replay at most N requests of each session")
     parser.add_argument("--json", type=Path, default=OUT_DIR / "agents.json", help="results file")
     parser.add_argument("--out", type=Path, default=None, help="markdown report (default: --json with .md)")
     parser.add_argument("--print-md", type=Path, default=None, help="only print the report of a results file")
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     if "llama-server" in servers and not LLAMA_SERVER.exists():
         sys.exit(f"{LLAMA_SERVER} not built: run bench/build_llama_server.sh")
     args.repack_on = repack_decision(args.repack)
-    agents = {f.stem: load_agent(f, args.max_requests) for f in files}
+    agents = {f.stem: load_agent(f, args.per_session) for f in files}
     pair = [a for a in args.interleave.split(",") if a in agents] if args.interleave else []
     log_dir = args.json.parent / "agents-logs"
     results: dict[str, Any] = {

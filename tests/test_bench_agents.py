@@ -43,7 +43,7 @@ def test_load_agent_numbers_sessions_and_turns_and_skips_probes(tmp_path: Path) 
     assert loaded[0].headers == {"anthropic-version": "v"}
     assert loaded[-1].body["stream_options"] == {"include_usage": True}  # every server then reports usage
     assert "stream_options" not in loaded[0].body
-    assert len(load_agent(path, 2)) == 2
+    assert [(r.session, r.turn) for r in load_agent(path, 1)] == [("s1", 1), ("s2", 1), ("s3", 1)]
     assert recording_files([tmp_path]) == [path]
 
 
