@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from agent_report import markdown, targets, totals
 from bench_agents import interleave, load_agent, recording_files
+from common import LLAMA_SERVER
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 def _record(seq: int, session: str | None, path: str = "/v1/messages?beta=true", **body: Any) -> dict[str, Any]:
@@ -94,3 +100,46 @@ def test_targets_miss_on_a_cold_later_request_and_say_n_a_on_errors() -> None:
     assert verdicts["llamanode sequential: every later request reuses >= 90 % (min)"] == "MISS"
     assert verdicts["total TTFT, llamanode / llama-server <= 0.9"] == "n/a"  # a request without TTFT
     assert totals(ours)["codex"].errors == 1
+
+
+def _mini_recordings(where: Path) -> None:
+    """Two short agents' worth of requests in the proxy's format: Anthropic and Responses, a shared opening."""
+    opening = "You are a careful coding agent. " + " ".join(f"Rule {i}: answer briefly." for i in range(30))
+    user = [{"role": "user", "content": "List the files."}]
+    more = [*user, {"role": "assistant", "content": "a.py"}, {"role": "user", "content": "Show a.py."}]
+    claude = [
+        {"seq": i, "label": "claude", "session": "S", "method": "POST", "path": "/v1/messages", "headers": {},
+         "body": {"model": "m", "max_tokens": 8, "stream": True, "system": opening, "messages": messages}}
+        for i, messages in enumerate((user, more))
+    ]  # fmt: skip
+    said = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "a.py"}]}
+    items = [{"role": "developer", "content": opening}, {"role": "user", "content": "List the files."}]
+    codex = [
+        {"seq": i, "label": "codex", "session": "K", "method": "POST", "path": "/v1/responses", "headers": {},
+         "body": {"model": "m", "max_output_tokens": 8, "stream": True, "prompt_cache_key": "K", "input": inputs}}
+        for i, inputs in enumerate((items, [*items, said, {"role": "user", "content": "Show a.py."}]))
+    ]  # fmt: skip
+    for name, records in (("claude", claude), ("codex", codex)):
+        (where / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not LLAMA_SERVER.exists(), reason=f"{LLAMA_SERVER} not built")
+def test_replay_against_llama_server_writes_results_and_report(tmp_path: Path) -> None:
+    _mini_recordings(tmp_path)
+    out = tmp_path / "agents.json"
+    cmd = [sys.executable, str(BENCH / "bench_agents.py"), str(tmp_path), "--servers", "llama-server",
+           "--threads", "1", "--ctx", "2048", "--repack", "off", "--json", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    phases = results["servers"]["llama-server"]
+    assert [(r["agent"], r["session"], r["turn"]) for r in phases["interleaved"]] == [
+        ("claude", "s1", 1), ("codex", "s1", 1), ("claude", "s1", 2), ("codex", "s1", 2)
+    ]  # fmt: skip
+    sequential = phases["sequential"]
+    assert [r["status"] for r in sequential] == [200] * 4
+    assert all(r["prompt_tokens"] and r["ttft_s"] is not None for r in sequential)
+    assert sequential[1]["reuse"] > 0.9  # the same slot, the same opening: llama-server reuses it
+    assert results["settings"]["repack"] is False
+    assert "### Targets" in proc.stdout and out.with_suffix(".md").is_file()
