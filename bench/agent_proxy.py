@@ -13,6 +13,7 @@ Recordings hold the agents' own prompts: keep them under bench/out/ (gitignored)
 Harness edits, each off unless asked and listed in the record of the request it changed (`harness`):
   --max-output-tokens N   cap the output a request asks for (agents ask 32k-64k; the tiny model rarely stops)
   --force-tool-first      force a tool call on each session's first request that carries tools
+  --stream-usage          ask chat-completion streams for their usage (aider does not)
 `GET /_proxy/health` is answered by the proxy itself; every other path goes upstream.
 """
 
@@ -71,10 +72,13 @@ class Harness:
     force_tool_first: on a session's first request that carries tools, force a tool call (Anthropic
         `tool_choice: {"type": "any"}`, OpenAI `"required"`) so a tiny model exercises the agent's tool loop.
         Anthropic refuses forced tool use together with extended thinking, so `thinking` is dropped there.
+    stream_usage: ask a chat-completions stream to end with its usage (`stream_options.include_usage`), which
+        aider does not; otherwise a server need not report prompt and cached tokens there.
     """
 
     max_output_tokens: int | None = None
     force_tool_first: bool = False
+    stream_usage: bool = False
 
 
 _OUTPUT_LIMIT_FIELDS: dict[Api, tuple[str, ...]] = {
@@ -107,6 +111,10 @@ def apply_harness(
         if api == "anthropic" and "thinking" in edited:
             del edited["thinking"]
             changes.append("thinking dropped (Anthropic refuses it with a forced tool)")
+    options = edited.get("stream_options") or {}
+    if harness.stream_usage and api == "chat" and edited.get("stream") and not options.get("include_usage"):
+        edited["stream_options"] = {**options, "include_usage": True}
+        changes.append("stream_options.include_usage -> true")
     return edited, changes
 
 
@@ -280,8 +288,9 @@ def main() -> int:
     parser.add_argument(
         "--force-tool-first", action="store_true", help="force a tool call on a session's first request with tools"
     )
+    parser.add_argument("--stream-usage", action="store_true", help="ask chat-completion streams for their usage")
     args = parser.parse_args()
-    harness = Harness(max_output_tokens=args.max_output_tokens, force_tool_first=args.force_tool_first)
+    harness = Harness(args.max_output_tokens, args.force_tool_first, args.stream_usage)
     recorder = Recorder(args.record, args.label, harness)
     app = make_app(args.upstream, recorder)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)

@@ -156,11 +156,22 @@ def _edit_for_aider(repo: Path) -> None:
         f.write(EDIT_FOR_AIDER)
 
 
-def aider_steps(binary: Path, proxy_url: str, messages: int) -> list[Step]:
+def aider_metadata(home: Path, window: int) -> Path:
+    """The model's window for aider, so that it neither fetches litellm's model list from the network (it
+    does when the model is unknown, whatever LITELLM_LOCAL_MODEL_COST_MAP says) nor reports a window of 0."""
+    path = home / "model-metadata.json"
+    info = {"max_input_tokens": window, "max_tokens": window, "max_output_tokens": window, "mode": "chat",
+            "input_cost_per_token": 0.0, "output_cost_per_token": 0.0, "litellm_provider": "openai"}  # fmt: skip
+    path.write_text(json.dumps({f"openai/{MODEL_NAME}": info}))
+    return path
+
+
+def aider_steps(binary: Path, proxy_url: str, messages: int, metadata: Path) -> list[Step]:
     """One file in the chat: aider 0.86 keeps chat files in a set, so with two or more their order in the
     prompt changes from one process to the next (string hashing is randomised per process)."""
     env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "AIDER_ANALYTICS": "false"}
     flags = [
+        "--model-metadata-file", str(metadata),
         "--model", f"openai/{MODEL_NAME}", "--openai-api-base", f"{proxy_url}/v1", "--openai-api-key", "dummy",
         "--no-auto-commits", "--yes-always", "--no-check-update", "--analytics-disable", "--no-show-release-notes",
         "--no-show-model-warnings", "--no-pretty", "--no-fancy-input", "--no-detect-urls", "--no-notifications",
@@ -174,12 +185,14 @@ def aider_steps(binary: Path, proxy_url: str, messages: int) -> list[Step]:
 
 @contextmanager
 def recording_proxy(upstream: str, recording: Path, label: str, cap: int | None, force_tool: bool) -> Iterator[str]:
-    """bench/agent_proxy.py in a process of its own; yields its base URL."""
+    """bench/agent_proxy.py in a process of its own; yields its base URL. Chat-completion streams are always
+    asked for their usage (aider does not ask; a recording without token counts is of no use here)."""
     port = free_port()
     cmd = [sys.executable, str(Path(__file__).with_name("agent_proxy.py")), "--upstream", upstream,
            "--port", str(port), "--record", str(recording), "--label", label]  # fmt: skip
     cmd += ["--max-output-tokens", str(cap)] if cap is not None else []
     cmd += ["--force-tool-first"] if force_tool else []
+    cmd += ["--stream-usage"]
     with Server(f"proxy-{label}", cmd, port, "/_proxy/health") as proxy:
         proxy.start(recording.parent, timeout=60)
         yield proxy.url
@@ -225,7 +238,7 @@ def run_agent(agent: str, binary: Path, upstream: str, out_dir: Path, args: argp
                 codex_config(home / ".codex", url)
                 steps = codex_steps(binary, home / ".codex", args.turns, args.sessions)
             else:
-                steps = aider_steps(binary, url, args.aider_messages)
+                steps = aider_steps(binary, url, args.aider_messages, aider_metadata(home, args.ctx))
             run.steps = run_steps(steps, repo, home, out_dir, agent, args.timeout)
     return run
 

@@ -130,6 +130,10 @@ def test_harness_caps_output_and_forces_a_tool_only_when_asked() -> None:
     assert small == {"max_tokens": 10} and changes == []
     codex, _ = apply_harness("responses", {"tools": [{}]}, True, Harness(max_output_tokens=64, force_tool_first=True))
     assert codex == {"tools": [{}], "max_output_tokens": 64, "tool_choice": "required"}
+    aider = {"stream": True, "messages": []}
+    assert apply_harness("chat", aider, False, Harness())[0] == aider
+    asked, changes = apply_harness("chat", aider, False, Harness(stream_usage=True))
+    assert asked["stream_options"] == {"include_usage": True} and changes == ["stream_options.include_usage -> true"]
 
 
 def test_tool_results_count_what_the_agent_executed() -> None:

@@ -78,7 +78,13 @@ def scenario(agent: str, upstream: tuple[str, str], binaries: dict[str, Path], o
     key = (agent, upstream[0])
     if key not in _runs:
         args = argparse.Namespace(
-            turns=2, sessions=1, aider_messages=3, max_output_tokens=OUTPUT_CAP, force_tool_first=True, timeout=900
+            turns=2,
+            sessions=1,
+            aider_messages=3,
+            max_output_tokens=OUTPUT_CAP,
+            force_tool_first=True,
+            timeout=900,
+            ctx=CTX,
         )
         _runs[key] = run_agent(agent, binaries[agent], upstream[1], out / upstream[0], args)
     return _runs[key]
