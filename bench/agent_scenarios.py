@@ -3,7 +3,7 @@
 Claude Code (`claude -p`, then `claude -p --continue`) and Codex CLI (`codex exec`, then `codex exec resume
 --last`) each run two sessions of a few turns; aider runs a few one-shot messages with an edit to a file of
 its chat between them. Each agent gets its own copy of the scratch repository (a few of llamanode's own
-source files), its own empty HOME, and its own proxy and recording; nothing reaches the network.
+source files), its own empty HOME, and its own proxy and recording; no agent needs the network.
 
     scripts/install-agents                                            # once
     .venv/bin/python bench/agent_scenarios.py --serve llama-server    # or --serve llamanode, --upstream URL
