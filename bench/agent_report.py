@@ -137,7 +137,9 @@ def markdown(results: dict[str, Any]) -> str:
     phases = dict.fromkeys(p for phases in results["servers"].values() for p in phases)
     for phase in phases:
         parts += [f"### Totals per agent ({phase})", totals_table(results, phase)]
-    parts += ["### Targets", md_table(["target", "agent", "value", "verdict"], targets(results))]
+    rows = targets(results)
+    verdicts = md_table(["target", "agent", "value", "verdict"], rows)
+    parts += ["### Targets", verdicts if rows else "None: the targets compare llamanode with llama-server."]
     for server, server_phases in results["servers"].items():
         for phase, rows in server_phases.items():
             parts += [f"### {server}, {phase}: every request", requests_table(rows)]
