@@ -47,6 +47,7 @@ from common import (
     file_segments,
     fit_text,
     interleaved,
+    log,
     machine_info,
     md_table,
     now,
@@ -159,13 +160,6 @@ QUICK = Plan(
     contention_reps=1,
     contention_variants="smoke",
 )
-
-
-def log(msg: str) -> None:
-    print(f"[{now() - _T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-_T0 = now()
 
 
 class Suffixes:

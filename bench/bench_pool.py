@@ -37,6 +37,7 @@ from common import (
     OUT_DIR,
     chatml_prefix,
     chatml_suffix,
+    log,
     machine_info,
     md_table,
     now,
@@ -68,10 +69,6 @@ class Plan:
 
 FULL = Plan("full", 4096, 92, 3, 2, 1024, 2)
 QUICK = Plan("quick", 512, 32, 1, 1, 256, 2)
-
-
-def log(msg: str) -> None:
-    print(f"[bench_pool {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 @dataclass

@@ -21,23 +21,32 @@ and this tree's side by side: HTTP overhead, warm-turn TTFT and a load run (benc
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT_DIR, SYSTEM_INTRO, fit_text, machine_info, md_table, source_text, stats, verdict, write_json
+from common import (
+    LLAMA_SERVER,
+    OUT_DIR,
+    SYSTEM_INTRO,
+    Server,
+    fit_text,
+    free_port,
+    machine_info,
+    md_table,
+    source_text,
+    stats,
+    verdict,
+    write_json,
+)
 from llamanode import Config, DecodeConfig
 from llamanode.chat import ChatMessage, ChatTemplate, discover_special_tokens
 from llamanode.pool import SessionPool
@@ -45,7 +54,6 @@ from llamanode.server.schemas import WORKSPACE_HEADER
 from llamanode.session import default_model_path
 from raw_loop import repack_decision
 
-LLAMA_SERVER = Path(os.environ.get("LLAMA_SERVER", Path.home() / ".cache/llamanode/llama-server/bin/llama-server"))
 QUESTIONS = (
     "In one sentence: what does KVSession.ensure_prefix return?",
     "Which error does prefill_suffix raise when the context is full?",
@@ -58,56 +66,6 @@ QUESTIONS = (
     "What is SessionState used for?",
     "Where is the BOS policy decided?",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Server:
-    name: str
-    cmd: list[str]
-    port: int
-    ready_path: str
-    env: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen[bytes] | None = None
-    log: Path | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, log_dir: Path, timeout: float = 300.0) -> None:
-        self.log = log_dir / f"{self.name}.log"
-        with self.log.open("wb") as sink:
-            self.proc = subprocess.Popen(
-                self.cmd,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **self.env},
-                stdin=subprocess.DEVNULL,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self.log.read_text(errors='replace')[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
-                    return
-            time.sleep(0.5)
-        raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
 
 
 @dataclass

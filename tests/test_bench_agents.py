@@ -1,0 +1,145 @@
+"""The agent replay benchmark's bookkeeping (bench/bench_agents.py, bench/agent_report.py): which recorded
+requests are replayed and how sessions are numbered, the interleaving, and the targets' verdicts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from agent_report import markdown, targets, totals
+from bench_agents import interleave, load_agent, recording_files
+from common import LLAMA_SERVER
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _record(seq: int, session: str | None, path: str = "/v1/messages?beta=true", **body: Any) -> dict[str, Any]:
+    return {
+        "seq": seq,
+        "label": "claude",
+        "session": session,
+        "method": "POST" if body else "HEAD",
+        "path": path,
+        "headers": {"anthropic-version": "v", "content-length": "9", "host": "x"},
+        "body": body or None,
+    }
+
+
+def test_load_agent_numbers_sessions_and_turns_and_skips_probes(tmp_path: Path) -> None:
+    records = [
+        _record(0, None, "/"),
+        _record(2, "B", model="m"),
+        _record(1, "A", model="m"),
+        _record(3, "A", model="m"),
+    ]
+    records.append(_record(4, None, "/v1/chat/completions", model="m", stream=True))
+    path = tmp_path / "claude.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    loaded = load_agent(path, None)
+    assert [(r.session, r.turn) for r in loaded] == [("s1", 1), ("s2", 1), ("s1", 2), ("s3", 1)]
+    assert all("content-length" not in r.headers and "host" not in r.headers for r in loaded)
+    assert loaded[0].headers == {"anthropic-version": "v"}
+    assert loaded[-1].body["stream_options"] == {"include_usage": True}  # every server then reports usage
+    assert "stream_options" not in loaded[0].body
+    assert [(r.session, r.turn) for r in load_agent(path, 1)] == [("s1", 1), ("s2", 1), ("s3", 1)]
+    assert recording_files([tmp_path]) == [path]
+
+
+def test_interleave_takes_turns() -> None:
+    assert interleave([1, 2, 3], ["a"]) == [1, "a", 2, 3]  # type: ignore[list-item]
+
+
+def _row(agent: str, session: str, turn: int, prompt: int, cached: int, ttft: float | None) -> dict[str, Any]:
+    return {
+        "agent": agent,
+        "session": session,
+        "turn": turn,
+        "api": "anthropic",
+        "status": 200 if ttft else 404,
+        "prompt_tokens": prompt,
+        "cached_tokens": cached,
+        "output_tokens": 1,
+        "usage_source": "usage",
+        "ttft_s": ttft,
+        "total_s": ttft or 0.1,
+        "error": None,
+        "reuse": cached / prompt if prompt else None,
+    }
+
+
+def _results(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"servers": {"llamanode": {"sequential": ours}, "llama-server": {"sequential": theirs}}}
+
+
+def test_targets_pass_when_llamanode_is_warm_and_faster() -> None:
+    ours = [_row("claude", "s1", 1, 4000, 0, 10.0), _row("claude", "s1", 2, 4100, 4000, 0.5),
+            _row("claude", "s2", 1, 4000, 3900, 0.6)]  # fmt: skip
+    theirs = [_row("claude", "s1", 1, 4000, 0, 12.0), _row("claude", "s1", 2, 4100, 4000, 0.5),
+              _row("claude", "s2", 1, 4000, 20, 11.0)]  # fmt: skip
+    verdicts = {name: (value, v) for name, agent, value, v in targets(_results(ours, theirs))}
+    assert verdicts["llamanode sequential: every later request reuses >= 90 % (min)"] == (4000 / 4100, "PASS")
+    ratio, verdict = verdicts["total TTFT, llamanode / llama-server <= 0.9"]
+    assert math.isclose(ratio, 11.1 / 23.5) and verdict == "PASS"
+    assert verdicts["session s2 first-request TTFT, llamanode / llama-server <= 1"][1] == "PASS"
+    assert totals(ours)["claude"].first_ttft_s == {"s1": 10.0, "s2": 0.6}
+    assert "| claude | llamanode |" in markdown(_results(ours, theirs))
+
+
+def test_targets_miss_on_a_cold_later_request_and_say_n_a_on_errors() -> None:
+    ours = [_row("codex", "s1", 1, 4000, 0, 10.0), _row("codex", "s1", 2, 4100, 100, None)]
+    theirs = [_row("codex", "s1", 1, 4000, 0, 10.0), _row("codex", "s1", 2, 4100, 4000, 0.5)]
+    verdicts = {name: v for name, agent, value, v in targets(_results(ours, theirs))}
+    assert verdicts["llamanode sequential: every later request reuses >= 90 % (min)"] == "MISS"
+    assert verdicts["total TTFT, llamanode / llama-server <= 0.9"] == "n/a"  # a request without TTFT
+    assert totals(ours)["codex"].errors == 1
+
+
+def _mini_recordings(where: Path) -> None:
+    """Two short agents' worth of requests in the proxy's format: Anthropic and Responses, a shared opening."""
+    opening = "You are a careful coding agent. " + " ".join(f"Rule {i}: answer briefly." for i in range(30))
+    user = [{"role": "user", "content": "List the files."}]
+    more = [*user, {"role": "assistant", "content": "a.py"}, {"role": "user", "content": "Show a.py."}]
+    claude = [
+        {"seq": i, "label": "claude", "session": "S", "method": "POST", "path": "/v1/messages", "headers": {},
+         "body": {"model": "m", "max_tokens": 8, "stream": True, "system": opening, "messages": messages}}
+        for i, messages in enumerate((user, more))
+    ]  # fmt: skip
+    said = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "a.py"}]}
+    items = [{"role": "developer", "content": opening}, {"role": "user", "content": "List the files."}]
+    codex = [
+        {"seq": i, "label": "codex", "session": "K", "method": "POST", "path": "/v1/responses", "headers": {},
+         "body": {"model": "m", "max_output_tokens": 8, "stream": True, "prompt_cache_key": "K", "input": inputs}}
+        for i, inputs in enumerate((items, [*items, said, {"role": "user", "content": "Show a.py."}]))
+    ]  # fmt: skip
+    for name, records in (("claude", claude), ("codex", codex)):
+        (where / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not LLAMA_SERVER.exists(), reason=f"{LLAMA_SERVER} not built")
+def test_replay_against_llama_server_writes_results_and_report(tmp_path: Path) -> None:
+    _mini_recordings(tmp_path)
+    out = tmp_path / "agents.json"
+    cmd = [sys.executable, str(BENCH / "bench_agents.py"), str(tmp_path), "--servers", "llama-server",
+           "--threads", "1", "--ctx", "2048", "--repack", "off", "--json", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    phases = results["servers"]["llama-server"]
+    assert [(r["agent"], r["session"], r["turn"]) for r in phases["interleaved"]] == [
+        ("claude", "s1", 1), ("codex", "s1", 1), ("claude", "s1", 2), ("codex", "s1", 2)
+    ]  # fmt: skip
+    sequential = phases["sequential"]
+    assert [r["status"] for r in sequential] == [200] * 4
+    assert all(r["prompt_tokens"] and r["ttft_s"] is not None for r in sequential)
+    assert sequential[1]["reuse"] > 0.9  # the same slot, the same opening: llama-server reuses it
+    assert results["settings"]["repack"] is False
+    assert "### Targets" in proc.stdout and out.with_suffix(".md").is_file()
