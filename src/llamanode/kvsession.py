@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from types import TracebackType
 
@@ -18,11 +16,11 @@ from .errors import (
     InvalidInputError,
     LlamaNodeError,
     ManifestMismatchError,
-    SessionBusyError,
     SessionClosedError,
     SessionFatalError,
 )
 from .identity import SnapshotIdentity, require_identity
+from .input_checks import check_segments, utf8_of
 from .manifest import IDENTITY_FIELDS, ContextManifest, byte_hash, hash_token_ids, join_segments
 from .prefix import common_prefix_len
 from .residency import explain_divergence, segment_residency, token_byte_offsets
@@ -37,28 +35,9 @@ from .session import (
     SuffixInput,
     SuffixStatus,
 )
+from .session_lock import SessionLock
 
 __all__ = ["KVSession", "chunk_sizes", "common_prefix_len"]
-
-
-class _OwnedLock:
-    """Serializes calls across threads; refuses re-entry from the thread that holds it."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._owner: int | None = None
-
-    @contextmanager
-    def hold(self) -> Iterator[None]:
-        me = threading.get_ident()
-        if self._owner == me:
-            raise SessionBusyError("this thread still holds an open decode stream of the session; close it first")
-        with self._lock:
-            self._owner = me
-            try:
-                yield
-            finally:
-                self._owner = None
 
 
 class KVSession:
@@ -76,7 +55,7 @@ class KVSession:
             add_bos=self.identity.add_bos,
         )
         self._kv = ResidentKV(context, config)
-        self._lock = _OwnedLock()
+        self._lock = SessionLock()
         self._closed = False
         self._on_close = on_close
         self._cold_note = ""  # why this session started cold, carried into the first cold divergence
@@ -112,11 +91,11 @@ class KVSession:
         with self._lock.hold():
             self._check_usable()
             self._check_identity(prefix.manifest)
-            raw = _utf8(prefix.text, "prefix")
+            raw = utf8_of(prefix.text, "prefix")
             text_hash = byte_hash(raw)
             if self._same_prefix(prefix.manifest, text_hash):
                 return self._keep_prefix()
-            _check_segments(prefix.manifest, raw)
+            check_segments(prefix.manifest, raw)
             add_bos = prefix.manifest.add_bos
             tokens = self._ctx.tokenize(prefix.text, add_bos)
             lcp, limit = self._reusable_len(prefix.manifest, tokens)
@@ -134,7 +113,7 @@ class KVSession:
                 field_name = resident.first_difference(suffix.manifest) or "digest"
                 reason = f"suffix manifest differs from the resident prefix's in {field_name}"
                 raise ManifestMismatchError(reason, field_name)
-            _utf8(suffix.text, "suffix")
+            utf8_of(suffix.text, "suffix")
             tokens = self._ctx.tokenize(suffix.text, False) if suffix.text else []
             n_res = len(self._r.tokens)
             if n_res + len(tokens) > self.num_ctx:
@@ -378,22 +357,3 @@ class KVSession:
             finally:
                 sampler.close()
 
-
-def _utf8(text: str, what: str) -> bytes:
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidInputError(f"{what} is not valid UTF-8 (lone surrogate at {exc.start})") from exc
-
-
-def _check_segments(manifest: ContextManifest, raw: bytes) -> None:
-    """Segments, when given, must tile the text exactly: same lengths, same hashes."""
-    if not manifest.segments:
-        return
-    at = 0
-    for seg in manifest.segments:
-        if byte_hash(raw[at : at + seg.byte_len]) != seg.byte_hash:
-            raise ManifestMismatchError(f"segment {seg.name!r} does not match the text at byte {at}", "segments")
-        at += seg.byte_len
-    if at != len(raw):
-        raise ManifestMismatchError(f"segments cover {at} bytes, the text has {len(raw)}", "segments")
