@@ -284,7 +284,8 @@ class KVSession:
     def _reusable_len(self, manifest: ContextManifest, tokens: list[int]) -> tuple[int, int]:
         """(tokens to keep, stable limit). Nothing is reused across a manifest change."""
         r = self._r
-        if r.manifest is None or r.manifest.digest != manifest.digest:
+        basis = r.manifest or r.partial  # an unfinished prefill's tokens came from batches too: reusable
+        if basis is None or basis.digest != manifest.digest:
             return 0, 0
         limit = r.stable_len
         lcp = common_prefix_len(r.tokens[:limit], tokens)
@@ -303,12 +304,15 @@ class KVSession:
         on_progress: ProgressFn | None,
     ) -> PrefixStatus:
         r = self._r
-        old_manifest, old_text, old_prefix = r.manifest, r.text, r.prefix_len
+        resumed = r.manifest is None and r.partial is not None
+        old_manifest, old_text = r.manifest or r.partial, r.text
+        old_prefix = len(r.tokens) if resumed else r.prefix_len
         # reuse stopped only because the next matching resident token came from a decode step
         blocked = lcp == limit < len(r.tokens) and lcp < len(tokens) and r.tokens[lcp] == tokens[lcp]
         dropped = len(r.tokens) - lcp
         started = time.perf_counter()
-        r.manifest = None  # a failure from here on must not leave a reusable half-prefix
+        # a failure (or a stopped prewarm) from here on leaves no reusable prefix, only reusable tokens
+        r.manifest, r.partial, r.text = None, manifest, raw
         self._kv.trim(lcp)
         if len(tokens) > lcp:
             self._kv.extend(tokens[lcp:], "prefix", on_progress)
@@ -320,7 +324,7 @@ class KVSession:
         r.offsets = offsets
         r.segments = segment_residency(manifest, offsets, len(tokens), lcp)
         r.divergence = explain_divergence(
-            old_manifest, old_text, old_prefix, manifest, raw, len(tokens), lcp, limit, offsets, blocked
+            old_manifest, old_text, old_prefix, manifest, raw, len(tokens), lcp, limit, offsets, blocked, resumed
         )
         if self._cold_note and r.divergence is not None and r.divergence.cause == "cold":
             r.divergence = replace(r.divergence, detail=f"{r.divergence.detail} ({self._cold_note})")

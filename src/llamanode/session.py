@@ -61,7 +61,8 @@ class PrefillProgress:
 class Divergence:
     """Why resident KV stopped matching: where (segment, token, byte) and the cause."""
 
-    cause: str  # cold | manifest_changed | edited | token_boundary | shrunk | appended | generated_tokens | restored
+    # cold | manifest_changed | edited | token_boundary | shrunk | appended | generated_tokens | restored | resumed
+    cause: str
     token_index: int
     segment: str | None = None
     byte_offset: int | None = None
