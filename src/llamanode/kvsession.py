@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from types import TracebackType
 
@@ -23,6 +24,7 @@ from .identity import SnapshotIdentity, require_identity
 from .input_checks import check_segments, utf8_of
 from .manifest import IDENTITY_FIELDS, ContextManifest, byte_hash, hash_token_ids, join_segments
 from .prefix import common_prefix_len
+from .prewarm import Prewarmer, PrewarmHandle
 from .residency import explain_divergence, segment_residency, token_byte_offsets
 from .resident import ProgressFn, Resident, ResidentKV, chunk_sizes
 from .session import (
@@ -31,6 +33,7 @@ from .session import (
     Divergence,
     PrefixInput,
     PrefixStatus,
+    PrewarmReport,
     SessionState,
     SuffixInput,
     SuffixStatus,
@@ -56,6 +59,7 @@ class KVSession:
         )
         self._kv = ResidentKV(context, config)
         self._lock = SessionLock()
+        self._prewarms = Prewarmer(self._kv, self.ensure_prefix)
         self._closed = False
         self._on_close = on_close
         self._cold_note = ""  # why this session started cold, carried into the first cold divergence
@@ -88,7 +92,7 @@ class KVSession:
 
     # -- the contract ------------------------------------------------------------------
     def ensure_prefix(self, prefix: PrefixInput, on_progress: ProgressFn | None = None) -> PrefixStatus:
-        with self._lock.hold():
+        with self._hold("ensure_prefix", prefix):
             self._check_usable()
             self._check_identity(prefix.manifest)
             raw = utf8_of(prefix.text, "prefix")
@@ -104,7 +108,7 @@ class KVSession:
             return self._apply_prefix(prefix.manifest, raw, text_hash, tokens, lcp, limit, on_progress)
 
     def prefill_suffix(self, suffix: SuffixInput, on_progress: ProgressFn | None = None) -> SuffixStatus:
-        with self._lock.hold():
+        with self._hold("prefill_suffix"):
             self._check_usable()
             resident = self._r.manifest
             if resident is None:
@@ -133,7 +137,7 @@ class KVSession:
     def decode(self, config: DecodeConfig | None = None) -> DecodeStream:
         """Validate now (errors raise here), then stream chunks while holding the session."""
         cfg = config or DecodeConfig()
-        with self._lock.hold():
+        with self._hold("decode"):
             self._check_usable()
             n_res = len(self._r.tokens)
             if n_res == 0 or self._r.manifest is None:  # None: a prefill was interrupted half-way
@@ -146,16 +150,35 @@ class KVSession:
         return stream
 
     def explain_context(self) -> ContextReport:
-        return self._r.report(self.num_ctx, self._closed, self._kv.fatal is not None)
+        report = self._r.report(self.num_ctx, self._closed, self._kv.fatal is not None)
+        return replace(report, last_prewarm=self._prewarms.report())
 
     def close(self) -> None:
         if self._closed:
             return
-        with self._lock.hold():
+        with self._hold("close"):
             self._closed = True
             self._ctx.close()
             if self._on_close is not None:
                 self._on_close()
+        self._prewarms.join()
+
+    # -- prewarming (prewarm.py) ---------------------------------------------------------------
+    def prewarm(self, prefix: PrefixInput) -> PrewarmHandle:
+        """Start ensure_prefix(prefix) in a background thread and return at once. The next ensure_prefix of
+        this prefix takes over where it stands; any other call stops it at its next chunk boundary."""
+        self._check_usable()
+        self._check_identity(prefix.manifest)
+        check_segments(prefix.manifest, utf8_of(prefix.text, "prefix"))
+        return self._prewarms.start(prefix)
+
+    def cancel_prewarm(self, by: str = "cancel") -> PrewarmReport | None:
+        """Stop a running prewarm at its next chunk boundary and wait for that; the last prewarm's report."""
+        return self._prewarms.cancel(by)
+
+    @property
+    def prewarming(self) -> bool:
+        return self._prewarms.running
 
     def __enter__(self) -> KVSession:
         return self
@@ -171,7 +194,7 @@ class KVSession:
 
     def export_state(self) -> SessionState:
         """The resident KV and everything needed to resume it exactly (for snapshots and forks)."""
-        with self._lock.hold():
+        with self._hold("export_state"):
             self._check_usable()
             r = self._r
             if r.manifest is None:
@@ -196,7 +219,7 @@ class KVSession:
         Identity is checked before any byte reaches the context. Logits are not part of a
         state: the next decode re-prefills the last two tokens as one batch.
         """
-        with self._lock.hold():
+        with self._hold("import_state"):
             self._check_usable()
             expected = self.state_identity()
             require_identity(SnapshotIdentity.of_state(state, expected.kv_config), state.manifest, expected)
@@ -238,7 +261,7 @@ class KVSession:
     def reset(self) -> None:
         """Drop everything resident (KV cells and bookkeeping): the session is as good as new, without
         reallocating its context (a pool reuses an evicted workspace's context this way)."""
-        with self._lock.hold():
+        with self._hold("reset"):
             self._check_usable()
             self._kv.clear()
             self._cold_note = ""
@@ -246,13 +269,20 @@ class KVSession:
     def note_cold_start(self, detail: str) -> None:
         """Record why this empty session starts cold (e.g. a refused snapshot): explain_context() shows it
         now, and the next cold prefill's divergence carries it."""
-        with self._lock.hold():
+        with self._hold("note_cold_start"):
             if self._r.tokens:
                 raise InvalidInputError("note_cold_start needs an empty session")
             self._cold_note = detail
             self._r.divergence = Divergence("cold", 0, None, None, detail)
 
     # -- ensure_prefix steps -----------------------------------------------------------------
+    @contextmanager
+    def _hold(self, call: str, prefix: PrefixInput | None = None) -> Iterator[None]:
+        """Hold the session for call; a running prewarm is asked first to stop at its next chunk boundary."""
+        self._prewarms.yield_to(call, prefix)
+        with self._lock.hold(), self._prewarms.turn():
+            yield
+
     def _check_usable(self) -> None:
         if self._closed:
             raise SessionClosedError("session is closed")
@@ -355,7 +385,7 @@ class KVSession:
 
     # -- decode ------------------------------------------------------------------------------
     def _stream(self, cfg: DecodeConfig, sampler: Sampler) -> DecodeStream:
-        with self._lock.hold():
+        with self._hold("decode"):
             try:
                 yield from decode_chunks(self._kv, cfg, sampler, self.num_ctx, self._check_usable)
             finally:
