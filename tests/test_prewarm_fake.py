@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fakes import FakeContext, fake_session
-from gates import PREWARM_THREAD, ChunkGate, stop_asked, wait_until
+from gates import PREWARM_THREAD, Call, ChunkGate, stop_after, stop_asked, wait_until
 from llamanode import (
     ContextManifest,
     ContextOverflowError,
@@ -54,38 +54,6 @@ def gated(segments: tuple[tuple[str, str], ...] | None = None) -> tuple[KVSessio
     if segments is not None:
         session.ensure_prefix(session.prefix(segments))
     return session, ctx, ChunkGate(ctx)
-
-
-class Call(threading.Thread):
-    """A foreground call in a thread of its own, so the test can count the prewarm's chunks meanwhile."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        super().__init__(name="foreground")
-        self.fn, self.result, self.error = fn, None, None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self.result = self.fn()
-        except BaseException as exc:
-            self.error = exc
-
-    def outcome(self, timeout: float = 30) -> Any:
-        self.join(timeout)
-        assert not self.is_alive(), "the call waited for more than the chunk in flight"
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
-def stop_after(gate: ChunkGate, handle: Any, chunks: int, fn: Callable[[], Any]) -> Call:
-    """Let the prewarm run `chunks` chunks, make the call while the next chunk is in flight, then let
-    exactly that one chunk finish: the call must then complete without any further permit."""
-    gate.run_chunks(chunks)
-    call = Call(fn)
-    wait_until(lambda: stop_asked(handle))
-    gate.allow(1)
-    return call
 
 
 def test_a_prewarm_left_alone_completes_and_the_next_ensure_prefix_is_a_byte_hash_hit() -> None:
