@@ -252,15 +252,23 @@ def test_explain_context_shows_a_running_prewarm() -> None:
     assert handle.wait(10).outcome == "completed" and not session.prewarming
 
 
-def test_done_callbacks_get_the_final_report() -> None:
-    session, _ = fake_session(num_batch=BATCH)
+def test_done_callbacks_get_the_final_report_and_may_use_the_session(caplog: pytest.LogCaptureFixture) -> None:
+    session, _, gate = gated()
     handle = session.prewarm(session.prefix(P))
-    seen: list[PrewarmReport] = []
+    seen: list[object] = []
+
+    def broken(report: PrewarmReport) -> None:
+        raise RuntimeError("a bug in a callback")
+
     handle.add_done_callback(seen.append)
-    final = handle.wait(10)
-    wait_until(lambda: len(seen) == 1)
+    handle.add_done_callback(broken)
+    handle.add_done_callback(lambda report: seen.append(session.ensure_prefix(session.prefix(P)).byte_hash_hit))
+    gate.open()
+    final = handle.wait(10)  # callbacks have run when wait() returns
+    assert seen == [final, True]
+    assert "a prewarm done-callback failed" in caplog.text and "a bug in a callback" in caplog.text
     handle.add_done_callback(seen.append)  # already ended: called at once
-    assert seen == [final, final]
+    assert seen == [final, True, final]
 
 
 TEXTS = st.text(alphabet="ab\n", min_size=1, max_size=60)

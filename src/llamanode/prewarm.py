@@ -12,17 +12,18 @@ whether it was asked to stop. Every other call on the session asks it before wai
 
 A prewarm that has not got hold of the session yet ends at once, having done nothing. How a prewarm ended
 is recorded while it still holds the session, so the call that gets the session next reads a final
-report. A failure is recorded, never raised into another thread; an unexpected one (not a LlamaNodeError)
-makes the session unusable, since its context may no longer match what it believes is resident.
+report; its done-callbacks run, and waiters wake, once it has let go of the session. A failure is
+recorded, never raised into another thread; an unexpected one (not a LlamaNodeError) makes the session
+unusable, since its context may no longer match what it believes is resident.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -34,6 +35,8 @@ from .session import PrefillProgress, PrefixInput, PrefixStatus, PrewarmReport
 __all__ = ["PrewarmHandle", "Prewarmer"]
 
 PrefillFn = Callable[[PrefixInput, ProgressFn], PrefixStatus]  # the session's ensure_prefix
+DoneFn = Callable[[PrewarmReport], None]
+_log = logging.getLogger(__name__)
 
 
 class _Stopped(Exception):
@@ -45,7 +48,6 @@ class _Run:
     """One prewarm; guarded by its Prewarmer's condition."""
 
     prefix: PrefixInput
-    future: Future[PrewarmReport] = field(default_factory=Future)
     began: float = field(default_factory=time.perf_counter)
     phase: str = "waiting"  # waiting (for the session) | running (holds it) | ended
     stop: tuple[str, str] | None = None  # (outcome, by) asked for while it runs
@@ -53,6 +55,9 @@ class _Run:
     reused_tokens: int | None = None
     prefilled: int = 0
     report: PrewarmReport | None = None  # once ended
+    callbacks: list[DoneFn] = field(default_factory=list)
+    settled: bool = False  # its callbacks ran (or run now) ...
+    done: threading.Event = field(default_factory=threading.Event)  # ... and then this was set
 
     def now(self, outcome: str, by: str | None, status: PrefixStatus | None = None) -> PrewarmReport:
         elapsed = time.perf_counter() - self.began
@@ -75,19 +80,22 @@ class PrewarmHandle:
 
     @property
     def done(self) -> bool:
-        return self._run.future.done()
+        return self._run.done.is_set()
 
     def wait(self, timeout: float | None = None) -> PrewarmReport:
-        """Its final report, once it has ended (TimeoutError after timeout seconds)."""
-        return self._run.future.result(timeout)
+        """Its final report, once it has ended and let go of the session (TimeoutError after timeout s)."""
+        if not self._run.done.wait(timeout):
+            raise TimeoutError(f"the prewarm is still running after {timeout} s")
+        assert self._run.report is not None
+        return self._run.report
 
     def cancel(self) -> PrewarmReport:
         """Stop it at its next chunk boundary (unless it has ended) and wait for that: one chunk at most."""
         return self._owner.cancel_run(self._run, "cancel")
 
-    def add_done_callback(self, fn: Callable[[PrewarmReport], None]) -> None:
-        """Call fn with the final report when it ends (at once if it has)."""
-        self._run.future.add_done_callback(lambda future: fn(future.result()))
+    def add_done_callback(self, fn: DoneFn) -> None:
+        """Call fn with the final report when it ends, before wait() returns (at once if it has ended)."""
+        self._owner.add_done_callback(self._run, fn)
 
 
 class Prewarmer:
@@ -96,7 +104,7 @@ class Prewarmer:
     def __init__(self, kv: ResidentKV, prefill: PrefillFn) -> None:
         self._kv = kv
         self._prefill = prefill
-        self._cv = threading.Condition()
+        self._cv = threading.Condition(threading.RLock())
         self._last: _Run | None = None
         self._threads: list[threading.Thread] = []
         self._mine = threading.local()  # .run: set in a prewarm's own thread
@@ -108,7 +116,7 @@ class Prewarmer:
         with self._cv:
             ended = self._ask(self._last, "superseded", "prewarm")
             self._last = run
-            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+            self._threads = [t for t in self._threads if t.ident is None or t.is_alive()] + [thread]
         self._settle(ended)
         thread.start()
         return PrewarmHandle(run, self)
@@ -143,6 +151,13 @@ class Prewarmer:
         """The latest prewarm's report (explain_context().last_prewarm)."""
         with self._cv:
             return None if self._last is None else self.report_of(self._last)
+
+    def add_done_callback(self, run: _Run, fn: DoneFn) -> None:
+        with self._cv:
+            if not run.settled:
+                run.callbacks.append(fn)
+                return
+        _call(fn, run)
 
     def report_of(self, run: _Run) -> PrewarmReport:
         with self._cv:  # while it runs, `by` names a call that asked it to stop (at its next chunk boundary)
@@ -179,29 +194,30 @@ class Prewarmer:
         except _Stopped:
             raise
         except LlamaNodeError as exc:
-            self._finish(run, "failed", _describe(exc))
+            self._end(run, "failed", _describe(exc))
             raise
         except BaseException as exc:
             self._kv.fatal = f"a prewarm failed unexpectedly: {_describe(exc)}"
-            self._finish(run, "failed", _describe(exc))
+            self._end(run, "failed", _describe(exc))
             raise
         else:
-            self._finish(run, "completed", None, self._kv.r.last_prefix)
+            self._end(run, "completed", None, self._kv.r.last_prefix)
 
     # -- the prewarm's own thread ------------------------------------------------------------------------
     def _main(self, run: _Run) -> None:
         self._mine.run = run
-        with self._cv:
-            if run.phase == "ended":
-                return  # stopped before it started
         try:
-            with contextlib.suppress(Exception):  # recorded by turn(): never raised into another thread
-                self._prefill(run.prefix, partial(self._progress, run))
+            with self._cv:
+                stopped = run.phase == "ended"  # before it started
+            if not stopped:
+                with contextlib.suppress(Exception):  # recorded by turn(): never raised into another thread
+                    self._prefill(run.prefix, partial(self._progress, run))
         finally:
             with self._cv:
-                ended = run.phase != "ended"
-            if ended:  # it never got to turn() (nothing was touched)
-                self._finish(run, "failed", "the prewarm thread ended before it held the session")
+                if run.phase != "ended":  # it never got to turn() (nothing was touched)
+                    self._end(run, "failed", "the prewarm thread ended before it held the session")
+            self._mine.run = None  # callbacks that use the session from here are ordinary calls
+            self._settle(run)  # the session is free again: callbacks and waiters may use it
 
     def _progress(self, run: _Run, progress: PrefillProgress) -> None:
         """After each chunk of the prewarm's prefill: count it, and stop here if asked."""
@@ -210,13 +226,11 @@ class Prewarmer:
             run.reused_tokens = len(self._kv.r.tokens) - progress.done_tokens
             run.prefix_tokens = run.reused_tokens + progress.total_tokens
             stop = run.stop
-            if stop is not None:
-                self._end(run, *stop)
         if stop is not None:
-            self._settle(run)
+            self._end(run, *stop)
             raise _Stopped
 
-    # -- ending a run: under the condition, then its future outside it (callbacks run there) ------------
+    # -- ending a run (recorded under the condition), then settling it (callbacks, waiters) outside -------
     def _ask(self, run: _Run | None, outcome: str, by: str) -> _Run | None:
         """Ask run to stop: a waiting one ends now (returned, to settle); a running one at its next chunk."""
         if run is None or run.phase == "ended":
@@ -229,19 +243,29 @@ class Prewarmer:
         return None
 
     def _end(self, run: _Run, outcome: str, by: str | None, status: PrefixStatus | None = None) -> None:
-        run.report = run.now(outcome, by, status)
-        run.phase = "ended"
-        self._cv.notify_all()
+        with self._cv:  # re-entrant here: _ask ends a waiting run with the condition held
+            run.report = run.now(outcome, by, status)
+            run.phase = "ended"
+            self._cv.notify_all()
 
-    def _finish(self, run: _Run, outcome: str, by: str | None, status: PrefixStatus | None = None) -> None:
+    def _settle(self, run: _Run | None) -> None:
+        if run is None:
+            return
         with self._cv:
-            self._end(run, outcome, by, status)
-        self._settle(run)
+            if run.settled or run.report is None:
+                return
+            run.settled, callbacks = True, list(run.callbacks)
+        for fn in callbacks:
+            _call(fn, run)
+        run.done.set()
 
-    @staticmethod
-    def _settle(run: _Run | None) -> None:
-        if run is not None and run.report is not None:
-            run.future.set_result(run.report)
+
+def _call(fn: DoneFn, run: _Run) -> None:
+    assert run.report is not None
+    try:
+        fn(run.report)
+    except Exception:  # a callback's bug is logged, never raised into the prewarm's thread
+        _log.exception("a prewarm done-callback failed")
 
 
 def _describe(exc: BaseException) -> str:
