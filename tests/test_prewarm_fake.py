@@ -156,6 +156,23 @@ def test_a_newer_prewarm_supersedes_the_older_between_chunks() -> None:
     exact(ctx)
 
 
+def test_a_prewarm_started_while_a_call_waits_for_the_session_goes_after_it() -> None:
+    session, ctx, gate = gated()
+    first = session.prewarm(session.prefix(P))
+    gate.run_chunks(2)
+    call = Call(lambda: session.ensure_prefix(session.prefix(Q)))
+    wait_until(lambda: stop_asked(first))
+    second = session.prewarm(session.prefix(P))  # the call asked first: this one must not slip in before it
+    gate.allow(1)
+    status = call.outcome()  # one permit was enough: the second prewarm waited
+    assert (first.wait(1).outcome, first.wait(1).by) == ("cancelled", "ensure_prefix")
+    assert (status.reused_tokens, status.prefilled_tokens) == (24, 72) and not second.done
+    gate.open()
+    assert second.wait(10).outcome == "completed"
+    assert answer(session) == cold(P)
+    exact(ctx)
+
+
 def test_close_interrupts_it_and_the_context_is_never_touched_after() -> None:
     session, ctx, gate = gated(P)
     handle = session.prewarm(session.prefix(Q))

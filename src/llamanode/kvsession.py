@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from types import TracebackType
 
@@ -276,12 +276,9 @@ class KVSession:
             self._r.divergence = Divergence("cold", 0, None, None, detail)
 
     # -- ensure_prefix steps -----------------------------------------------------------------
-    @contextmanager
-    def _hold(self, call: str, prefix: PrefixInput | None = None) -> Iterator[None]:
-        """Hold the session for call; a running prewarm is asked first to stop at its next chunk boundary."""
-        self._prewarms.yield_to(call, prefix)
-        with self._lock.hold(), self._prewarms.turn():
-            yield
+    def _hold(self, call: str, prefix: PrefixInput | None = None) -> AbstractContextManager[None]:
+        """Hold the session for call, once a running prewarm has stopped at its next chunk boundary."""
+        return self._prewarms.holding(self._lock, call, prefix)
 
     def _check_usable(self) -> None:
         if self._closed:

@@ -3,7 +3,7 @@
 A prewarm is the session's own ensure_prefix, run by a thread of its own and holding the session like
 any call, so its chunks, batch rules and exactness are ensure_prefix's. After each prefill chunk it looks
 whether it was asked to stop. Every other call on the session asks it before waiting for the session
-(KVSession._hold), so no call waits for more than the chunk in flight:
+(Prewarmer.holding), so no call waits for more than the chunk in flight:
 
 - ensure_prefix of the same prefix: the prewarm stops ("joined") and the call takes over where it stood
   (the chunks done are an unfinished prefill, reused token by token: Resident.partial);
@@ -31,6 +31,7 @@ from functools import partial
 from .errors import LlamaNodeError
 from .resident import ProgressFn, ResidentKV
 from .session import PrefillProgress, PrefixInput, PrefixStatus, PrewarmReport
+from .session_lock import SessionLock
 
 __all__ = ["PrewarmHandle", "Prewarmer"]
 
@@ -108,6 +109,7 @@ class Prewarmer:
         self._last: _Run | None = None
         self._threads: list[threading.Thread] = []
         self._mine = threading.local()  # .run: set in a prewarm's own thread
+        self._waiting_calls = 0  # calls that asked for the session and do not hold it yet
 
     # -- asked by the session's callers ------------------------------------------------------------
     def start(self, prefix: PrefixInput) -> PrewarmHandle:
@@ -121,16 +123,22 @@ class Prewarmer:
         thread.start()
         return PrewarmHandle(run, self)
 
-    def yield_to(self, call: str, prefix: PrefixInput | None) -> None:
+    def _yield_to(self, call: str, prefix: PrefixInput | None) -> None:
         """Before call waits for the session: a running prewarm stops at its next chunk boundary."""
-        if getattr(self._mine, "run", None) is not None:
-            return  # the prewarm's own ensure_prefix
         with self._cv:
+            self._waiting_calls += 1
             run = self._last
             same = run is not None and call == "ensure_prefix" and prefix == run.prefix
             outcome = "joined" if same else "interrupted" if call == "close" else "cancelled"
             ended = self._ask(run, outcome, call)
         self._settle(ended)
+
+    def _served(self) -> bool:
+        """A waiting call holds the session now (or gave up): prewarms started meanwhile may go on."""
+        with self._cv:
+            self._waiting_calls -= 1
+            self._cv.notify_all()
+        return True
 
     def cancel(self, by: str) -> PrewarmReport | None:
         """Stop the latest prewarm at its next chunk boundary and wait for that; its report, if any."""
@@ -176,15 +184,31 @@ class Prewarmer:
             if thread is not threading.current_thread():
                 thread.join()
 
-    # -- in every call that holds the session ----------------------------------------------------------
+    # -- every call that holds the session goes through here ---------------------------------------------
     @contextmanager
-    def turn(self) -> Iterator[None]:
-        """In a prewarm's thread: begin (or end at once if it was stopped while it waited for the session),
-        and record how it ended while it still holds the session. Elsewhere: nothing."""
+    def holding(self, lock: SessionLock, call: str, prefix: PrefixInput | None) -> Iterator[None]:
+        """Hold the session for call. A caller first asks a running prewarm to stop at its next chunk
+        boundary, and counts as waiting until it holds the session (a prewarm started meanwhile waits
+        for it). A prewarm's own ensure_prefix begins here, and records how it ended."""
         run: _Run | None = getattr(self._mine, "run", None)
-        if run is None:
-            yield
+        if run is not None:
+            with lock.hold(), self._recorded(run):
+                yield
             return
+        self._yield_to(call, prefix)
+        served = False
+        try:
+            with lock.hold():
+                served = self._served()
+                yield
+        finally:
+            if not served:  # it never got the session (e.g. SessionBusyError)
+                self._served()
+
+    @contextmanager
+    def _recorded(self, run: _Run) -> Iterator[None]:
+        """Begin run (or leave at once if it was stopped while it waited), and record how it ended while
+        it still holds the session."""
         with self._cv:
             if run.phase == "ended":
                 raise _Stopped
@@ -207,8 +231,9 @@ class Prewarmer:
     def _main(self, run: _Run) -> None:
         self._mine.run = run
         try:
-            with self._cv:
-                stopped = run.phase == "ended"  # before it started
+            with self._cv:  # calls that asked for the session before this prewarm began go first
+                self._cv.wait_for(lambda: self._waiting_calls == 0 or run.phase == "ended")
+                stopped = run.phase == "ended"
             if not stopped:
                 with contextlib.suppress(Exception):  # recorded by turn(): never raised into another thread
                     self._prefill(run.prefix, partial(self._progress, run))
