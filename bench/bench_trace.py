@@ -8,6 +8,9 @@ Per turn and strategy: prefix tokens, reused, recomputed, suffix tokens and time
 totals, and ratios against `Llama` (same prompt text, same model and settings, same run, turns
 interleaved). The `oracle` row counts tokens only: per turn, the tokens of the segments that are new or
 changed since the turn before, i.e. what exact reuse recomputes if every changed segment sat last.
+Between turns every strategy gets the agent's think time (--think); `prewarm` prefills the upcoming
+prefix in it, so its `recomputed` counts what the turn itself still prefilled after the think time, and
+`prewarmed` what the prewarm had prefilled before the turn joined it. TTFT is measured after the think time.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ def totals(results: Sequence[TurnResult], names: Sequence[str]) -> dict[str, dic
             "recomputed_tokens": recomputed,
             "recomputed_share": ratio(recomputed, prefix),
             "suffix_tokens": sum(r.suffix_tokens for r in mine),
+            "prewarmed_tokens": sum(r.detail.get("prewarm", {}).get("prefilled_tokens", 0) for r in mine),
             "ttft_s": sum(r.ttft_s for r in mine),
             "warm_ttft_s": sum(r.ttft_s for r in warm),  # every turn after the cold first one
             "warm_recomputed_tokens": sum(r.recomputed_tokens for r in warm),
@@ -95,8 +99,9 @@ def totals(results: Sequence[TurnResult], names: Sequence[str]) -> dict[str, dic
 def report(
     trace: Trace, results: Sequence[TurnResult], summary: dict[str, dict[str, float]], oracle: list[dict[str, int]]
 ) -> str:
+    columns = ["turn", "commit", "strategy", "prefix", "reused", "recomputed", "prewarmed", "suffix", "TTFT ms"]
     turns = md_table(
-        ["turn", "commit", "strategy", "prefix", "reused", "recomputed", "suffix", "TTFT ms", "first token"],
+        [*columns, "first token"],
         [
             [
                 r.turn,
@@ -105,6 +110,7 @@ def report(
                 r.prefix_tokens,
                 r.reused_tokens,
                 r.recomputed_tokens,
+                r.detail.get("prewarm", {}).get("prefilled_tokens", ""),
                 r.suffix_tokens,
                 r.ttft_s * 1000,
                 repr(r.first_token),
@@ -119,6 +125,7 @@ def report(
             int(t["reused_tokens"]),
             int(t["recomputed_tokens"]),
             t["recomputed_share"],
+            int(t["prewarmed_tokens"]),
             t["ttft_s"],
             t[f"ttft_s_vs_{BASELINE}"],
             t["warm_ttft_s"],
@@ -129,9 +136,10 @@ def report(
     prefix = sum(o["prefix_tokens"] for o in oracle)
     recomputed = sum(o["recomputed_tokens"] for o in oracle)
     rows.append(
-        ["oracle (tokens only)", prefix, prefix - recomputed, recomputed, ratio(recomputed, prefix)] + ["n/a"] * 4
+        ["oracle (tokens only)", prefix, prefix - recomputed, recomputed, ratio(recomputed, prefix)] + ["n/a"] * 5
     )
-    head = ["strategy", "prefix tok", "reused", "recomputed", "share", "TTFT s", f"vs {BASELINE}", "warm TTFT s", "vs"]
+    head = ["strategy", "prefix tok", "reused", "recomputed", "share", "prewarmed", "TTFT s", f"vs {BASELINE}"]
+    head += ["warm TTFT s", "vs"]
     return (
         f"### Trace: {len(trace.turns)} turns of {trace.repo} at {trace.head[:12]}\n\n{turns}\n\n"
         f"### Totals (warm: turns after the first)\n\n{md_table(head, rows)}\n"
@@ -152,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--threads", type=int, default=os.cpu_count() or 1, help="threads for every system (%(default)s)"
     )
     parser.add_argument("--num-ctx", type=int, default=8192, help="context size for every system (%(default)s)")
-    parser.add_argument("--think", type=float, default=0.0, help="agent think time between turns, s (%(default)s)")
+    parser.add_argument("--think", type=float, default=5.0, help="agent think time between turns, s (%(default)s)")
     parser.add_argument("--json", type=Path, default=None, help="write results (and a .md next to it)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.strategies.split(",") if n.strip()]

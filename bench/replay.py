@@ -5,6 +5,7 @@ subclassing and registering it in STRATEGIES:
 
 - `exact`      llamanode, segments in the trace's order, ordinary longest-common-prefix reuse
 - `assembler`  llamanode, segments ordered by a ContextAssembler learning this trace's volatility
+- `prewarm`    llamanode in the trace's order, prewarming each turn's prefix during the think time before it
 - `llama`      llama-cpp-python's `Llama`, the same prompt text, its own prefix-match reuse (the baseline)
 
 Hooks for what comes next: `think(index, upcoming, seconds)` runs between two turns with the agent's
@@ -16,6 +17,7 @@ strategy's own per-turn figures (e.g. what an approximate mode approximated, and
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -23,13 +25,14 @@ from typing import Any, Protocol
 import llamanode
 from common import now
 from git_trace import Trace, TraceTurn
-from llamanode import Config, ContextAssembler, DecodeConfig, PrefixStatus, Session
+from llamanode import Config, ContextAssembler, DecodeConfig, PrefixStatus, PrewarmHandle, Session
 
 __all__ = [
     "STRATEGIES",
     "AssemblerStrategy",
     "LlamaStrategy",
     "LlamanodeStrategy",
+    "PrewarmStrategy",
     "ReplaySetup",
     "Strategy",
     "TurnResult",
@@ -155,6 +158,30 @@ class AssemblerStrategy(LlamanodeStrategy):
         return {**super().detail(index, status), "order": list(report.order), "moves": moves}
 
 
+class PrewarmStrategy(LlamanodeStrategy):
+    """llamanode in the trace's order; while the agent thinks it prewarms the upcoming turn's prefix (known
+    before the question: the files as they stand), and the turn's ensure_prefix joins what it did."""
+
+    name = "prewarm"
+
+    def __init__(self, setup: ReplaySetup) -> None:
+        super().__init__(setup)
+        self._prewarms: dict[int, PrewarmHandle] = {}
+
+    def think(self, index: int, upcoming: TraceTurn, seconds: float) -> None:
+        session = self.session
+        self._prewarms[index] = session.prewarm(session.prefix(self.arrange(index, upcoming)))
+        time.sleep(seconds)
+
+    def detail(self, index: int, status: PrefixStatus) -> dict[str, Any]:
+        handle = self._prewarms.get(index)
+        if handle is None:
+            return super().detail(index, status)
+        report = handle.wait()  # ended: the turn's ensure_prefix joined it, or it had completed
+        prewarm = {"outcome": report.outcome, "prefilled_tokens": report.prefilled_tokens, "s": report.elapsed_s}
+        return {**super().detail(index, status), "prewarm": prewarm}
+
+
 class LlamaStrategy:
     """llama-cpp-python's `Llama` on the same prompt text: the baseline users have today."""
 
@@ -223,6 +250,7 @@ STRATEGIES: dict[str, StrategyFactory] = {
     "llama": LlamaStrategy,
     "exact": LlamanodeStrategy,
     "assembler": AssemblerStrategy,
+    "prewarm": PrewarmStrategy,
 }
 
 

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 import llamanode
-from llamanode import Config, DecodeConfig, KVSession, StreamChunk
+from fakes import FakeBackend
+from llamanode import Config, DecodeConfig, KVSession, StreamChunk, registry
 
 settings.register_profile(
     "llamanode",
@@ -138,3 +139,16 @@ def small(model_keeper: KVSession) -> Iterator[KVSession]:
     session = open_real(SMALL_CONFIG)
     yield session
     session.close()
+
+
+@pytest.fixture
+def backends(monkeypatch: pytest.MonkeyPatch) -> list[FakeBackend]:
+    """Registers the toy backend for the test; every handle it hands out is listed."""
+    made: list[FakeBackend] = []
+
+    def load(path: str, config: Config) -> FakeBackend:
+        made.append(FakeBackend(path))
+        return made[-1]
+
+    monkeypatch.setattr(registry, "_loader", load)
+    return made

@@ -120,11 +120,15 @@ def test_replay_smoke(scratch: tuple[Path, list[str]], tmp_path: Path) -> None:
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads(out.read_text())
-    assert set(results["totals"]) == {"llama", "exact", "assembler"}
-    assert len(results["turns"]) == 6 and len(results["oracle"]) == 2
+    assert set(results["totals"]) == {"llama", "exact", "assembler", "prewarm"}
+    assert len(results["turns"]) == 8 and len(results["oracle"]) == 2
     for row in results["turns"]:
         assert row["reused_tokens"] + row["recomputed_tokens"] == row["prefix_tokens"]
     by = {(r["strategy"], r["turn"]): r for r in results["turns"]}
     assert by["exact", 1]["prefix_tokens"] == by["llama", 1]["prefix_tokens"]
     assert results["totals"]["llama"]["ttft_s_vs_llama"] == 1.0
+    # the second turn's prefix was prewarmed during the think time (5 s): the turn joined or found it done
+    prewarm = by["prewarm", 1]["detail"]["prewarm"]
+    assert prewarm["outcome"] in ("joined", "completed")
+    assert prewarm["prefilled_tokens"] + by["prewarm", 1]["recomputed_tokens"] == by["exact", 1]["recomputed_tokens"]
     assert "### Totals" in proc.stdout

@@ -162,6 +162,48 @@ def test_a_prefill_cancelled_from_progress_leaves_nothing_to_decode() -> None:
     assert run_decode(session, DecodeConfig(max_tokens=8)) == run_decode(cold, DecodeConfig(max_tokens=8))
 
 
+def test_the_next_ensure_prefix_resumes_a_stopped_prefill_token_by_token() -> None:
+    session, ctx = fake_session(num_batch=8)
+    prefix = session.prefix((("a", "x" * 20), ("b", "y" * 20)))
+
+    def cancel(progress: PrefillProgress) -> None:
+        if progress.done_tokens >= 16:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        session.ensure_prefix(prefix, on_progress=cancel)
+    report = session.explain_context()
+    assert (report.manifest, report.resident_tokens, report.prefix_tokens, report.suffix_tokens) == (None, 16, 16, 0)
+    status = session.ensure_prefix(prefix)
+    assert (status.reused_tokens, status.prefilled_tokens, status.prefix_tokens) == (16, 24, 40)
+    assert status.divergence is not None
+    assert (status.divergence.cause, status.divergence.token_index, status.divergence.segment) == ("resumed", 16, "a")
+    cold, _ = fake_session(num_batch=8)
+    cold.ensure_prefix(prefix)
+    assert run_decode(session, DecodeConfig(max_tokens=8)) == run_decode(cold, DecodeConfig(max_tokens=8))
+    no_single_token_batches(ctx)
+
+
+def test_another_prefix_reuses_what_matches_of_a_stopped_prefill_and_says_where_it_differs() -> None:
+    session, ctx = fake_session(num_batch=8)
+
+    def cancel(progress: PrefillProgress) -> None:
+        if progress.done_tokens >= 24:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        session.ensure_prefix(session.prefix((("a", "x" * 20), ("b", "y" * 20))), on_progress=cancel)
+    other = session.prefix((("a", "x" * 20), ("b", "yz" * 10)))
+    status = session.ensure_prefix(other)
+    assert (status.reused_tokens, status.prefilled_tokens) == (21, 19)
+    assert status.divergence is not None
+    assert (status.divergence.cause, status.divergence.segment, status.divergence.byte_offset) == ("edited", "b", 21)
+    cold, _ = fake_session(num_batch=8)
+    cold.ensure_prefix(other)
+    assert run_decode(session, DecodeConfig(max_tokens=8)) == run_decode(cold, DecodeConfig(max_tokens=8))
+    no_single_token_batches(ctx)
+
+
 # -- the byte-hash path and exact counts ---------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fakes import FAKE_KV_PER_TOKEN, FAKE_PAD, FakeBackend, fake_session
-from llamanode import Config, DecodeConfig, InvalidInputError, SessionPool, SnapshotError, registry
+from llamanode import Config, DecodeConfig, InvalidInputError, SessionPool, SnapshotError
 from llamanode.kvsession import KVSession
 from llamanode.pool.held import HeldState
 from llamanode.pool.kept import KeptStates
@@ -37,19 +37,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10) -> None:
 
 def writer_threads() -> int:
     return sum(1 for t in threading.enumerate() if t.name == WRITERS)
-
-
-@pytest.fixture
-def backends(monkeypatch: pytest.MonkeyPatch) -> list[FakeBackend]:
-    """Registers the toy backend for the test; every handle it hands out is listed."""
-    made: list[FakeBackend] = []
-
-    def load(path: str, config: Config) -> FakeBackend:
-        made.append(FakeBackend(path))
-        return made[-1]
-
-    monkeypatch.setattr(registry, "_loader", load)
-    return made
 
 
 def turn(session: KVSession, text: str, n: int = 6) -> list[int]:

@@ -28,6 +28,7 @@ from .kvsession import KVSession
 from .manifest import ContextManifest, ManifestSegment, hash_token_ids
 from .manifest import join_segments as _join_segments
 from .pool import PoolStats, SessionPool, WorkspaceInfo
+from .prewarm import PrewarmHandle
 from .registry import embed, embed_available, load_backend, open_session, session_available, set_backend
 from .session import (
     ContextReport,
@@ -37,6 +38,7 @@ from .session import (
     PrefillProgress,
     PrefixInput,
     PrefixStatus,
+    PrewarmReport,
     SegmentResidency,
     Session,
     SessionState,
@@ -75,6 +77,8 @@ __all__ = [
     "PrefillProgress",
     "PrefixInput",
     "PrefixStatus",
+    "PrewarmHandle",
+    "PrewarmReport",
     "SegmentMove",
     "SegmentResidency",
     "SegmentVolatility",

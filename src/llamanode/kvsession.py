@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from types import TracebackType
 
@@ -18,13 +17,14 @@ from .errors import (
     InvalidInputError,
     LlamaNodeError,
     ManifestMismatchError,
-    SessionBusyError,
     SessionClosedError,
     SessionFatalError,
 )
 from .identity import SnapshotIdentity, require_identity
+from .input_checks import check_segments, utf8_of
 from .manifest import IDENTITY_FIELDS, ContextManifest, byte_hash, hash_token_ids, join_segments
 from .prefix import common_prefix_len
+from .prewarm import Prewarmer, PrewarmHandle
 from .residency import explain_divergence, segment_residency, token_byte_offsets
 from .resident import ProgressFn, Resident, ResidentKV, chunk_sizes
 from .session import (
@@ -33,32 +33,14 @@ from .session import (
     Divergence,
     PrefixInput,
     PrefixStatus,
+    PrewarmReport,
     SessionState,
     SuffixInput,
     SuffixStatus,
 )
+from .session_lock import SessionLock
 
 __all__ = ["KVSession", "chunk_sizes", "common_prefix_len"]
-
-
-class _OwnedLock:
-    """Serializes calls across threads; refuses re-entry from the thread that holds it."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._owner: int | None = None
-
-    @contextmanager
-    def hold(self) -> Iterator[None]:
-        me = threading.get_ident()
-        if self._owner == me:
-            raise SessionBusyError("this thread still holds an open decode stream of the session; close it first")
-        with self._lock:
-            self._owner = me
-            try:
-                yield
-            finally:
-                self._owner = None
 
 
 class KVSession:
@@ -76,7 +58,8 @@ class KVSession:
             add_bos=self.identity.add_bos,
         )
         self._kv = ResidentKV(context, config)
-        self._lock = _OwnedLock()
+        self._lock = SessionLock()
+        self._prewarms = Prewarmer(self._kv, self.ensure_prefix)
         self._closed = False
         self._on_close = on_close
         self._cold_note = ""  # why this session started cold, carried into the first cold divergence
@@ -109,14 +92,14 @@ class KVSession:
 
     # -- the contract ------------------------------------------------------------------
     def ensure_prefix(self, prefix: PrefixInput, on_progress: ProgressFn | None = None) -> PrefixStatus:
-        with self._lock.hold():
+        with self._hold("ensure_prefix", prefix):
             self._check_usable()
             self._check_identity(prefix.manifest)
-            raw = _utf8(prefix.text, "prefix")
+            raw = utf8_of(prefix.text, "prefix")
             text_hash = byte_hash(raw)
             if self._same_prefix(prefix.manifest, text_hash):
                 return self._keep_prefix()
-            _check_segments(prefix.manifest, raw)
+            check_segments(prefix.manifest, raw)
             add_bos = prefix.manifest.add_bos
             tokens = self._ctx.tokenize(prefix.text, add_bos)
             lcp, limit = self._reusable_len(prefix.manifest, tokens)
@@ -125,7 +108,7 @@ class KVSession:
             return self._apply_prefix(prefix.manifest, raw, text_hash, tokens, lcp, limit, on_progress)
 
     def prefill_suffix(self, suffix: SuffixInput, on_progress: ProgressFn | None = None) -> SuffixStatus:
-        with self._lock.hold():
+        with self._hold("prefill_suffix"):
             self._check_usable()
             resident = self._r.manifest
             if resident is None:
@@ -134,7 +117,7 @@ class KVSession:
                 field_name = resident.first_difference(suffix.manifest) or "digest"
                 reason = f"suffix manifest differs from the resident prefix's in {field_name}"
                 raise ManifestMismatchError(reason, field_name)
-            _utf8(suffix.text, "suffix")
+            utf8_of(suffix.text, "suffix")
             tokens = self._ctx.tokenize(suffix.text, False) if suffix.text else []
             n_res = len(self._r.tokens)
             if n_res + len(tokens) > self.num_ctx:
@@ -154,7 +137,7 @@ class KVSession:
     def decode(self, config: DecodeConfig | None = None) -> DecodeStream:
         """Validate now (errors raise here), then stream chunks while holding the session."""
         cfg = config or DecodeConfig()
-        with self._lock.hold():
+        with self._hold("decode"):
             self._check_usable()
             n_res = len(self._r.tokens)
             if n_res == 0 or self._r.manifest is None:  # None: a prefill was interrupted half-way
@@ -167,16 +150,35 @@ class KVSession:
         return stream
 
     def explain_context(self) -> ContextReport:
-        return self._r.report(self.num_ctx, self._closed, self._kv.fatal is not None)
+        report = self._r.report(self.num_ctx, self._closed, self._kv.fatal is not None)
+        return replace(report, last_prewarm=self._prewarms.report())
 
     def close(self) -> None:
         if self._closed:
             return
-        with self._lock.hold():
+        with self._hold("close"):
             self._closed = True
             self._ctx.close()
             if self._on_close is not None:
                 self._on_close()
+        self._prewarms.join()
+
+    # -- prewarming (prewarm.py) ---------------------------------------------------------------
+    def prewarm(self, prefix: PrefixInput) -> PrewarmHandle:
+        """Start ensure_prefix(prefix) in a background thread and return at once. The next ensure_prefix of
+        this prefix takes over where it stands; any other call stops it at its next chunk boundary."""
+        self._check_usable()
+        self._check_identity(prefix.manifest)
+        check_segments(prefix.manifest, utf8_of(prefix.text, "prefix"))
+        return self._prewarms.start(prefix)
+
+    def cancel_prewarm(self, by: str = "cancel") -> PrewarmReport | None:
+        """Stop a running prewarm at its next chunk boundary and wait for that; the last prewarm's report."""
+        return self._prewarms.cancel(by)
+
+    @property
+    def prewarming(self) -> bool:
+        return self._prewarms.running
 
     def __enter__(self) -> KVSession:
         return self
@@ -192,7 +194,7 @@ class KVSession:
 
     def export_state(self) -> SessionState:
         """The resident KV and everything needed to resume it exactly (for snapshots and forks)."""
-        with self._lock.hold():
+        with self._hold("export_state"):
             self._check_usable()
             r = self._r
             if r.manifest is None:
@@ -217,7 +219,7 @@ class KVSession:
         Identity is checked before any byte reaches the context. Logits are not part of a
         state: the next decode re-prefills the last two tokens as one batch.
         """
-        with self._lock.hold():
+        with self._hold("import_state"):
             self._check_usable()
             expected = self.state_identity()
             require_identity(SnapshotIdentity.of_state(state, expected.kv_config), state.manifest, expected)
@@ -259,7 +261,7 @@ class KVSession:
     def reset(self) -> None:
         """Drop everything resident (KV cells and bookkeeping): the session is as good as new, without
         reallocating its context (a pool reuses an evicted workspace's context this way)."""
-        with self._lock.hold():
+        with self._hold("reset"):
             self._check_usable()
             self._kv.clear()
             self._cold_note = ""
@@ -267,13 +269,17 @@ class KVSession:
     def note_cold_start(self, detail: str) -> None:
         """Record why this empty session starts cold (e.g. a refused snapshot): explain_context() shows it
         now, and the next cold prefill's divergence carries it."""
-        with self._lock.hold():
+        with self._hold("note_cold_start"):
             if self._r.tokens:
                 raise InvalidInputError("note_cold_start needs an empty session")
             self._cold_note = detail
             self._r.divergence = Divergence("cold", 0, None, None, detail)
 
     # -- ensure_prefix steps -----------------------------------------------------------------
+    def _hold(self, call: str, prefix: PrefixInput | None = None) -> AbstractContextManager[None]:
+        """Hold the session for call, once a running prewarm has stopped at its next chunk boundary."""
+        return self._prewarms.holding(self._lock, call, prefix)
+
     def _check_usable(self) -> None:
         if self._closed:
             raise SessionClosedError("session is closed")
@@ -305,7 +311,8 @@ class KVSession:
     def _reusable_len(self, manifest: ContextManifest, tokens: list[int]) -> tuple[int, int]:
         """(tokens to keep, stable limit). Nothing is reused across a manifest change."""
         r = self._r
-        if r.manifest is None or r.manifest.digest != manifest.digest:
+        basis = r.manifest or r.partial  # an unfinished prefill's tokens came from batches too: reusable
+        if basis is None or basis.digest != manifest.digest:
             return 0, 0
         limit = r.stable_len
         lcp = common_prefix_len(r.tokens[:limit], tokens)
@@ -324,12 +331,15 @@ class KVSession:
         on_progress: ProgressFn | None,
     ) -> PrefixStatus:
         r = self._r
-        old_manifest, old_text, old_prefix = r.manifest, r.text, r.prefix_len
+        resumed = r.manifest is None and r.partial is not None
+        old_manifest, old_text = r.manifest or r.partial, r.text
+        old_prefix = len(r.tokens) if resumed else r.prefix_len
         # reuse stopped only because the next matching resident token came from a decode step
         blocked = lcp == limit < len(r.tokens) and lcp < len(tokens) and r.tokens[lcp] == tokens[lcp]
         dropped = len(r.tokens) - lcp
         started = time.perf_counter()
-        r.manifest = None  # a failure from here on must not leave a reusable half-prefix
+        # a failure (or a stopped prewarm) from here on leaves no reusable prefix, only reusable tokens
+        r.manifest, r.partial, r.text = None, manifest, raw
         self._kv.trim(lcp)
         if len(tokens) > lcp:
             self._kv.extend(tokens[lcp:], "prefix", on_progress)
@@ -341,7 +351,7 @@ class KVSession:
         r.offsets = offsets
         r.segments = segment_residency(manifest, offsets, len(tokens), lcp)
         r.divergence = explain_divergence(
-            old_manifest, old_text, old_prefix, manifest, raw, len(tokens), lcp, limit, offsets, blocked
+            old_manifest, old_text, old_prefix, manifest, raw, len(tokens), lcp, limit, offsets, blocked, resumed
         )
         if self._cold_note and r.divergence is not None and r.divergence.cause == "cold":
             r.divergence = replace(r.divergence, detail=f"{r.divergence.detail} ({self._cold_note})")
@@ -372,28 +382,9 @@ class KVSession:
 
     # -- decode ------------------------------------------------------------------------------
     def _stream(self, cfg: DecodeConfig, sampler: Sampler) -> DecodeStream:
-        with self._lock.hold():
+        with self._hold("decode"):
             try:
                 yield from decode_chunks(self._kv, cfg, sampler, self.num_ctx, self._check_usable)
             finally:
                 sampler.close()
 
-
-def _utf8(text: str, what: str) -> bytes:
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidInputError(f"{what} is not valid UTF-8 (lone surrogate at {exc.start})") from exc
-
-
-def _check_segments(manifest: ContextManifest, raw: bytes) -> None:
-    """Segments, when given, must tile the text exactly: same lengths, same hashes."""
-    if not manifest.segments:
-        return
-    at = 0
-    for seg in manifest.segments:
-        if byte_hash(raw[at : at + seg.byte_len]) != seg.byte_hash:
-            raise ManifestMismatchError(f"segment {seg.name!r} does not match the text at byte {at}", "segments")
-        at += seg.byte_len
-    if at != len(raw):
-        raise ManifestMismatchError(f"segments cover {at} bytes, the text has {len(raw)}", "segments")

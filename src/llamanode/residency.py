@@ -67,11 +67,13 @@ def explain_divergence(
     stable_limit: int,
     offsets: list[int] | None,
     generated_blocked: bool = False,
+    resumed: bool = False,
 ) -> Divergence | None:
     """Name the cause of the first non-reused token, or None when everything was reused.
 
     generated_blocked: the next resident token matched but came from a decode step, which
     is never reused (its KV differs from a batched prefill).
+    resumed: the old state is an unfinished prefill (old_text its target, old_prefix_tokens what it reached).
     """
     if old_manifest is None:
         return Divergence("cold", 0, _segment_at(new_manifest, 0), 0, "no prefix was resident")
@@ -85,6 +87,9 @@ def explain_divergence(
         return None
     token_byte = offsets[lcp] if offsets is not None and lcp < len(offsets) else None
     token_segment = _segment_at(new_manifest, token_byte) if token_byte is not None else None
+    if resumed and lcp >= old_prefix_tokens:
+        detail = f"an unfinished prefill (a stopped prewarm or prefill) had reached token {old_prefix_tokens}"
+        return Divergence("resumed", lcp, token_segment, token_byte, detail)
     if lcp == stable_limit and generated_blocked:
         detail = "decode-step KV is re-prefilled in a batch"
         return Divergence("generated_tokens", lcp, token_segment, token_byte, detail)

@@ -42,6 +42,9 @@ class Resident:
     generated: int = 0
     logits_for: int = -1  # the context's last logits belong to tokens[:logits_for]
     manifest: ContextManifest | None = None
+    # an unfinished prefill's manifest (manifest is None): tokens[:stable_len] are reusable under it, token by
+    # token, but never as a prefix; text is that prefill's target
+    partial: ContextManifest | None = None
     text: bytes = b""
     text_hash: str = ""
     token_hash: str = ""
@@ -52,10 +55,11 @@ class Resident:
 
     def report(self, num_ctx: int, closed: bool, fatal: bool) -> ContextReport:
         n_res = len(self.tokens)
+        prefix = self.prefix_len if self.manifest is not None else n_res - self.generated  # unfinished: all prefix
         return ContextReport(
             resident_tokens=n_res,
-            prefix_tokens=self.prefix_len,
-            suffix_tokens=n_res - self.prefix_len - self.generated,
+            prefix_tokens=prefix,
+            suffix_tokens=n_res - prefix - self.generated,
             generated_tokens=self.generated,
             num_ctx=num_ctx,
             available_tokens=num_ctx - n_res,
@@ -119,12 +123,12 @@ class ResidentKV:
             position = len(r.tokens)
             self._native(self.ctx.prefill, chunk, position)
             r.tokens.extend(chunk)
+            if was_stable:  # kept true after every chunk: a prefill stopped between chunks stays reusable
+                r.stable_len = len(r.tokens)
+            r.logits_for = len(r.tokens)
             done += size
             if on_progress is not None:
                 on_progress(PrefillProgress(stage, done, len(batch), time.perf_counter() - began))
-        if was_stable:
-            r.stable_len = len(r.tokens)
-        r.logits_for = len(r.tokens)
 
     def refresh_logits(self) -> None:
         """Make the last token's logits live again, re-prefilling the last two as one batch."""

@@ -7,11 +7,14 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from .config import DecodeConfig
 from .errors import LlamaNodeError, SessionUnavailableError
 from .manifest import ContextManifest
+
+if TYPE_CHECKING:
+    from .prewarm import PrewarmHandle
 
 __all__ = [
     "ContextReport",
@@ -21,6 +24,7 @@ __all__ = [
     "PrefillProgress",
     "PrefixInput",
     "PrefixStatus",
+    "PrewarmReport",
     "SegmentResidency",
     "Session",
     "SessionState",
@@ -61,7 +65,8 @@ class PrefillProgress:
 class Divergence:
     """Why resident KV stopped matching: where (segment, token, byte) and the cause."""
 
-    cause: str  # cold | manifest_changed | edited | token_boundary | shrunk | appended | generated_tokens | restored
+    # cold | manifest_changed | edited | token_boundary | shrunk | appended | generated_tokens | restored | resumed
+    cause: str
     token_index: int
     segment: str | None = None
     byte_offset: int | None = None
@@ -134,6 +139,26 @@ class StreamChunk:
 
 
 @dataclass(frozen=True)
+class PrewarmReport:
+    """What a prewarm did (KVSession.prewarm; explain_context().last_prewarm), final once it has ended.
+
+    outcome: running | completed (it made the prefix resident itself) | joined (an ensure_prefix of the same
+    prefix took over where it stood) | cancelled (another call on the session, or cancel()) | superseded (a
+    newer prewarm) | interrupted (close()) | failed (the error is in `by`).
+    """
+
+    outcome: str
+    # what ended it: the call (ensure_prefix, decode, prewarm, close, cancel, eviction...) or the error; while it
+    # runs, a call that asked it to stop at its next chunk boundary
+    by: str | None
+    prefix_tokens: int | None  # tokens of the prefix (None if it ended before its first chunk)
+    reused_tokens: int | None  # resident tokens it kept (None likewise)
+    prefilled_tokens: int  # tokens it prefilled itself
+    elapsed_s: float  # from prewarm() to its end (or to now, while it runs)
+    status: PrefixStatus | None = None  # a completed prewarm's ensure_prefix status (its divergence says why)
+
+
+@dataclass(frozen=True)
 class ContextReport:
     """explain_context(): what is resident, under which manifest, and the last divergence."""
 
@@ -152,6 +177,7 @@ class ContextReport:
     segments: tuple[SegmentResidency, ...] = field(default=())
     last_divergence: Divergence | None = None
     last_prefix: PrefixStatus | None = None
+    last_prewarm: PrewarmReport | None = None
 
 
 @dataclass(frozen=True)
@@ -179,7 +205,7 @@ class Session(Protocol):
     """A persistent, workspace-scoped inference session.
 
     The hot loop: ensure_prefix (reuse the longest resident token prefix, prefill the
-    divergent tail) -> prefill_suffix -> decode.
+    divergent tail) -> prefill_suffix -> decode; prewarm runs ensure_prefix ahead, in the background.
     """
 
     def manifest(self, segments: tuple[tuple[str, str], ...] = ()) -> ContextManifest: ...
@@ -191,6 +217,8 @@ class Session(Protocol):
     def ensure_prefix(
         self, prefix: PrefixInput, on_progress: Callable[[PrefillProgress], None] | None = None
     ) -> PrefixStatus: ...
+
+    def prewarm(self, prefix: PrefixInput) -> PrewarmHandle: ...
 
     def prefill_suffix(
         self, suffix: SuffixInput, on_progress: Callable[[PrefillProgress], None] | None = None

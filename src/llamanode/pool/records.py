@@ -18,6 +18,7 @@ __all__ = ["SnapshotRecords"]
 
 _RECOVERY_DETAIL = "snapshot refused at startup: its file was missing, truncated or had a damaged header"
 _NEW = ("new", "", "no snapshot")
+_UNFINISHED_DETAIL = "evicted while its prefix was unfinished (a cancelled prewarm or prefill): no state to save"
 
 
 class SnapshotRecords(WriterHost):
@@ -86,6 +87,11 @@ class SnapshotRecords(WriterHost):
         """Snapshots the store removed at startup (damaged): their workspaces start cold, with the reason."""
         for workspace_id in workspace_ids:
             self._lost[workspace_id] = ("corrupt", SnapshotCorruptError.__name__, _RECOVERY_DETAIL)
+
+    def unfinished(self, workspace_id: str) -> None:
+        """The workspace was evicted holding only an unfinished prefill, and no earlier state was saved."""
+        with self._cv:
+            self._lost[workspace_id] = ("unfinished", "", _UNFINISHED_DETAIL)
 
     def why_cold(self, workspace_id: str) -> tuple[str, str, str]:
         """(reason, error, detail) for a workspace starting cold; forgets a lost snapshot's reason."""

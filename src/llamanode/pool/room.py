@@ -18,6 +18,7 @@ from ..kvsession import KVSession
 from .held import HeldState
 from .kept import KeptStates
 from .ledger import Kind, MemoryLedger, Reservation, Sizes, state_size
+from .records import SnapshotRecords
 from .source import on_its_way_or_on_disk
 from .stats import StatsRecorder
 from .workspace import Workspace, Workspaces
@@ -36,6 +37,7 @@ class Room:
         workspaces: Workspaces,
         kept: KeptStates,
         writer: SnapshotWriter,
+        records: SnapshotRecords,
         stats: StatsRecorder,
         open_session: Callable[[], KVSession],
     ) -> None:
@@ -44,6 +46,7 @@ class Room:
         self._workspaces = workspaces
         self._kept = kept
         self._writer = writer
+        self._records = records
         self._stats = stats
         self._open = open_session
         self._spare: KVSession | None = None  # an evicted workspace's context, ready for the next one
@@ -80,12 +83,21 @@ class Room:
 
     def evict(self, ws: Workspace) -> None:
         """Hand ws's live state to the writer (unless it is written or queued already) and keep its context
-        as the spare. The caller holds ws's lease."""
+        as the spare. A prewarm is cancelled first; an unfinished prefill is no state: ws keeps its last
+        written or queued one, if any. The caller holds ws's lease."""
         session = ws.session
         assert session is not None
-        ws.remember(session)
-        healthy = not session.explain_context().fatal
-        if healthy and session.resident_tokens() and not on_its_way_or_on_disk(ws, self._writer.pending(ws.id)):
+        session.cancel_prewarm("eviction")
+        report = session.explain_context()
+        healthy, unfinished = not report.fatal, report.manifest is None and report.resident_tokens > 0
+        if unfinished:
+            ws.forget_live()
+            with self._cv:
+                if ws.snapshot is None and ws.id not in self._writer:
+                    self._records.unfinished(ws.id)
+        else:
+            ws.remember(session)
+        if healthy and not unfinished and report.resident_tokens and not self._saved(ws):
             self._export_for_writer(ws, session)
         with self._cv:
             ws.session, kv = None, ws.kv_bytes
@@ -99,6 +111,9 @@ class Room:
             self._cv.notify_all()
         if not keep:
             session.close()
+
+    def _saved(self, ws: Workspace) -> bool:
+        return on_its_way_or_on_disk(ws, self._writer.pending(ws.id))
 
     def discard(self, ws: Workspace) -> None:
         """Close ws's live session, if any, and free its KV."""

@@ -13,8 +13,9 @@ from ..config import Config
 from ..errors import InvalidInputError
 from ..identity import SnapshotIdentity
 from ..kvsession import KVSession
+from ..prewarm import PrewarmHandle
 from ..registry import load_backend
-from ..session import default_model_path
+from ..session import PrefixInput, default_model_path
 from ..store import SnapshotStore
 from .kept import KeptStates
 from .ledger import MemoryLedger, Sizes
@@ -75,7 +76,9 @@ class SessionPool:
         self._records = SnapshotRecords(self._cv, self._workspaces, self._kept, self._stats, keep_written_states)
         self._writer = SnapshotWriter(self._cv, self._store, self._stats, self._records, write_defer_s)
         self._records.attach(self._writer)
-        self._room = Room(self._cv, self._ledger, self._workspaces, self._kept, self._writer, self._stats, self._open)
+        self._room = Room(
+            self._cv, self._ledger, self._workspaces, self._kept, self._writer, self._records, self._stats, self._open
+        )
         self._mover = StateMover(
             self._cv, self._room, self._ledger, self._writer, self._kept, self._records, self._store, self._stats
         )
@@ -155,11 +158,26 @@ class SessionPool:
         session = ws.session
         if session is not None and session.explain_context().closed:
             self._room.discard(ws)
-        elif session is not None:
+        elif session is not None and not session.prewarming:  # a prewarm's state is read once it has ended
             ws.remember(session)
         with self._cv:
             self._workspaces.touch(ws)
             self._workspaces.unlease(ws, pending=ws.id in self._writer)
+
+    def prewarm(self, workspace_id: str, prefix: PrefixInput | Sequence[tuple[str, str]]) -> PrewarmHandle:
+        """Start prefilling the workspace's next prefix in the background and return at once: restored
+        first if evicted (created if new), then prewarmed without holding its lease. The next lease's
+        ensure_prefix of the same prefix takes over where it stands; anything else done with the session,
+        and an eviction, stops it between chunks first (KVSession.prewarm)."""
+        ws = self._workspaces.lease(workspace_id, create=True)
+        try:
+            session = self._activate(ws)
+            handle = session.prewarm(prefix if isinstance(prefix, PrefixInput) else session.prefix(prefix))
+        finally:
+            self._release(ws)
+        self._stats.count("prewarms")
+        handle.add_done_callback(lambda report: self._stats.prewarm_ended(report.outcome))
+        return handle
 
     # -- the rest of the API ----------------------------------------------------------------------------
     def fork(self, src: str, dst: str) -> None:
@@ -180,6 +198,10 @@ class SessionPool:
     def _fork_into(self, source: Workspace, target: Workspace) -> None:
         if target.session is not None or target.snapshot is not None or target.id in self._writer:
             raise InvalidInputError(f"workspace {target.id!r} already exists")
+        if source.session is not None:
+            source.session.cancel_prewarm("fork")
+            if source.session.explain_context().manifest is None and source.session.resident_tokens():
+                raise InvalidInputError(f"workspace {source.id!r} holds an unfinished prefill: nothing to fork")
         if self._room.only_source_can_make_room(source):
             self._room.evict(source)  # e.g. a budget of one live session: fork through the evicted state
         session = self._room.admit(target)
@@ -211,9 +233,11 @@ class SessionPool:
         ws = self._workspaces.lease(workspace_id, create=False)
         try:
             session = ws.session
-            if session is not None and session.resident_tokens():
+            if session is not None:
+                session.cancel_prewarm("checkpoint")
+            if session is not None and _holds_state(session):
                 self._mover.write_now(ws, session)
-            else:
+            else:  # nothing live, or an unfinished prefill (no state): the last state on its way is made durable
                 self._writer.settle(workspace_id, keep=True)
         finally:
             self._release(ws)
@@ -285,7 +309,8 @@ class SessionPool:
                 return
             try:
                 session = ws.session
-                if session.resident_tokens() and not session.explain_context().fatal:
+                session.cancel_prewarm("pool close")
+                if _holds_state(session) and not session.explain_context().fatal:
                     self._mover.write_now(ws, session)
             finally:
                 self._room.discard(ws)
@@ -298,6 +323,12 @@ class SessionPool:
 
     def _open(self) -> KVSession:
         return KVSession(self._backend.open_context(self.config), self.config)
+
+
+def _holds_state(session: KVSession) -> bool:
+    """Whether the session holds a state to write (an unfinished prefill, e.g. a cancelled prewarm, is none)."""
+    report = session.explain_context()
+    return report.resident_tokens > 0 and report.manifest is not None
 
 
 def _check_budget(budget: int | None, sizes: Sizes) -> None:

@@ -28,7 +28,7 @@ class WorkspaceInfo:
 
 @dataclass(frozen=True)
 class MissRecord:
-    """A lease that started cold, and why: new | collected | corrupt | mismatch | restore_failed.
+    """A lease that started cold, and why: new | collected | corrupt | mismatch | restore_failed | unfinished.
     error names the refusal's exception type (SnapshotCorruptError, SnapshotMismatchError...), if any."""
 
     workspace_id: str
@@ -62,6 +62,8 @@ class PoolStats:
     snapshot_failures: int
     collected: int  # snapshots removed by the disk budget
     forks: int
+    prewarms: int  # prewarms started (SessionPool.prewarm)
+    prewarm_outcomes: Mapping[str, int]  # ended prewarms by outcome: completed, joined, cancelled, superseded...
     recent_misses: tuple[MissRecord, ...]
     # Cumulative seconds spent moving states: export (evictions, checkpoints), read (snapshot read and
     # verify), import (into a context), wait (for memory room), write (the background writer's puts).
@@ -90,6 +92,7 @@ class StatsRecorder:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._miss_reasons: Counter[str] = Counter()
+        self._prewarm_outcomes: Counter[str] = Counter()
         self._seconds: defaultdict[str, float] = defaultdict(float)
         self._recent: deque[MissRecord] = deque(maxlen=_RECENT_MISSES)
 
@@ -104,6 +107,10 @@ class StatsRecorder:
             self._counts["misses"] += 1
             self._miss_reasons[reason] += 1
             self._recent.append(MissRecord(workspace_id, reason, error, detail, time.time()))
+
+    def prewarm_ended(self, outcome: str) -> None:
+        with self._lock:
+            self._prewarm_outcomes[outcome] += 1
 
     def add_seconds(self, name: str, seconds: float) -> None:
         with self._lock:
@@ -133,6 +140,8 @@ class StatsRecorder:
                 snapshot_failures=c["snapshot_failures"],
                 collected=c["collected"],
                 forks=c["forks"],
+                prewarms=c["prewarms"],
+                prewarm_outcomes=dict(self._prewarm_outcomes),
                 recent_misses=tuple(self._recent),
                 transfer_seconds={k: round(v, 6) for k, v in self._seconds.items()},
             )

@@ -46,6 +46,10 @@ class Workspace:
             self.tokens, self.chain = tokens, token_chain(tokens)
         self.signature = (tokens, report.prefix_tokens, report.generated_tokens)
 
+    def forget_live(self) -> None:
+        """Its session holds no state (an unfinished prefill): info and routing fall back to the snapshot."""
+        self.tokens, self.chain, self.stable, self.signature = (), (), 0, None
+
     def info(self, pending: bool) -> WorkspaceInfo:
         entry = self.snapshot
         return WorkspaceInfo(
@@ -128,9 +132,10 @@ class Workspaces:
             self._ws.pop(ws.id, None)
 
     def take_victim(self, me: Workspace) -> Workspace | None:
-        """The least recently used live, unleased workspace, leased for eviction (pool lock held)."""
+        """The least recently used live, unleased workspace, leased for eviction (pool lock held); workspaces
+        someone waits for, and prewarming ones, come last."""
         live = [w for w in self._ws.values() if w.session is not None and w is not me and w.holder is None]
-        for ws in sorted(live, key=lambda w: (w.waiters > 0, w.tick)):
+        for ws in sorted(live, key=lambda w: (w.waiters > 0, w.session is not None and w.session.prewarming, w.tick)):
             if ws.lease.acquire(blocking=False):
                 ws.holder = threading.get_ident()
                 return ws

@@ -1,0 +1,333 @@
+"""KVSession.prewarm on the toy backend: joined, cancelled, superseded, interrupted and failed prewarms leave
+exact state, and no call waits for more than the chunk in flight (counted with a chunk gate, not timed)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fakes import FakeContext, fake_session
+from gates import PREWARM_THREAD, Call, ChunkGate, stop_after, stop_asked, wait_until
+from llamanode import (
+    ContextManifest,
+    ContextOverflowError,
+    DecodeConfig,
+    InvalidInputError,
+    KVSession,
+    ManifestMismatchError,
+    PrefixInput,
+    PrewarmReport,
+    SessionClosedError,
+    SessionFatalError,
+)
+
+BATCH = 8
+P = (("system", "s" * 20), ("file", "abcdefgh" * 8), ("tail", "t" * 12))  # 96 tokens: 12 chunks
+Q = (("system", "s" * 20), ("file", "abcdXfgh" * 8), ("tail", "t" * 12))  # differs from byte 24
+DECODE = DecodeConfig(max_tokens=12)
+
+
+def answer(session: KVSession) -> tuple[int, ...]:
+    session.prefill_suffix(session.suffix("go:"))
+    return tuple(t for chunk in session.decode(DECODE) for t in chunk.token_ids)
+
+
+def cold(segments: tuple[tuple[str, str], ...]) -> tuple[int, ...]:
+    session, _ = fake_session(num_batch=BATCH)
+    session.ensure_prefix(session.prefix(segments))
+    return answer(session)
+
+
+def exact(ctx: FakeContext) -> None:
+    """The batch rule held for every prefill, whoever ran it."""
+    assert ctx.small_batches_after_start() == [], "a prefill micro-batch of one token after position 0"
+    assert all(b.size <= BATCH for b in ctx.batches)
+
+
+def gated(segments: tuple[tuple[str, str], ...] | None = None) -> tuple[KVSession, FakeContext, ChunkGate]:
+    session, ctx = fake_session(num_batch=BATCH)
+    if segments is not None:
+        session.ensure_prefix(session.prefix(segments))
+    return session, ctx, ChunkGate(ctx)
+
+
+def test_a_prewarm_left_alone_completes_and_the_next_ensure_prefix_is_a_byte_hash_hit() -> None:
+    session, ctx = fake_session(num_batch=BATCH)
+    prefix = session.prefix(P)
+    report = session.prewarm(prefix).wait(10)
+    assert (report.outcome, report.by, report.prefix_tokens, report.prefilled_tokens) == ("completed", None, 96, 96)
+    assert report.status is not None and report.status.divergence is not None
+    assert report.status.divergence.cause == "cold"
+    status = session.ensure_prefix(prefix)
+    assert status.byte_hash_hit and (status.reused_tokens, status.prefilled_tokens) == (96, 0)
+    assert session.explain_context().last_prewarm == report
+    assert answer(session) == cold(P)
+    exact(ctx)
+
+
+def test_ensure_prefix_of_the_same_prefix_joins_after_the_chunk_in_flight() -> None:
+    session, ctx, gate = gated(P)
+    answer(session)
+    handle = session.prewarm(session.prefix(Q))
+    call = stop_after(gate, handle, 3, lambda: session.ensure_prefix(session.prefix(Q)))
+    status = call.outcome()
+    assert gate.prewarm_chunks() == 4  # three, then the one in flight when the call came; none after
+    report = handle.wait(1)
+    assert (report.outcome, report.by) == ("joined", "ensure_prefix")
+    # the prewarm kept the 24 tokens before the edit and prefilled 4 chunks; the call prefilled the rest
+    assert (report.prefix_tokens, report.reused_tokens, report.prefilled_tokens) == (96, 24, 32)
+    assert (status.reused_tokens, status.prefilled_tokens, status.prefix_tokens) == (56, 40, 96)
+    assert status.divergence is not None and status.divergence.cause == "resumed"
+    assert status.divergence.token_index == 56 and status.divergence.segment == "file"
+    assert session.explain_context().last_prewarm == report
+    assert answer(session) == cold(Q)
+    exact(ctx)
+
+
+def test_ensure_prefix_of_another_prefix_cancels_and_reuses_what_matches() -> None:
+    session, ctx, gate = gated()
+    handle = session.prewarm(session.prefix(P))
+    other = (("system", "s" * 20), ("file", "abcdefgh" * 2 + "Z" * 50))  # shares 36 tokens with P
+    call = stop_after(gate, handle, 5, lambda: session.ensure_prefix(session.prefix(other)))
+    status = call.outcome()
+    assert gate.prewarm_chunks() == 6
+    assert (handle.wait(1).outcome, handle.wait(1).by, handle.wait(1).prefilled_tokens) == (
+        "cancelled",
+        "ensure_prefix",
+        48,
+    )
+    assert (status.reused_tokens, status.prefilled_tokens) == (36, 50)
+    assert status.divergence is not None and status.divergence.cause == "edited"
+    assert answer(session) == cold(other)
+    exact(ctx)
+
+
+@pytest.mark.parametrize("call", ["prefill_suffix", "decode", "export_state", "reset", "cancel", "handle.cancel"])
+def test_other_calls_cancel_it_between_chunks_and_leave_no_reusable_prefix(call: str) -> None:
+    session, ctx, gate = gated(P)
+    handle = session.prewarm(session.prefix(Q))
+    calls: dict[str, Callable[[], Any]] = {
+        "prefill_suffix": lambda: session.prefill_suffix(session.suffix("go:")),
+        "decode": lambda: session.decode(DECODE),
+        "export_state": session.export_state,
+        "reset": session.reset,
+        "cancel": session.cancel_prewarm,
+        "handle.cancel": handle.cancel,
+    }
+    done = stop_after(gate, handle, 2, calls[call])
+    if call in ("prefill_suffix", "decode", "export_state"):  # the prefix is unfinished: nothing to build on
+        with pytest.raises((ManifestMismatchError, InvalidInputError)):
+            done.outcome()
+    else:
+        done.outcome()
+    report = handle.wait(1)
+    assert (report.outcome, report.by, report.prefilled_tokens) == ("cancelled", call.split(".")[-1], 24)
+    assert gate.prewarm_chunks() == 3
+    assert session.explain_context().manifest is None
+    status = session.ensure_prefix(session.prefix(Q))
+    if call != "reset":  # the unfinished prefill's tokens are reused; after a reset nothing is resident
+        assert status.reused_tokens == 48 and status.divergence is not None
+        assert status.divergence.cause == "resumed"
+    assert answer(session) == cold(Q)
+    exact(ctx)
+
+
+def test_a_newer_prewarm_supersedes_the_older_between_chunks() -> None:
+    session, ctx, gate = gated()
+    first = session.prewarm(session.prefix(P))
+    gate.run_chunks(2)
+    second = session.prewarm(session.prefix(Q))
+    wait_until(lambda: stop_asked(first))
+    gate.allow(1)
+    report = first.wait(10)
+    assert (report.outcome, report.by, report.prefilled_tokens) == ("superseded", "prewarm", 24)
+    gate.open()
+    newer = second.wait(10)
+    assert newer.outcome == "completed" and newer.status is not None
+    assert (newer.reused_tokens, newer.prefilled_tokens) == (24, 72)  # the older one's chunks up to the edit
+    assert session.explain_context().last_prewarm == newer
+    assert session.ensure_prefix(session.prefix(Q)).byte_hash_hit
+    assert answer(session) == cold(Q)
+    exact(ctx)
+
+
+def test_a_prewarm_started_while_a_call_waits_for_the_session_goes_after_it() -> None:
+    session, ctx, gate = gated()
+    first = session.prewarm(session.prefix(P))
+    gate.run_chunks(2)
+    call = Call(lambda: session.ensure_prefix(session.prefix(Q)))
+    wait_until(lambda: stop_asked(first))
+    second = session.prewarm(session.prefix(P))  # the call asked first: this one must not slip in before it
+    gate.allow(1)
+    status = call.outcome()  # one permit was enough: the second prewarm waited
+    assert (first.wait(1).outcome, first.wait(1).by) == ("cancelled", "ensure_prefix")
+    assert (status.reused_tokens, status.prefilled_tokens) == (24, 72) and not second.done
+    gate.open()
+    assert second.wait(10).outcome == "completed"
+    assert answer(session) == cold(P)
+    exact(ctx)
+
+
+def test_close_interrupts_it_and_the_context_is_never_touched_after() -> None:
+    session, ctx, gate = gated(P)
+    handle = session.prewarm(session.prefix(Q))
+    call = stop_after(gate, handle, 2, session.close)
+    call.outcome()
+    report = handle.wait(1)
+    assert (report.outcome, report.by, report.prefilled_tokens) == ("interrupted", "close", 24)
+    assert ctx.closed and gate.prewarm_chunks() == 3
+    assert not any(t.name == PREWARM_THREAD for t in threading.enumerate())
+    with pytest.raises(SessionClosedError):
+        session.prewarm(session.prefix(P))
+
+
+def test_a_prewarm_waiting_for_the_session_ends_at_once_without_touching_it() -> None:
+    session, ctx = fake_session(num_batch=BATCH)
+    session.ensure_prefix(session.prefix(P))
+    session.prefill_suffix(session.suffix("go:"))
+    stream = session.decode(DECODE)
+    next(stream)  # this thread holds the session while the stream is open
+    batches = len(ctx.batches)
+    handle = session.prewarm(session.prefix(Q))
+    report = handle.cancel()  # the prewarm waits for the session: cancelling it waits for nothing
+    assert (report.outcome, report.by, report.prefix_tokens) == ("cancelled", "cancel", None)
+    assert report.prefilled_tokens == 0
+    for _ in stream:
+        pass
+    wait_until(lambda: not any(t.name == PREWARM_THREAD for t in threading.enumerate()))
+    assert all(b.kind == "step" for b in ctx.batches[batches:])  # the stream's decode steps, no prefill
+    assert session.explain_context().manifest is not None and session.explain_context().prefix_tokens == 96
+
+
+def test_decode_cancels_a_prewarm_after_the_chunk_in_flight_even_its_first() -> None:
+    session, _, gate = gated(P)
+    handle = session.prewarm(session.prefix(Q))
+    gate.run_chunks(0)  # the prewarm has tokenized and trimmed; its first chunk is in flight
+    call = Call(lambda: session.decode(DECODE))
+    wait_until(lambda: stop_asked(handle))
+    gate.allow(1)
+    with pytest.raises(InvalidInputError):  # the prewarm had trimmed to its common prefix
+        call.outcome()
+    assert handle.wait(1).prefilled_tokens == 8 and gate.prewarm_chunks() == 1
+
+
+def test_a_refused_prewarm_raises_in_the_caller_and_changes_nothing() -> None:
+    session, _ = fake_session(num_batch=BATCH)
+    session.ensure_prefix(session.prefix(P))
+    other_model = PrefixInput("x", ContextManifest("other", "t" * 64, "r" * 64, "p" * 64, False))
+    with pytest.raises(ManifestMismatchError):
+        session.prewarm(other_model)
+    with pytest.raises(InvalidInputError):
+        session.prewarm(PrefixInput("\ud800", session.manifest()))
+    assert session.explain_context().last_prewarm is None
+
+
+def test_an_overflowing_prewarm_fails_before_changing_anything() -> None:
+    session, _ = fake_session(num_batch=BATCH)
+    session.ensure_prefix(session.prefix(P))
+    report = session.prewarm(session.prefix((("big", "x" * 300),))).wait(10)
+    assert report.outcome == "failed" and report.by is not None and report.by.startswith("ContextOverflowError")
+    assert session.explain_context().prefix_tokens == 96 and not session.explain_context().fatal
+    assert answer(session) == cold(P)
+    with pytest.raises(ContextOverflowError):
+        session.ensure_prefix(session.prefix((("big", "x" * 300),)))
+
+
+def test_an_unexpected_failure_is_reported_and_leaves_nothing_reusable() -> None:
+    session, ctx = fake_session(num_batch=BATCH)
+    session.ensure_prefix(session.prefix(P))
+    real_prefill, calls = ctx.prefill, []
+
+    def broken(tokens: list[int], start: int) -> None:
+        calls.append(start)
+        if len(calls) == 3:
+            raise RuntimeError("native bug")
+        real_prefill(tokens, start)
+
+    ctx.prefill = broken  # type: ignore[method-assign]
+    report = session.prewarm(session.prefix(Q)).wait(10)  # no exception escapes the thread (pytest would say)
+    assert (report.outcome, report.by) == ("failed", "RuntimeError: native bug")
+    assert session.explain_context().fatal
+    with pytest.raises(SessionFatalError, match="a prewarm failed unexpectedly"):
+        session.ensure_prefix(session.prefix(Q))
+
+
+def test_explain_context_shows_a_running_prewarm() -> None:
+    session, _, gate = gated()
+    handle = session.prewarm(session.prefix(P))
+    gate.run_chunks(2)
+    running = session.explain_context().last_prewarm
+    assert running is not None
+    assert (running.outcome, running.by, running.prefilled_tokens, running.prefix_tokens) == ("running", None, 16, 96)
+    assert session.prewarming and not handle.done
+    gate.open()
+    assert handle.wait(10).outcome == "completed" and not session.prewarming
+
+
+def test_done_callbacks_get_the_final_report_and_may_use_the_session(caplog: pytest.LogCaptureFixture) -> None:
+    session, _, gate = gated()
+    handle = session.prewarm(session.prefix(P))
+    seen: list[object] = []
+
+    def broken(report: PrewarmReport) -> None:
+        raise RuntimeError("a bug in a callback")
+
+    handle.add_done_callback(seen.append)
+    handle.add_done_callback(broken)
+    handle.add_done_callback(lambda report: seen.append(session.ensure_prefix(session.prefix(P)).byte_hash_hit))
+    gate.open()
+    final = handle.wait(10)  # callbacks have run when wait() returns
+    assert seen == [final, True]
+    assert "a prewarm done-callback failed" in caplog.text and "a bug in a callback" in caplog.text
+    handle.add_done_callback(seen.append)  # already ended: called at once
+    assert seen == [final, True, final]
+
+
+TEXTS = st.text(alphabet="ab\n", min_size=1, max_size=60)
+
+
+@settings(max_examples=40)
+@given(
+    first=TEXTS,
+    second=TEXTS,
+    shared=st.integers(0, 60),
+    chunks=st.integers(0, 6),
+    how=st.sampled_from(["join", "other", "supersede", "suffix"]),
+)
+def test_wherever_a_prewarm_stops_the_session_answers_like_a_cold_one(
+    first: str, second: str, shared: int, chunks: int, how: str
+) -> None:
+    base = (("sys", "s" * 10), ("a", first))
+    target = (("sys", "s" * 10), ("a", first[:shared] + second))
+    session, ctx, gate = gated(base)
+    answer(session)
+    handle = session.prewarm(session.prefix(target))
+    gate.allow(chunks)
+    if how == "supersede":
+        session.prewarm(session.prefix(base))
+        gate.open()
+        session.ensure_prefix(session.prefix(base))
+    else:
+        fn = {
+            "join": lambda: session.ensure_prefix(session.prefix(target)),
+            "other": lambda: session.ensure_prefix(session.prefix(base)),
+            "suffix": lambda: session.prefill_suffix(session.suffix("go:")),
+        }[how]
+        call = Call(fn)
+        wait_until(lambda: stop_asked(handle))
+        gate.open()
+        try:
+            call.outcome()
+        except (ManifestMismatchError, InvalidInputError):  # prefill_suffix on the unfinished prefix
+            assert how == "suffix" and handle.wait(1).outcome == "cancelled"
+        if how == "suffix":
+            session.ensure_prefix(session.prefix(target))
+    final = target if how in ("join", "suffix") else base
+    assert handle.wait(10).outcome in ("joined", "completed", "cancelled", "superseded")
+    assert answer(session) == cold(final)
+    exact(ctx)

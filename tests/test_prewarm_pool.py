@@ -1,0 +1,187 @@
+"""SessionPool.prewarm on the toy backend: an evicted workspace is restored and prewarmed without a lease,
+a lease joins or cancels it between chunks, eviction cancels it first, and the stats count outcomes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fakes import FakeBackend, fake_session
+from gates import Call, ChunkGate, stop_after, stop_asked, wait_until
+from llamanode import Config, DecodeConfig, InvalidInputError, KVSession, SessionPool
+
+MODEL = "/fake/model.gguf"
+CFG = Config(num_ctx=200, num_batch=8, num_ubatch=8)  # padded to 208 by the toy backend
+OLD = (("system", "s" * 20), ("file", "abcdefgh" * 8))  # 84 tokens
+NEW = (("system", "s" * 20), ("file", "abcdXfgh" * 8))  # differs from token 24: 60 tokens (8 chunks) to prefill
+
+
+def turn(session: KVSession, segments: tuple[tuple[str, str], ...]) -> list[int]:
+    session.ensure_prefix(session.prefix(segments))
+    session.prefill_suffix(session.suffix("go:"))
+    return [t for c in session.decode(DecodeConfig(max_tokens=6)) for t in c.token_ids]
+
+
+def cold(segments: tuple[tuple[str, str], ...]) -> list[int]:
+    session, _ = fake_session(num_ctx=208, num_batch=8)
+    return turn(session, segments)
+
+
+def leased_turn(pool: SessionPool, workspace: str, segments: tuple[tuple[str, str], ...]) -> list[int]:
+    with pool.session(workspace) as s:
+        return turn(s, segments)
+
+
+@pytest.fixture
+def budget(backends: list[FakeBackend], tmp_path: Path) -> int:
+    with SessionPool(MODEL, CFG, store_dir=tmp_path / "probe") as probe:
+        return probe.budget_for(1)
+
+
+@pytest.fixture
+def gated_pool(backends: list[FakeBackend], tmp_path: Path, budget: int) -> Iterator[tuple[SessionPool, ChunkGate]]:
+    """A pool with room for one live workspace; every context it opens goes through one chunk gate."""
+    pool = SessionPool(MODEL, CFG, store_dir=tmp_path / "store", memory_budget_bytes=budget)
+    gate = ChunkGate()
+    backend: Any = pool.backend
+    inner = backend.open_context
+    backend.open_context = lambda config: gate.wrap(inner(config))
+    yield pool, gate
+    gate.open()
+    pool.close()
+
+
+def test_an_evicted_workspace_is_restored_prewarmed_and_joined_by_its_next_lease(
+    gated_pool: tuple[SessionPool, ChunkGate],
+) -> None:
+    pool, gate = gated_pool
+    leased_turn(pool, "a", OLD)
+    leased_turn(pool, "b", OLD)  # evicts a
+    handle = pool.prewarm("a", NEW)  # restores a (evicting b) and returns at once
+    stats = pool.stats()
+    assert (stats.prewarms, stats.restores, stats.live_workspaces) == (1, 1, 1)
+    call = stop_after(gate, handle, 3, lambda: leased_turn(pool, "a", NEW))
+    assert call.outcome() == cold(NEW)
+    report = handle.wait(1)
+    assert (report.outcome, report.by) == ("joined", "ensure_prefix")
+    assert (report.reused_tokens, report.prefilled_tokens) == (24, 32)
+    with pool.session("a") as s:
+        last = s.explain_context().last_prefix
+        assert last is not None and (last.reused_tokens, last.prefilled_tokens) == (56, 28)
+    assert pool.stats().prewarm_outcomes == {"joined": 1}
+
+
+def test_a_lease_that_leaves_the_session_alone_leaves_the_prewarm_running(
+    gated_pool: tuple[SessionPool, ChunkGate],
+) -> None:
+    pool, gate = gated_pool
+    leased_turn(pool, "a", OLD)
+    handle = pool.prewarm("a", NEW)
+    gate.run_chunks(1)
+    with pool.session("a") as s:
+        assert s.explain_context().last_prewarm is not None
+    assert not handle.done and handle.report().by is None
+    gate.open()
+    assert handle.wait(10).outcome == "completed"
+    assert leased_turn(pool, "a", NEW) == cold(NEW)
+    assert pool.stats().prewarm_outcomes == {"completed": 1}
+
+
+def test_eviction_cancels_a_prewarm_and_the_workspace_keeps_its_last_written_state(
+    gated_pool: tuple[SessionPool, ChunkGate],
+) -> None:
+    pool, gate = gated_pool
+    leased_turn(pool, "a", OLD)
+    pool.checkpoint("a")
+    handle = pool.prewarm("a", NEW)
+    call = stop_after(gate, handle, 2, lambda: leased_turn(pool, "b", OLD))  # b needs a's room
+    assert call.outcome() == cold(OLD)
+    report = handle.wait(1)
+    assert (report.outcome, report.by, report.prefilled_tokens) == ("cancelled", "eviction", 24)
+    assert gate.prewarm_chunks() == 3
+    stats = pool.stats()
+    assert (stats.evictions, stats.prewarm_outcomes, stats.misses) == (1, {"cancelled": 1}, 2)  # a, b were new
+    with pool.session("a") as s:  # the state written before the prewarm, restored exactly
+        status = s.ensure_prefix(s.prefix(OLD))
+        assert status.byte_hash_hit
+    assert leased_turn(pool, "a", NEW) == cold(NEW)
+
+
+def test_a_new_workspace_evicted_mid_prewarm_starts_cold_and_says_why(
+    gated_pool: tuple[SessionPool, ChunkGate],
+) -> None:
+    pool, gate = gated_pool
+    handle = pool.prewarm("c", OLD)
+    stop_after(gate, handle, 2, lambda: leased_turn(pool, "b", OLD)).outcome()
+    assert handle.wait(1).outcome == "cancelled"
+    with pool.session("c") as s:
+        divergence = s.explain_context().last_divergence
+        assert divergence is not None and "unfinished" in divergence.detail
+    misses = pool.stats().recent_misses
+    assert [(m.workspace_id, m.reason) for m in misses] == [("c", "new"), ("b", "new"), ("c", "unfinished")]
+    assert leased_turn(pool, "c", OLD) == cold(OLD)
+
+
+def test_a_prewarming_workspace_is_evicted_after_idle_ones(
+    backends: list[FakeBackend], tmp_path: Path, budget: int
+) -> None:
+    with SessionPool(MODEL, CFG, store_dir=tmp_path) as probe:
+        two = probe.budget_for(2)
+    pool = SessionPool(MODEL, CFG, store_dir=tmp_path / "store", memory_budget_bytes=two)
+    gate = ChunkGate()
+    backend: Any = pool.backend
+    inner = backend.open_context
+    backend.open_context = lambda config: gate.wrap(inner(config))
+    try:
+        handle = pool.prewarm("a", OLD)  # least recently used, but prewarming
+        gate.run_chunks(1)
+        leased_turn(pool, "c", OLD)
+        leased_turn(pool, "b", OLD)  # room for b: c goes, although a was used before it
+        live = {w.id for w in pool.workspaces() if w.live}
+        assert live == {"a", "b"} and not handle.done and not stop_asked(handle)
+        gate.open()
+        assert handle.wait(10).outcome == "completed"
+    finally:
+        gate.open()
+        pool.close()
+
+
+def test_checkpoint_and_fork_cancel_a_prewarm_first(gated_pool: tuple[SessionPool, ChunkGate]) -> None:
+    pool, gate = gated_pool
+    leased_turn(pool, "a", OLD)
+    handle = pool.prewarm("a", NEW)
+    stop_after(gate, handle, 1, lambda: pool.checkpoint("a")).outcome()
+    assert (handle.wait(1).outcome, handle.wait(1).by) == ("cancelled", "checkpoint")
+    assert pool.stats().snapshots_written == 0  # an unfinished prefill is no state to write
+    leased_turn(pool, "a", NEW)
+    second = pool.prewarm("a", OLD)
+    call = Call(lambda: pool.fork("a", "a2"))
+    wait_until(lambda: stop_asked(second))
+    gate.allow(1)
+    with pytest.raises(InvalidInputError, match="unfinished prefill: nothing to fork"):
+        call.outcome()
+    assert (second.wait(1).outcome, second.wait(1).by) == ("cancelled", "fork")
+    assert {w.id for w in pool.workspaces()} == {"a"} and pool.stats().evictions == 0
+    assert leased_turn(pool, "a", OLD) == cold(OLD)
+
+
+def test_closing_the_pool_cancels_a_prewarm_and_keeps_the_last_complete_state(
+    backends: list[FakeBackend], tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    pool = SessionPool(MODEL, CFG, store_dir=store)
+    gate = ChunkGate()
+    backend: Any = pool.backend
+    inner = backend.open_context
+    backend.open_context = lambda config: gate.wrap(inner(config))
+    leased_turn(pool, "a", OLD)
+    pool.checkpoint("a")
+    handle = pool.prewarm("a", NEW)
+    stop_after(gate, handle, 2, pool.close).outcome()
+    assert (handle.wait(1).outcome, handle.wait(1).by) == ("cancelled", "pool close")
+    with SessionPool(MODEL, CFG, store_dir=store) as reopened, reopened.session("a") as s:
+        assert s.ensure_prefix(s.prefix(OLD)).byte_hash_hit
+        assert turn(s, NEW) == cold(NEW)

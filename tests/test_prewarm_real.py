@@ -1,0 +1,147 @@
+"""Prewarm on the real default model: joined, cancelled, superseded and interrupted prewarms leave exact
+state (greedy tokens equal a cold session's, token for token), and a request waits for one chunk at most
+(counted through a chunk gate: every prewarm chunk needs a permit, the request gets exactly one)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import llamanode
+from conftest import SEGMENTS, SUFFIX, SUFFIX_2, Answer, decode_answer
+from gates import PREWARM_THREAD, ChunkGate, stop_after
+from llamanode import Config, DecodeConfig, KVSession, SessionPool
+
+CFG = Config(num_ctx=1024, num_batch=16, num_ubatch=16, num_threads=1)  # ~200-token prefixes: many chunks
+DECODE = DecodeConfig(max_tokens=16)
+Segments = tuple[tuple[str, str], ...]
+
+
+def edit(segments: Segments, name: str, old: str, new: str) -> Segments:
+    out = tuple((n, t.replace(old, new)) for n, t in segments)
+    assert out != segments and dict(out)[name] != dict(segments)[name]
+    return out
+
+
+EDITED = edit(SEGMENTS, "calc", "result = add(result, a)", "result = result + a")  # mid-prefix edit
+OTHER = edit(SEGMENTS, "text", "def title(text):", "def headline(text):")  # a later edit
+
+_cold: dict[tuple[Segments, str], Answer] = {}
+
+
+def cold(segments: Segments, suffix: str) -> Answer:
+    if (segments, suffix) not in _cold:
+        with llamanode.open_session(None, CFG) as fresh:
+            fresh.ensure_prefix(fresh.prefix(segments))
+            fresh.prefill_suffix(fresh.suffix(suffix))
+            _cold[segments, suffix] = decode_answer(fresh, DECODE)
+    return _cold[segments, suffix]
+
+
+def answer(session: KVSession, suffix: str) -> Answer:
+    session.prefill_suffix(session.suffix(suffix))
+    return decode_answer(session, DECODE)
+
+
+@pytest.fixture
+def warm(model_keeper: KVSession) -> Iterator[tuple[KVSession, ChunkGate]]:
+    """A real session whose context's prewarm chunks go through a gate, after one turn on SEGMENTS."""
+    backend = llamanode.load_backend(None, CFG)
+    context = backend.open_context(CFG)
+    gate = ChunkGate(context)
+    session = KVSession(context, CFG, on_close=backend.close)
+    session.ensure_prefix(session.prefix(SEGMENTS))
+    assert answer(session, SUFFIX) == cold(SEGMENTS, SUFFIX)
+    yield session, gate
+    gate.open()
+    session.close()
+
+
+def test_a_joined_prewarm_answers_like_a_cold_session(warm: tuple[KVSession, ChunkGate]) -> None:
+    session, gate = warm
+    handle = session.prewarm(session.prefix(EDITED))
+    status = stop_after(gate, handle, 2, lambda: session.ensure_prefix(session.prefix(EDITED))).outcome(120)
+    assert gate.prewarm_chunks() == 3  # two, and the one in flight when the request came
+    report = handle.wait(1)
+    assert (report.outcome, report.by, report.prefilled_tokens) == ("joined", "ensure_prefix", 48)
+    assert report.reused_tokens is not None and status.reused_tokens == report.reused_tokens + 48
+    assert status.prefilled_tokens > 0 and status.prefix_tokens == report.prefix_tokens
+    assert status.divergence is not None and status.divergence.cause == "resumed"
+    assert answer(session, SUFFIX_2) == cold(EDITED, SUFFIX_2)
+
+
+def test_a_prewarm_cancelled_by_another_prefix_answers_like_a_cold_session(warm: tuple[KVSession, ChunkGate]) -> None:
+    session, gate = warm
+    handle = session.prewarm(session.prefix(EDITED))
+    status = stop_after(gate, handle, 2, lambda: session.ensure_prefix(session.prefix(OTHER))).outcome(120)
+    report = handle.wait(1)
+    assert (report.outcome, report.by, report.prefilled_tokens) == ("cancelled", "ensure_prefix", 48)
+    assert report.reused_tokens is not None and status.reused_tokens == report.reused_tokens  # up to the edit
+    assert status.divergence is not None and status.divergence.segment == "calc"
+    assert answer(session, SUFFIX_2) == cold(OTHER, SUFFIX_2)
+
+
+def test_a_prewarm_cancelled_by_decode_is_resumed_exactly(warm: tuple[KVSession, ChunkGate]) -> None:
+    session, gate = warm
+    handle = session.prewarm(session.prefix(EDITED))
+    with pytest.raises(llamanode.InvalidInputError):  # the old prefix is gone, the new one unfinished
+        stop_after(gate, handle, 1, lambda: session.decode(DECODE)).outcome(120)
+    assert (handle.wait(1).outcome, handle.wait(1).by) == ("cancelled", "decode")
+    status = session.ensure_prefix(session.prefix(EDITED))
+    assert status.divergence is not None and status.divergence.cause == "resumed"
+    assert answer(session, SUFFIX_2) == cold(EDITED, SUFFIX_2)
+
+
+def test_a_superseded_prewarm_answers_like_a_cold_session(warm: tuple[KVSession, ChunkGate]) -> None:
+    session, gate = warm
+    first = session.prewarm(session.prefix(EDITED))
+    gate.run_chunks(2)
+    second = session.prewarm(session.prefix(OTHER))
+    gate.open()
+    assert (first.wait(120).outcome, first.wait(1).by) == ("superseded", "prewarm")
+    assert second.wait(120).outcome == "completed"
+    assert session.ensure_prefix(session.prefix(OTHER)).byte_hash_hit
+    assert answer(session, SUFFIX_2) == cold(OTHER, SUFFIX_2)
+
+
+def test_close_interrupts_a_prewarm_within_one_chunk_and_never_touches_the_context_after(
+    warm: tuple[KVSession, ChunkGate],
+) -> None:
+    session, gate = warm
+    handle = session.prewarm(session.prefix(EDITED))
+    stop_after(gate, handle, 1, session.close).outcome(120)
+    assert (handle.wait(1).outcome, handle.wait(1).by, gate.prewarm_chunks()) == ("interrupted", "close", 2)
+    chunks = len(gate.log)
+    gate.open()
+    assert not any(t.name == PREWARM_THREAD for t in threading.enumerate()) and len(gate.log) == chunks
+
+
+def test_a_prewarmed_evicted_workspace_answers_like_a_cold_session(model_keeper: KVSession, tmp_path: Path) -> None:
+    with SessionPool(None, CFG, store_dir=tmp_path / "probe") as probe:
+        budget = probe.budget_for(1)
+    with SessionPool(None, CFG, store_dir=tmp_path / "store", memory_budget_bytes=budget) as pool:
+        gate = ChunkGate()
+        backend: Any = pool.backend
+        inner = backend.open_context
+        backend.open_context = lambda config: gate.wrap(inner(config))
+        for workspace in ("a", "b"):  # b evicts a
+            with pool.session(workspace) as s:
+                s.ensure_prefix(s.prefix(SEGMENTS))
+                assert answer(s, SUFFIX) == cold(SEGMENTS, SUFFIX)
+        handle = pool.prewarm("a", EDITED)  # restores a (evicting b), then prewarms it
+        assert pool.stats().restores == 1
+
+        def lease_and_answer() -> tuple[Any, Answer]:
+            with pool.session("a") as s:
+                status = s.ensure_prefix(s.prefix(EDITED))
+                return status, answer(s, SUFFIX_2)
+
+        status, got = stop_after(gate, handle, 2, lease_and_answer).outcome(120)
+        gate.open()
+        assert handle.wait(1).outcome == "joined" and status.reused_tokens > 0
+        assert got == cold(EDITED, SUFFIX_2)
+        assert pool.stats().prewarm_outcomes == {"joined": 1}
