@@ -123,3 +123,20 @@ def test_one_json_log_line_per_request(server: ServerProcess) -> None:
     assert line["workspace"] == "log-ws" and line["status"] == 200
     for key in ("ts", "ms", "reused_tokens", "prefilled_tokens", "suffix_tokens", "generated_tokens", "ttft_ms"):
         assert key in line, key
+
+
+def test_prefix_with_wait_false_prewarms_and_the_next_prefix_joins_it(server: ServerProcess) -> None:
+    long_file = {"name": "long", "text": "".join(f"def f{i}(x):\n    return x + {i}\n" for i in range(120))}
+    segments = [*SEGMENTS, long_file]
+    with server.http() as http:
+        http.post(BASE, json={"id": "native-pw"})
+        started = http.post(f"{BASE}/native-pw/prefix", params={"wait": "false"}, json={"segments": segments})
+        assert started.status_code == 202, started.text
+        assert started.json()["outcome"] in ("running", "completed")
+        status = http.post(f"{BASE}/native-pw/prefix", json={"segments": segments}).json()
+        context = http.get(f"{BASE}/native-pw/context").json()
+        prewarm = context["last_prewarm"]
+        assert prewarm["outcome"] in ("joined", "completed")
+        # whatever the prewarm prefilled, the foreground call did not prefill again
+        assert status["prefilled_tokens"] + prewarm["prefilled_tokens"] == status["prefix_tokens"]
+        assert context["prefix_tokens"] == status["prefix_tokens"]

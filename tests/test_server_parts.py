@@ -115,6 +115,7 @@ def _stats(**overrides: Any) -> PoolStats:
     values.update(
         memory_budget_bytes=None, miss_reasons={}, recent_misses=(), transfer_seconds={}, disk_budget_bytes=None
     )
+    values.update(prewarm_outcomes={})
     values.update(overrides)
     return PoolStats(**values)
 
@@ -133,6 +134,7 @@ def test_every_pool_stat_is_exported() -> None:
 def test_metrics_parse_as_prometheus_text_with_escaped_labels() -> None:
     stats = _stats(hits=3, forks=1, live_workspaces=2, miss_reasons={'odd"reason\\\nx': 2, "new": 1})
     stats = dataclasses.replace(stats, transfer_seconds={"read": 0.5}, memory_budget_bytes=1 << 20)
+    stats = dataclasses.replace(stats, prewarms=2, prewarm_outcomes={"joined": 1, "cancelled": 1})
     metrics = Metrics(lambda: stats, lambda: AdmissionStats(queued=1, active=2, parallel=2, max_queue=4))
     metrics.requests.labels(route='/a"b\nc', status="200").inc()
     metrics.ttft.observe(0.3)
@@ -142,6 +144,9 @@ def test_metrics_parse_as_prometheus_text_with_escaped_labels() -> None:
     assert families["llamanode_pool_hits"].samples[0].value == 3
     misses = {s.labels["reason"]: s.value for s in families["llamanode_pool_misses"].samples}
     assert misses == {'odd"reason\\\nx': 2, "new": 1}  # the library escapes and the parser unescapes
+    assert families["llamanode_pool_prewarms"].samples[0].value == 2
+    outcomes = {s.labels["outcome"]: s.value for s in families["llamanode_pool_prewarm_outcomes"].samples}
+    assert outcomes == {"joined": 1, "cancelled": 1}
     assert {s.labels["route"] for s in families["llamanode_requests"].samples} == {'/a"b\nc'}
     assert families["llamanode_pool_memory_budget_bytes"].samples[0].value == 1 << 20
     assert "llamanode_pool_disk_budget_bytes" not in families  # not set: not exported as 0

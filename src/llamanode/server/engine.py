@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 from ..config import DecodeConfig
 from ..errors import ContextOverflowError, LlamaNodeError
 from ..kvsession import KVSession
+from ..prewarm import PrewarmHandle
 from ..session import DecodeReport, PrefillProgress, PrefixStatus, StreamChunk, SuffixStatus
 from .admission import Admission, Ticket
 from .bridge import Bridge
@@ -49,6 +50,8 @@ class PoolLike(Protocol):
     def stats(self) -> Any: ...
 
     def checkpoint(self, workspace_id: str) -> None: ...
+
+    def prewarm(self, workspace_id: str, prefix: Sequence[tuple[str, str]]) -> PrewarmHandle: ...
 
     def close(self) -> None: ...
 

@@ -31,9 +31,10 @@ POOL_COUNTERS = {
     "snapshot_failures": "Snapshot writes that failed",
     "collected": "Snapshots removed by the disk budget",
     "forks": "Workspaces forked",
+    "prewarms": "Background prewarms started",
 }
 POOL_GAUGES = {
-    "live_bytes": "Bytes accounted now: live KV, the tokenizer session, state buffers",
+    "live_bytes": "Bytes accounted now: live KV and state buffers",
     "peak_live_bytes": "Highest live_bytes so far",
     "memory_budget_bytes": "The memory budget",
     "snapshot_bytes": "Bytes of snapshots on disk",
@@ -42,7 +43,10 @@ POOL_GAUGES = {
     "kept_states": "Written states still kept in memory",
 }
 # Read by other collectors, or not a number: exported elsewhere or not at all.
-POOL_OTHER = ("live_workspaces", "evicted_workspaces", "misses", "miss_reasons", "recent_misses", "transfer_seconds")
+POOL_OTHER = (
+    *("live_workspaces", "evicted_workspaces", "misses", "miss_reasons", "recent_misses", "transfer_seconds"),
+    "prewarm_outcomes",
+)
 
 
 class Metrics:
@@ -127,3 +131,9 @@ class _PoolCollector(Collector):
         for kind, value in sorted(stats.transfer_seconds.items()):
             seconds.add_metric([kind], value)
         yield seconds
+        prewarms = CounterMetricFamily(
+            "llamanode_pool_prewarm_outcomes", "Finished prewarms, by outcome", labels=["outcome"]
+        )
+        for outcome, count in sorted(stats.prewarm_outcomes.items()):
+            prewarms.add_metric([outcome], count)
+        yield prewarms

@@ -12,13 +12,13 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import pydantic_core
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from ..config import DecodeConfig
 from ..kvsession import KVSession
-from ..session import PrefillProgress, PrefixStatus, StreamChunk, SuffixStatus
+from ..session import PrefillProgress, PrefixStatus, PrewarmReport, StreamChunk, SuffixStatus
 from .call import Cancellation
 from .engine import Plan
 from .errors import ApiError, openai_error
@@ -128,10 +128,25 @@ async def delete_session(id: SessionId, rt: RuntimeDep, call: CallDep, request: 
     return json_response(SessionDeleted(id=id))
 
 
-@router.post("/{id}/prefix", summary="ensure_prefix: keep the longest resident prefix", responses=_ok(PrefixStatus))
-async def prefix(id: SessionId, body: PrefixRequest, rt: RuntimeDep, call: CallDep, request: Request) -> Response:
+@router.post(
+    "/{id}/prefix",
+    summary="ensure_prefix: keep the longest resident prefix (wait=false: prewarm it in the background)",
+    responses={**_ok(PrefixStatus), 202: {"model": PrewarmReport}},
+)
+async def prefix(
+    id: SessionId,
+    body: PrefixRequest,
+    rt: RuntimeDep,
+    call: CallDep,
+    request: Request,
+    wait: Annotated[bool, Query(description="false: start prefilling and answer 202 at once")] = True,
+) -> Response:
     await _sessions(request).info(id)
     segments = tuple((s.name, s.text) for s in body.segments)
+    if not wait:  # the next prefix call joins the prewarm where it stands (KVSession.prewarm)
+        handle = await run_in_threadpool(rt.pool.prewarm, id, segments)
+        call.log.update(workspace=id, prewarm=True)
+        return json_response(handle.report(), 202)
 
     def run(session: KVSession) -> PrefixStatus:
         return session.ensure_prefix(session.prefix(segments), on_progress=_stop_when(call.cancel))

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from ..manifest import ManifestSegment
-from ..session import DecodeReport, Divergence, PrefixStatus, SegmentResidency
+from ..session import DecodeReport, Divergence, PrefixStatus, PrewarmReport, SegmentResidency
 
 __all__ = [
     "STREAM_MODELS",
@@ -251,6 +251,7 @@ class ContextOut(BaseModel):
     segments: tuple[SegmentResidency, ...]
     last_divergence: Divergence | None
     last_prefix: PrefixStatus | None
+    last_prewarm: PrewarmReport | None
 
 
 # Streamed events: the OpenAPI document names them in event_stream() schemas, so it includes them too.
