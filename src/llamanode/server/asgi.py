@@ -15,7 +15,7 @@ from starlette.types import ASGIApp
 
 from .. import __version__
 from ..errors import LlamaNodeError
-from . import llama_api, native_api, openai_api, ops_api
+from . import llama_api, native_api, openai_api, ops_api, responses_api
 from .call import SHUTDOWN, Call, Cancelled
 from .errors import ApiError, from_exception, from_validation, shutting_down
 from .guard import CLIENT_CLOSED, Guard
@@ -43,7 +43,8 @@ def create_app(runtime: Runtime) -> ASGIApp:
     )
     api.state.runtime = runtime
     api.state.sessions = native_api.Sessions(runtime)
-    for module in (ops_api, openai_api, native_api, llama_api):
+    api.state.responses = responses_api.ResponseStore()
+    for module in (ops_api, openai_api, responses_api, native_api, llama_api):
         api.include_router(module.router)
     _add_error_handlers(api)
     _customise_openapi(api, runtime)
