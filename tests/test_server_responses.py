@@ -229,6 +229,10 @@ def test_max_output_tokens_past_the_window_ends_incomplete_at_the_window(small_s
     error = huge.json()["error"]
     assert huge.status_code == 400 and error["code"] == "context_length_exceeded"
     assert error["num_ctx"] == 256 and error["requested_tokens"] > 256
+    streamed = list(respond(small_server, input="word " * 400, stream=True))  # the stream had begun: an error event
+    assert [e.type for e in streamed] == ["response.created", "response.in_progress", "error", "response.failed"]
+    assert streamed[2].code == "context_length_exceeded" and streamed[-1].response.status == "failed"
+    assert streamed[-1].response.error.code == "context_length_exceeded"
 
 
 # -- every emitted call parses and validates ---------------------------------------------------------------

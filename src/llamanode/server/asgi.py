@@ -34,7 +34,8 @@ def create_app(runtime: Runtime) -> ASGIApp:
         description=(
             "OpenAI-compatible API plus native session routes over persistent, workspace-scoped KV sessions. "
             f"Serving {runtime.model_id}. Route a conversation to a workspace with the {WORKSPACE_HEADER} header "
-            "(or the `user` field); without either, the workspace sharing the longest prompt prefix is used."
+            "(or a session key: previous_response_id, prompt_cache_key, user); without any, the workspace sharing "
+            "the longest prompt prefix is used."
         ),
         openapi_url="/openapi.json",
         docs_url=None,
