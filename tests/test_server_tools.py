@@ -171,7 +171,7 @@ def check_chat_calls(server: ServerProcess, schema: dict[str, Any], seed: int, t
         valid_arguments(call["function"]["name"], call["function"]["arguments"], {"act": schema})
 
 
-@settings(max_examples=4)
+@settings(max_examples=3)
 @given(**CASES)
 def test_every_chat_tool_call_parses_and_validates(
     agent_server: ServerProcess, schema: dict[str, Any], seed: int, temperature: float
