@@ -27,6 +27,7 @@ settings.register_profile(
 settings.register_profile("thorough", parent=settings.get_profile("llamanode"), max_examples=2000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "llamanode"))
 
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Model digests are remembered in a directory of this run, never the user's cache (servers inherit it)."""

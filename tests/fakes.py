@@ -76,6 +76,14 @@ class Batch:
     kind: str  # prefill | step
 
 
+def _token_bytes(token: int) -> bytes:
+    if token in (BOS, EOS):
+        return b""
+    if token in _PIECES:
+        return _PIECES[token]
+    return bytes([token - BYTE0])
+
+
 @dataclass
 class FakeContext:
     """A KVContext over the toy model (see module docstring)."""
@@ -105,11 +113,7 @@ class FakeContext:
         return _tokenize(text, add_bos)
 
     def token_bytes(self, token: int) -> bytes:
-        if token in (BOS, EOS):
-            return b""
-        if token in _PIECES:
-            return _PIECES[token]
-        return bytes([token - BYTE0])
+        return _token_bytes(token)
 
     def is_eog(self, token: int) -> bool:
         return token == EOS
@@ -280,6 +284,10 @@ class FakeBackend:
     def tokenize(self, text: str, add_bos: bool) -> list[int]:
         self._check_open()
         return _tokenize(text, add_bos)
+
+    def token_bytes(self, token: int) -> bytes:
+        self._check_open()
+        return _token_bytes(token)
 
     def check_grammar(self, config: DecodeConfig) -> None:
         _check_grammar(config)

@@ -68,7 +68,7 @@ def test_malformed_bodies_answer_400_and_leave_the_workspace_alone(
 BAD_FIELDS: list[tuple[str, dict[str, Any], str]] = [
     ("unknown field", _chat_body(frobnicate=1), "unknown_field"),
     ("unknown nested field", _chat_body(messages=[{"role": "user", "content": "x", "mood": "happy"}]), "unknown_field"),
-    ("tools unsupported", _chat_body(tools=[{"type": "function"}]), "unknown_field"),
+    ("tool without its function", _chat_body(tools=[{"type": "function"}]), "invalid_value"),
     ("bad role", _chat_body(messages=[{"role": "wizard", "content": "x"}]), "invalid_value"),
     ("empty messages", _chat_body(messages=[]), "invalid_value"),
     ("wrong type", _chat_body(max_tokens="many"), "invalid_value"),

@@ -155,6 +155,12 @@ def test_a_call_cut_off_inside_its_arguments_finishes_incomplete() -> None:
         finished.tool_call()
 
 
+@pytest.mark.parametrize("cut", ["", "\n", "\n</tool", "\n</tool_call"])
+def test_a_call_cut_off_after_its_arguments_is_complete_and_its_cut_closer_is_no_content(cut: str) -> None:
+    text = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}' + ("}" + cut if cut else "")
+    assert summary(parse(GENERIC, [text])) == ("", [("call_0", "get_weather", '{"city": "Paris"}')])
+
+
 def test_a_marker_cut_off_before_the_call_started_is_content() -> None:
     assert summary(parse(GENERIC, ['Hi <tool_call>\n{"name": "get_w'])) == ('Hi <tool_call>\n{"name": "get_w', [])
 

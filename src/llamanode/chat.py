@@ -346,20 +346,37 @@ def _is_special(text: str, tokenize: Callable[[str], list[int]]) -> bool:
 
 
 def messages_from_mappings(values: Sequence[Mapping[str, Any]]) -> list[ChatMessage]:
-    """Plain OpenAI-style dicts to ChatMessage, for callers outside the server.
+    """OpenAI chat-completions messages (plain dicts) to ChatMessage: the one reading of that shape.
 
-    {"role", "content"} plus, optionally, "name", "tool_calls" (assistant) and "tool_call_id" (tool);
-    a null content (an assistant message that only calls tools) becomes "".
+    {"role", "content"} plus, optionally, "name", "tool_calls" (assistant) and "tool_call_id" (tool).
+    content is text, null (an assistant message that only calls tools: "") or a list of text parts,
+    joined with newlines as llama.cpp joins them; any other part is refused with InvalidInputError.
     """
     from .tools.types import ToolCall
 
     return [
         ChatMessage(
             str(v["role"]),
-            "" if v.get("content") is None else str(v["content"]),
+            _content_text(v.get("content"), index),
             v.get("name"),
             tuple(ToolCall.from_openai(c) for c in v.get("tool_calls") or ()),
             v.get("tool_call_id"),
         )
-        for v in values
+        for index, v in enumerate(values)
     ]
+
+
+def _content_text(content: object, index: int) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, Sequence):
+        raise InvalidInputError(f"messages[{index}].content must be text, null or a list of text parts")
+    texts: list[str] = []
+    for part in content:
+        if not isinstance(part, Mapping) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
+            raise InvalidInputError(f"messages[{index}].content: only text parts are supported, got {kind!r}")
+        texts.append(part["text"])
+    return "\n".join(texts)

@@ -115,6 +115,10 @@ class Backend(Protocol):
 
     def tokenize(self, text: str, add_bos: bool) -> list[int]: ...
 
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes of one token (special tokens as their text); InvalidInputError outside the vocabulary."""
+        ...
+
     def check_grammar(self, config: DecodeConfig) -> None:
         """Compile config's grammar or JSON schema against the vocabulary; GrammarError if it fails."""
         ...

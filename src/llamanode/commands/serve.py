@@ -136,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
             "url": f"http://{shown}:{port}",
             "model": runtime.model_id,
             "num_ctx": runtime.num_ctx,
+            "rope_scaling": runtime.model_probe.rope(runtime.config).describe(),
             "api_key": bool(settings.api_key),
             "cors_origins": list(settings.cors_origins),
             "chat_template": "chatml (fallback: the model has none)"

@@ -15,7 +15,7 @@ from starlette.types import ASGIApp
 
 from .. import __version__
 from ..errors import LlamaNodeError
-from . import native_api, openai_api, ops_api
+from . import llama_api, native_api, openai_api, ops_api, responses_api
 from .call import SHUTDOWN, Call, Cancelled
 from .errors import ApiError, from_exception, from_validation, shutting_down
 from .guard import CLIENT_CLOSED, Guard
@@ -34,7 +34,8 @@ def create_app(runtime: Runtime) -> ASGIApp:
         description=(
             "OpenAI-compatible API plus native session routes over persistent, workspace-scoped KV sessions. "
             f"Serving {runtime.model_id}. Route a conversation to a workspace with the {WORKSPACE_HEADER} header "
-            "(or the `user` field); without either, the workspace sharing the longest prompt prefix is used."
+            "(or a session key: previous_response_id, prompt_cache_key, user); without any, the workspace sharing "
+            "the longest prompt prefix is used."
         ),
         openapi_url="/openapi.json",
         docs_url=None,
@@ -43,7 +44,8 @@ def create_app(runtime: Runtime) -> ASGIApp:
     )
     api.state.runtime = runtime
     api.state.sessions = native_api.Sessions(runtime)
-    for module in (ops_api, openai_api, native_api):
+    api.state.responses = responses_api.ResponseStore()
+    for module in (ops_api, openai_api, responses_api, native_api, llama_api):
         api.include_router(module.router)
     _add_error_handlers(api)
     _customise_openapi(api, runtime)

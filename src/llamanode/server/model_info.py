@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..backends.base import Backend
 from ..config import Config, DecodeConfig
+from ..rope import RopeScaling, plan_rope
 
 __all__ = ["ModelInfo", "ModelProbe"]
 
@@ -50,6 +51,17 @@ class ModelProbe:
     def check_grammar(self, config: DecodeConfig) -> None:
         """Compile the config's grammar (or JSON schema) against the vocabulary; GrammarError if it fails."""
         self._backend.check_grammar(config)
+
+    def tokenize(self, text: str, add_special: bool) -> list[int]:
+        """llama-server's /tokenize: special tokens parsed; BOS first when add_special and the vocabulary adds it."""
+        return self._backend.tokenize(text, add_special and self.info.add_bos)
+
+    def token_bytes(self, token: int) -> bytes:
+        return self._backend.token_bytes(token)
+
+    def rope(self, config: Config) -> RopeScaling:
+        """How config's window is served on this model (YaRN above its trained window, by default)."""
+        return plan_rope(config.rope_scaling, config.num_ctx, self._backend.info.n_ctx_train)
 
     def embed(self, config: Config, text: str) -> list[float]:
         return self._backend.embed(config, text)

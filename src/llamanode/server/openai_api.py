@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import base64
 import struct
-import time
-import uuid
-from collections.abc import Callable
 from typing import Annotated, Any
 
-import pydantic_core
 from fastapi import APIRouter, Header
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from ..chat import ChatMessage
+from ..chat import messages_from_mappings
 from ..config import DecodeConfig
 from ..errors import UnsupportedFeatureError
-from ..kvsession import KVSession
-from ..session import StreamChunk
-from .engine import Generation, Plan
-from .errors import ApiError, from_exception, openai_error
+from ..tools import ToolPlan, Tools
+from .engine import Plan
+from .errors import ApiError, from_exception
+from .openai_output import respond
 from .prepare import (
     SessionKey,
     check_model,
@@ -30,13 +26,10 @@ from .prepare import (
     route_workspace,
     unknown_model,
 )
+from .reply import Reply, split_prompt, tool_decode_options, warm_next
 from .responses import (
-    AssistantMessage,
-    ChatChoice,
     ChatChunk,
-    ChatChunkChoice,
     ChatCompletion,
-    ChatDelta,
     Completion,
     CompletionChunk,
     EmbeddingItem,
@@ -45,25 +38,21 @@ from .responses import (
     ModelCard,
     ModelList,
     ModelMeta,
-    PromptTokensDetails,
-    TextChoice,
-    UsageOut,
 )
 from .runtime import Runtime
 from .schemas import (
     WORKSPACE_HEADER,
     WORKSPACE_ID_PATTERN,
     ChatCompletionRequest,
-    ChatMessageIn,
     CompletionRequest,
     EmbeddingRequest,
+    NamedToolChoice,
     ResponseFormatJsonObject,
     ResponseFormatJsonSchema,
 )
-from .streaming import collect, data_event, sse_response, stream_generation
 from .web import ERROR_RESPONSES, CallDep, JsonRoute, RuntimeDep, event_stream, json_response
 
-__all__ = ["router"]
+__all__ = ["WorkspaceHeader", "chat_tool_plan", "router"]
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default for /v1/completions
 
@@ -74,24 +63,30 @@ WorkspaceHeader = Annotated[
     Header(
         alias=WORKSPACE_HEADER,
         pattern=WORKSPACE_ID_PATTERN,
-        description="Workspace to run in (created if new). Without it: the `user` field, else the workspace "
-        "sharing the longest prompt prefix.",
+        description="Workspace to run in (created if new). Without it: the client's session key "
+        "(previous_response_id, prompt_cache_key, user: README, routing), else the workspace sharing the longest "
+        "prompt prefix.",
     ),
 ]
 
 
-@router.get("/v1/models", summary="List the served model", responses={200: {"model": ModelList}, **ERROR_RESPONSES})
+@router.get(
+    "/v1/models",
+    summary="List the served model, then its aliases (--alias)",
+    responses={200: {"model": ModelList}, **ERROR_RESPONSES},
+)
 async def models(rt: RuntimeDep) -> Response:
-    return json_response(ModelList(data=[_model_card(rt)]))
+    names = [rt.model_id, *(a for a in rt.settings.aliases if a != rt.model_id)]
+    return json_response(ModelList(data=[_model_card(rt, name) for name in dict.fromkeys(names)]))
 
 
 @router.get(
     "/v1/models/{model}", summary="Describe the served model", responses={200: {"model": ModelCard}, **ERROR_RESPONSES}
 )
 async def model(rt: RuntimeDep, model: str) -> Response:
-    if model != rt.model_id:
+    if model not in rt.model_names:
         raise unknown_model(rt, model)
-    return json_response(_model_card(rt))
+    return json_response(_model_card(rt, model))
 
 
 @router.post(
@@ -107,30 +102,29 @@ async def chat_completions(
     if body.logprobs:
         raise from_exception(UnsupportedFeatureError("logprobs"), "logprobs")
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    chat = [_message(m) for m in body.messages]
+    chat = messages_from_mappings([m.model_dump(exclude_none=True) for m in body.messages])
+    plan = chat_tool_plan(rt, body)
 
-    config = await _decode_config(rt, body, max_tokens, _json_schema(body.response_format))
-    split = rt.template.split(chat)  # on the loop: well under a millisecond for a 100 KB prompt
+    config = await _decode_config(rt, body, max_tokens, _json_schema(body.response_format), plan)
+    split = split_prompt(rt, plan, chat)  # on the loop: well under a millisecond for a 100 KB prompt
     check_prompt_size(rt, len(split.prefix.encode()) + len(split.suffix.encode()))
-    ws = await route_workspace(rt, call, workspace, first_key(SessionKey("user", body.user or "")), split.text)
-    after = (lambda session, answer: _warm_next(rt, session, chat, answer)) if rt.settings.warm_next else None
+    key = first_key(SessionKey("prompt_cache_key", body.prompt_cache_key or ""), SessionKey("user", body.user or ""))
+    ws = await route_workspace(rt, call, workspace, key, split.text)
+    reply = Reply(plan)
+    after = (lambda session, _: warm_next(rt, session, plan, chat, reply)) if rt.settings.warm_next else None
     generation = rt.engine.generation(call, Plan(ws, (("chat", split.prefix),), split.suffix, config, after))
-    return await _respond(rt, generation, body.stream, _include_usage(body), split.text, chat=True)
+    return await respond(rt, generation, reply, body.stream, _include_usage(body), split.text, chat=True)
 
 
-def _warm_next(rt: Runtime, session: KVSession, chat: list[ChatMessage], answer: str) -> int:
-    """Prefill this answer as the next request will send it back, once the response is out.
-
-    The generated tokens' KV came from one-token decode steps and is never reused (it differs
-    from a batched prefill); re-prefilling the answer in a batch while the client reads it
-    makes the next turn's prefix warm up to its new user message, exactly.
-    """
-    if chat[-1].role == "assistant":
-        return 0
-    expected = rt.template.split([*chat, ChatMessage("assistant", answer), ChatMessage("user", "")])
-    status = session.ensure_prefix(session.prefix((("chat", expected.prefix),)))
-    rt.metrics.warm_next_tokens.inc(status.prefilled_tokens)
-    return status.prefilled_tokens
+def chat_tool_plan(rt: Runtime, body: ChatCompletionRequest) -> ToolPlan | None:
+    """The request's tools on the model's template; None without tools (the prompt is then plain chat)."""
+    if not body.tools:
+        if body.tool_choice not in (None, "none", "auto"):
+            raise ApiError(400, "tool_choice needs tools", param="tool_choice", code="invalid_value")
+        return None
+    choice = body.tool_choice.model_dump() if isinstance(body.tool_choice, NamedToolChoice) else body.tool_choice
+    tools = Tools.from_openai([t.model_dump(exclude_none=True) for t in body.tools], choice, body.parallel_tool_calls)
+    return ToolPlan(rt.template, tools)
 
 
 @router.post(
@@ -150,11 +144,11 @@ async def completions(
         raise ApiError(400, "prompt must not be empty", param="prompt", code="invalid_value")
     max_tokens = body.max_tokens if body.max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
 
-    config = await _decode_config(rt, body, max_tokens, None)
+    config = await _decode_config(rt, body, max_tokens, None, None)
     check_prompt_size(rt, len(prompt.encode()), "prompt")
     ws = await route_workspace(rt, call, workspace, first_key(SessionKey("user", body.user or "")), prompt)
     generation = rt.engine.generation(call, Plan(ws, (("prompt", prompt),), None, config))
-    return await _respond(rt, generation, body.stream, _include_usage(body), prompt, chat=False)
+    return await respond(rt, generation, Reply(None), body.stream, _include_usage(body), prompt, chat=False)
 
 
 @router.post(
@@ -194,114 +188,26 @@ async def embeddings(body: EmbeddingRequest, rt: RuntimeDep, call: CallDep) -> R
 
 
 # -- shared -----------------------------------------------------------------------------------------
-def _model_card(rt: Runtime) -> ModelCard:
+def _model_card(rt: Runtime, name: str) -> ModelCard:
+    """The served model under one of its names (an alias names the same model)."""
     info = rt.model_info
     meta = ModelMeta(description=info.description, sha256=info.digest, num_ctx=rt.num_ctx)
-    return ModelCard(id=rt.model_id, created=rt.started_at, owned_by="llamanode", meta=meta)
+    return ModelCard(id=name, created=rt.started_at, owned_by="llamanode", meta=meta)
 
 
 async def _decode_config(
-    rt: Runtime, body: ChatCompletionRequest | CompletionRequest, max_tokens: int | None, schema: dict[str, Any] | None
+    rt: Runtime,
+    body: ChatCompletionRequest | CompletionRequest,
+    max_tokens: int | None,
+    schema: dict[str, Any] | None,
+    plan: ToolPlan | None,
 ) -> DecodeConfig:
     stop = (body.stop,) if isinstance(body.stop, str) else None if body.stop is None else tuple(body.stop)
     sampling = {
         name: getattr(body, name) for name in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed")
     }
-    return await decode_config(rt, {"max_tokens": max_tokens, **sampling, "stop": stop, "json_schema": schema})
-
-
-async def _respond(
-    rt: Runtime, generation: Generation, stream: bool, include_usage: bool, prompt: str, chat: bool
-) -> Response:
-    ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-    encoder = _Encoder(rt, generation, ident, int(time.time()), chat, include_usage, prompt)
-    headers = {WORKSPACE_HEADER: generation.workspace}
-    if stream:
-        return sse_response(stream_generation(generation, encoder), headers)
-    finish = await collect(generation)
-    rt.router.remember(generation.workspace, prompt)
-    base: dict[str, Any] = encoder.base | {"usage": _usage(generation)}
-    if chat:
-        message = AssistantMessage(content=generation.text)
-        choice = ChatChoice(index=0, message=message, finish_reason=finish)
-        return json_response(ChatCompletion(**base, choices=[choice]), headers=headers)
-    text_choice = TextChoice(index=0, text=generation.text, finish_reason=finish)
-    return json_response(Completion(**base, choices=[text_choice]), headers=headers)
-
-
-def _usage(generation: Generation) -> UsageOut:
-    usage = generation.usage()
-    return UsageOut(
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        total_tokens=usage.prompt_tokens + usage.completion_tokens,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=usage.cached_tokens),
-    )
-
-
-class _Encoder:
-    """OpenAI's streamed chunks: the first carries the role, the last the finish reason; then usage
-    (when asked for) and [DONE]."""
-
-    def __init__(
-        self,
-        rt: Runtime,
-        generation: Generation,
-        ident: str,
-        created: int,
-        chat: bool,
-        include_usage: bool,
-        prompt: str,
-    ) -> None:
-        self.rt = rt
-        self.generation = generation
-        self.chat = chat
-        self.include_usage = include_usage
-        self.prompt = prompt
-        self.base = {"id": ident, "created": created, "model": rt.model_id, "system_fingerprint": rt.fingerprint}
-        self._first = True
-
-    def chunk(self, chunk: StreamChunk) -> list[bytes]:
-        events: list[bytes] = []
-        if chunk.text or self._first:
-            events.append(self._event(chunk.text, None))
-        if chunk.finish_reason is not None:
-            events.append(self._event(None, chunk.finish_reason))
-        return events
-
-    def done(self) -> list[bytes]:
-        self.rt.router.remember(self.generation.workspace, self.prompt)
-        events = [self._dump(choices=[], usage=_usage(self.generation))] if self.include_usage else []
-        return [*events, data_event("[DONE]")]
-
-    def error(self, error: ApiError) -> bytes:
-        return data_event(pydantic_core.to_json(openai_error(error)))
-
-    def _event(self, text: str | None, finish: str | None) -> bytes:
-        first, self._first = self._first, False
-        if self.chat:
-            delta = ChatDelta(role="assistant") if first else ChatDelta()
-            if text is not None:
-                delta.content = text  # assigned fields count as set: serialized
-            choices: list[Any] = [ChatChunkChoice(index=0, delta=delta, logprobs=None, finish_reason=finish)]
-        else:
-            choices = [TextChoice(index=0, text=text or "", logprobs=None, finish_reason=finish)]
-        return self._dump(choices=choices, **({"usage": None} if self.include_usage else {}))
-
-    def _dump(self, **fields: Any) -> bytes:
-        model: Callable[..., Any] = ChatChunk if self.chat else CompletionChunk
-        obj = "chat.completion.chunk" if self.chat else "text_completion"
-        return data_event(model(**self.base, object=obj, **fields).model_dump_json(exclude_unset=True))
-
-
-def _message(m: ChatMessageIn) -> ChatMessage:
-    if m.content is None:
-        content = ""
-    elif isinstance(m.content, str):
-        content = m.content
-    else:
-        content = "\n".join(part.text for part in m.content)  # llama.cpp joins text parts with newlines
-    return ChatMessage(m.role, content, m.name)
+    values = {"max_tokens": max_tokens, **sampling, "stop": stop, "json_schema": schema}
+    return await decode_config(rt, values | tool_decode_options(plan, schema, stop))
 
 
 def _json_schema(fmt: object) -> dict[str, Any] | None:

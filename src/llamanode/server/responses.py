@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from ..manifest import ManifestSegment
 from ..session import DecodeReport, Divergence, PrefixStatus, PrewarmReport, SegmentResidency
+from .responses_events import EVENT_MODELS as RESPONSES_EVENT_MODELS
 
 __all__ = [
     "STREAM_MODELS",
@@ -86,10 +87,24 @@ class UsageOut(BaseModel):
     prompt_tokens_details: PromptTokensDetails
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str  # JSON text of an object that validates against the function's parameters
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class AssistantMessage(BaseModel):
+    """content is null when the message only calls tools; tool_calls is null when it calls none."""
+
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
     refusal: None = None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -109,9 +124,24 @@ class ChatCompletion(BaseModel):
     usage: UsageOut
 
 
+class FunctionCallDelta(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(BaseModel):
+    """A call's first delta has its id, type and name (arguments ""); later ones add argument text."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta
+
+
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(BaseModel):
@@ -255,7 +285,7 @@ class ContextOut(BaseModel):
 
 
 # Streamed events: the OpenAPI document names them in event_stream() schemas, so it includes them too.
-STREAM_MODELS: tuple[type[BaseModel], ...] = (ChatChunk, CompletionChunk, DecodeEvent)
+STREAM_MODELS: tuple[type[BaseModel], ...] = (ChatChunk, CompletionChunk, DecodeEvent, *RESPONSES_EVENT_MODELS)
 
 _ADAPTERS: dict[type[Any], TypeAdapter[Any]] = {}
 

@@ -13,12 +13,16 @@ __all__ = [
     "WORKSPACE_ID_PATTERN",
     "ChatCompletionRequest",
     "ChatMessageIn",
+    "ChatTool",
+    "ChatToolChoice",
     "CompletionRequest",
     "DecodeRequest",
     "EmbeddingRequest",
     "ForkRequest",
     "PrefixRequest",
+    "PromptCacheKey",
     "SessionCreateRequest",
+    "StrictModel",
     "SuffixRequest",
 ]
 
@@ -43,15 +47,59 @@ class _Strict(BaseModel):
     model_config = _STRICT
 
 
+StrictModel = _Strict  # for request models in other modules (responses_schemas, llama_api)
+
+
 class TextPart(_Strict):
     type: Literal["text"]
     text: str
+
+
+class FunctionCallIn(_Strict):
+    name: Annotated[str, Field(min_length=1)]
+    arguments: Annotated[str, Field(description="The arguments as JSON text of an object.")]
+
+
+class ToolCallIn(_Strict):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
 
 
 class ChatMessageIn(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
+
+
+class FunctionDef(_Strict):
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: Annotated[bool | None, Field(description="Accepted; arguments always follow the schema.")] = None
+
+
+class ChatTool(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class FunctionName(_Strict):
+    name: Annotated[str, Field(min_length=1)]
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: FunctionName
+
+
+ChatToolChoice = Literal["auto", "none", "required"] | NamedToolChoice
+PromptCacheKey = Annotated[
+    str | None,
+    Field(max_length=512, description="The client's name for its conversation: routes it to one workspace."),
+]
 
 
 class StreamOptions(_Strict):
@@ -108,6 +156,10 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: MaxTokens = None
     response_format: ResponseFormat | None = None
     logprobs: Annotated[bool | None, Field(description="Only false is supported.")] = None
+    tools: Annotated[list[ChatTool] | None, Field(max_length=1024)] = None
+    tool_choice: ChatToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    prompt_cache_key: PromptCacheKey = None
 
 
 class CompletionRequest(_Sampling):

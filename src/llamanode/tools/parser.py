@@ -172,6 +172,10 @@ class ToolCallParser:
             self._finish_call(complete=False)
         elif self._state in (self._header, self._list_open):  # no call started: it was content
             self._content(self._raw + self._pending)
+        elif self._state == self._call_close:  # the arguments are whole; only the call's "}" was cut
+            self._finish_call(complete=True)
+        elif self._state in (self._closer, self._list_next):  # a cut closer (or list end) is markup, not content
+            pass
         elif self._pending.strip(_WS) or (self._state == self._text and not self._after_call):
             self._content(self._pending)
         self._pending, self._raw, self._state = "", "", self._text

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ...config import KV_CACHE_TYPES, Config, DecodeConfig
-from ...errors import SessionClosedError
+from ...errors import InvalidInputError, SessionClosedError
 from ..base import BackendIdentity, ModelInfo
 from .context import LlamaCppContext, tokenize
 from .embedding import embed_text
@@ -43,6 +43,13 @@ class LlamaCppBackend:
 
     def tokenize(self, text: str, add_bos: bool) -> list[int]:
         return tokenize(self._loaded(), text, add_bos)
+
+    def token_bytes(self, token: int) -> bytes:
+        model = self._loaded()
+        n_vocab = lib().llama_vocab_n_tokens(model.vocab)
+        if not 0 <= token < n_vocab:  # llama.cpp would read out of bounds
+            raise InvalidInputError(f"token id {token} is outside the vocabulary (0..{n_vocab - 1})")
+        return model.token_bytes(token)
 
     def check_grammar(self, config: DecodeConfig) -> None:
         if config.grammar is None and config.json_schema is None:
