@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from ..chat import ChatMessage
+from ..chat_segments import chat_segments
 from ..config import DecodeConfig
 from ..errors import UnsupportedFeatureError
 from ..kvsession import KVSession
@@ -113,8 +114,9 @@ async def chat_completions(
     split = rt.template.split(chat)  # on the loop: well under a millisecond for a 100 KB prompt
     check_prompt_size(rt, len(split.prefix.encode()) + len(split.suffix.encode()))
     ws = await route_workspace(rt, call, workspace, first_key(SessionKey("user", body.user or "")), split.text)
+    segments = await run_in_threadpool(chat_segments, rt.template, chat, split)
     after = (lambda session, answer: _warm_next(rt, session, chat, answer)) if rt.settings.warm_next else None
-    generation = rt.engine.generation(call, Plan(ws, (("chat", split.prefix),), split.suffix, config, after))
+    generation = rt.engine.generation(call, Plan(ws, segments, split.suffix, config, after))
     return await _respond(rt, generation, body.stream, _include_usage(body), split.text, chat=True)
 
 
@@ -127,8 +129,9 @@ def _warm_next(rt: Runtime, session: KVSession, chat: list[ChatMessage], answer:
     """
     if chat[-1].role == "assistant":
         return 0
-    expected = rt.template.split([*chat, ChatMessage("assistant", answer), ChatMessage("user", "")])
-    status = session.ensure_prefix(session.prefix((("chat", expected.prefix),)))
+    expected_chat = [*chat, ChatMessage("assistant", answer), ChatMessage("user", "")]
+    expected = rt.template.split(expected_chat)
+    status = session.ensure_prefix(session.prefix(chat_segments(rt.template, expected_chat, expected)))
     rt.metrics.warm_next_tokens.inc(status.prefilled_tokens)
     return status.prefilled_tokens
 

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..chat import ChatMessage, ChatTemplate, SplitPrompt
+from ..chat_segments import Cut, prompt_segments
 from .constrain import ToolGrammar, tool_grammar
 from .formats import ToolFormat, detect_format
 from .parser import ToolCallParser
@@ -44,6 +45,20 @@ class ToolPlan:
     def split(self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True) -> SplitPrompt:
         return self.template.split(
             self.messages(messages), add_generation_prompt=add_generation_prompt, tools=self._tool_objects()
+        )
+
+    def segments(
+        self, messages: Sequence[ChatMessage], split: SplitPrompt, cuts: Sequence[Cut]
+    ) -> tuple[tuple[str, str], ...]:
+        """split.prefix as named manifest segments: one per cut, and the tools' own (chat_segments.py)."""
+        plain = ToolPlan(self.template, Tools(()), self.format) if self.tools.specs else None
+        return prompt_segments(
+            split,
+            messages,
+            cuts,
+            lambda ms, gen: self.render(ms, add_generation_prompt=gen),
+            without_tools=(lambda ms, gen: plain.render(ms, add_generation_prompt=gen)) if plain else None,
+            special_tokens=self.template.special_tokens,
         )
 
     def decode_options(self) -> dict[str, Any]:
