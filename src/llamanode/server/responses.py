@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from ..manifest import ManifestSegment
 from ..session import DecodeReport, Divergence, PrefixStatus, SegmentResidency
+from .anthropic_responses import ANTHROPIC_STREAM_MODELS
 
 __all__ = [
     "STREAM_MODELS",
@@ -254,7 +255,7 @@ class ContextOut(BaseModel):
 
 
 # Streamed events: the OpenAPI document names them in event_stream() schemas, so it includes them too.
-STREAM_MODELS: tuple[type[BaseModel], ...] = (ChatChunk, CompletionChunk, DecodeEvent)
+STREAM_MODELS: tuple[type[BaseModel], ...] = (ChatChunk, CompletionChunk, DecodeEvent, *ANTHROPIC_STREAM_MODELS)
 
 _ADAPTERS: dict[type[Any], TypeAdapter[Any]] = {}
 
