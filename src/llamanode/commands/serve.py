@@ -34,7 +34,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--api-key",
         default=os.environ.get("LLAMANODE_API_KEY"),
-        help="require 'Authorization: Bearer KEY' on every route but /health (default: $LLAMANODE_API_KEY)",
+        help="require 'Authorization: Bearer KEY' (or 'x-api-key: KEY') on every route but /health "
+        "(default: $LLAMANODE_API_KEY)",
     )
     parser.add_argument(
         "--cors-origin",
