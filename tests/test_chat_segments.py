@@ -3,11 +3,13 @@ template, a tool-aware template and templates written here to be awkward."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import llamanode.chat_segments as chat_segments_module
 from llamanode.chat import ChatMessage, ChatTemplate, messages_from_mappings
-from llamanode.chat_segments import Cut, chat_segments, message_cuts, prompt_segments
+from llamanode.chat_segments import Cut, StartCache, chat_segments, message_cuts, prompt_segments
 from llamanode.tools import ToolPlan, Tools
 from test_chat import smollm2
 from test_tools_render import CONVERSATION, WEATHER, tool_template
@@ -136,3 +138,45 @@ def test_segments_tile_the_prefix_in_order_for_any_conversation(
     for cut in message_cuts(convo)[:-1]:  # a prefix message with its own segment has its content there
         if cut.name in names:
             assert convo[cut.message].content.strip() in dict(segments)[cut.name]
+
+
+class _Recording(StartCache):
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys: list[str] = []
+        self.hits = 0
+
+    def get(self, key: str) -> tuple[int, str] | None:
+        found = super().get(key)
+        self.hits += found is not None
+        return found
+
+    def put(self, key: str, length: int, digest: str) -> None:
+        self.keys.append(key)
+        super().put(key, length, digest)
+
+
+def test_message_starts_are_remembered_and_used_only_where_the_prompt_begins_with_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cache = _Recording()
+    monkeypatch.setattr(chat_segments_module, "START_CACHE", cache)
+    template = smollm2()
+    convo = [
+        ChatMessage("system", "S"),
+        ChatMessage("user", "U1"),
+        ChatMessage("assistant", "A1"),
+        ChatMessage("user", "U2"),
+    ]
+    cold = _segments(template, convo)
+    assert cache.hits == 0 and len(cache.keys) == 3
+    longer = [*convo, ChatMessage("assistant", "A2"), ChatMessage("user", "U3")]
+    grown = _segments(template, longer)
+    assert cache.hits == 3 and grown[:3] == cold  # the earlier messages' starts came from the cache
+    for key in list(cache.keys):  # remembered texts the prompt does not begin with are never used
+        cache.put(key, 5, "0" * 64)
+    assert _segments(template, longer) == grown
+    other = ChatTemplate(HEADERS_TEMPLATE, special_tokens=HEADERS_SPECIALS)  # another template: other keys
+    hits = cache.hits
+    _segments(other, longer)
+    assert cache.hits == hits

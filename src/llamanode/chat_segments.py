@@ -16,6 +16,10 @@ conversation) only makes the segments coarser: positions are kept in order and e
 
 from __future__ import annotations
 
+import hashlib
+import json
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -23,7 +27,17 @@ from .chat import ChatMessage, ChatTemplate, ChatTemplateError, SplitPrompt
 from .errors import ToolError
 from .prefix import common_prefix_len
 
-__all__ = ["Cut", "Render", "Segments", "chat_segments", "message_cuts", "prompt_segments"]
+__all__ = [
+    "START_CACHE",
+    "Cut",
+    "Render",
+    "Segments",
+    "StartCache",
+    "chat_segments",
+    "message_cuts",
+    "prompt_segments",
+    "template_key",
+]
 
 Render = Callable[[Sequence[ChatMessage], bool], str]  # (messages, add_generation_prompt) -> prompt text
 Segments = tuple[tuple[str, str], ...]  # (name, text) pieces of a prefix, as Plan and session.prefix() take them
@@ -57,18 +71,29 @@ def prompt_segments(
     without_tools: Render | None = None,
     special_tokens: Sequence[str] = (),
     tools_name: str = "tools",
+    cache_key: str | None = None,
 ) -> Segments:
     """(name, text) pieces whose texts join to split.prefix; the first starts at 0 whatever its cut says.
 
     render renders messages as split was rendered (tools included). without_tools, when the request
     has tools, renders them without: the tools' piece is where the two renderings differ. Closing
     text after the tools that holds only special tokens and whitespace joins the tools' piece.
+    cache_key names everything but the messages that decides render's output (template, tools):
+    with it, message starts are remembered across requests (StartCache).
     """
     prefix = split.prefix
+    ordered = sorted(cuts, key=lambda c: (c.message, c.offset))
+    wanted = sorted({c.message for c in ordered[1:] if c.offset == 0})
+    starts = _message_starts(prefix, messages, wanted, render, special_tokens, cache_key)
     points: list[tuple[int, int, str]] = []  # (position, order, name)
     floor = 0
-    for order, cut in enumerate(sorted(cuts, key=lambda c: (c.message, c.offset))):
-        found = 0 if order == 0 else _locate(prefix, messages, cut, render, special_tokens)
+    for order, cut in enumerate(ordered):
+        if order == 0:
+            found: int | None = 0
+        elif cut.offset == 0:
+            found = starts[cut.message]
+        else:
+            found = _locate_inside(prefix, messages, cut, render)
         if found is None or (found >= len(prefix) and order > 0):
             continue
         floor = max(found, floor)
@@ -125,19 +150,54 @@ def _only_markup(text: str, special_tokens: Sequence[str]) -> bool:
     return not text.strip()
 
 
-def _locate(
-    prefix: str, messages: Sequence[ChatMessage], cut: Cut, render: Render, special_tokens: Sequence[str]
+def _message_starts(
+    prefix: str,
+    messages: Sequence[ChatMessage],
+    wanted: Sequence[int],
+    render: Render,
+    special_tokens: Sequence[str],
+    cache_key: str | None,
+) -> dict[int, int | None]:
+    """Where messages[i] starts for each wanted i (ascending); None when the template does not show it."""
+    found: dict[int, int | None] = {}
+    chain = hashlib.sha256((cache_key or "").encode())  # chain.copy() names messages[:i] under cache_key
+    checked = hashlib.sha256()  # sha256 of prefix[:upto]
+    done = upto = 0
+    for i in wanted:
+        for message in messages[done:i]:
+            chain.update(hashlib.sha256(json.dumps(message.as_template_value(), sort_keys=True).encode()).digest())
+        done = i
+        key = chain.hexdigest() if cache_key is not None else None
+        known = START_CACHE.get(key) if key is not None else None
+        if known is not None and upto <= known[0] <= len(prefix):
+            checked.update(prefix[upto : known[0]].encode())
+            upto = known[0]
+            if checked.hexdigest() == known[1]:  # the prompt begins with that rendering of messages[:i]
+                found[i] = known[0]
+                continue
+        found[i] = _locate_start(prefix, messages[:i], render, special_tokens, key)
+    return found
+
+
+def _locate_start(
+    prefix: str, earlier: Sequence[ChatMessage], render: Render, special_tokens: Sequence[str], key: str | None
 ) -> int | None:
-    """Where cut begins in prefix; None when the template does not show it plainly."""
-    if cut.offset == 0:
-        shorter = _rendering(lambda: render(messages[: cut.message], False))
-        if shorter is None:
-            return None
-        at = common_prefix_len(prefix, shorter)
-        if at == len(shorter):  # the earlier messages render as the prompt's beginning
-            return at
-        at = _snap(prefix, at, special_tokens)  # or at least up to a special token
-        return at if special_tokens and prefix.startswith(tuple(special_tokens), at) else None
+    """Where the message after `earlier` starts in prefix (see the module docstring)."""
+    shorter = _rendering(lambda: render(earlier, False))
+    if shorter is None:
+        return None
+    at = common_prefix_len(prefix, shorter)
+    if at == len(shorter):  # the earlier messages render as the prompt's beginning
+        if key is not None:
+            START_CACHE.put(key, at, hashlib.sha256(shorter.encode()).hexdigest())
+        return at
+    at = _snap(prefix, at, special_tokens)  # or at least up to a special token
+    return at if special_tokens and prefix.startswith(tuple(special_tokens), at) else None
+
+
+def _locate_inside(prefix: str, messages: Sequence[ChatMessage], cut: Cut, render: Render) -> int | None:
+    """Where a cut inside a message's content falls in prefix: a rendering with a marker there agrees
+    with the prompt up to the marker."""
     message = messages[cut.message]
     marked = message.content[: cut.offset] + _MARK + message.content[cut.offset :]
     changed = [*messages[: cut.message], replace(message, content=marked), *messages[cut.message + 1 :]]
@@ -146,6 +206,36 @@ def _locate(
         return None
     at = common_prefix_len(prefix, rendered)
     return at if rendered.startswith(_MARK, at) else None
+
+
+class StartCache:
+    """Message starts already found, by (cache key, messages before): (length, sha256 of that rendering).
+
+    An agent's next request repeats its earlier messages, so only the new ones need rendering; a hit is
+    used only when the prompt is checked to begin with the very text remembered.
+    """
+
+    def __init__(self, capacity: int = 16384) -> None:
+        self._capacity = capacity
+        self._known: OrderedDict[str, tuple[int, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> tuple[int, str] | None:
+        with self._lock:
+            found = self._known.get(key)
+            if found is not None:
+                self._known.move_to_end(key)
+            return found
+
+    def put(self, key: str, length: int, digest: str) -> None:
+        with self._lock:
+            self._known[key] = (length, digest)
+            self._known.move_to_end(key)
+            while len(self._known) > self._capacity:
+                self._known.popitem(last=False)
+
+
+START_CACHE = StartCache()
 
 
 def _rendering(render: Callable[[], str]) -> str | None:
@@ -164,4 +254,11 @@ def chat_segments(template: ChatTemplate, messages: Sequence[ChatMessage], split
         message_cuts(messages),
         lambda ms, gen: template.render(ms, add_generation_prompt=gen),
         special_tokens=template.special_tokens,
+        cache_key=template_key(template),
     )
+
+
+def template_key(template: ChatTemplate) -> str:
+    """What decides a template's rendering besides the messages (a cache key)."""
+    fields = [template.source, template.bos_token, template.eos_token, template.add_bos, template.add_eos]
+    return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
