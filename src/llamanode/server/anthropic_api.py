@@ -26,7 +26,7 @@ from .anthropic_responses import AnthropicError, MessageOut, MessageStreamEvent,
 from .anthropic_schemas import CountTokensRequest, MessagesRequest, Metadata
 from .anthropic_stream import Blocks, MessagesEncoder, message_out, new_tool_use_id, ping, stop_reason, usage
 from .call import Call
-from .engine import Plan
+from .engine import Generation, Plan
 from .prepare import SessionKey, check_model, check_prompt_size, decode_config, first_key, route_workspace
 from .runtime import Runtime
 from .schemas import WORKSPACE_HEADER, WORKSPACE_ID_PATTERN
@@ -124,11 +124,16 @@ async def messages(body: MessagesRequest, rt: RuntimeDep, call: CallDep, workspa
         return sse_response(stream_generation(generation, encoder, ping), headers)
     await collect(generation)
     rt.router.remember(ws, split.text)
+    return json_response(_message(generation, blocks, ident, body.model), headers=headers)
+
+
+def _message(generation: Generation, blocks: Blocks, ident: str, model: str) -> MessageOut:
+    """A finished generation as one message object."""
     blocks.feed(generation.text)
     blocks.finish()
     reason = stop_reason(generation, blocks)
-    call.log["stop_reason"] = reason[0]
-    return json_response(message_out(ident, body.model, blocks.content, reason, usage(generation)), headers=headers)
+    generation.call.log["stop_reason"] = reason[0]
+    return message_out(ident, model, blocks.content, reason, usage(generation))
 
 
 def _warm_next(prompt: Prompt, blocks: Blocks, session: KVSession) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Any
+from collections.abc import Callable
 
 from fastapi.sse import format_sse_event
 from pydantic import BaseModel
@@ -167,7 +167,9 @@ def message_out(
 class MessagesEncoder:
     """A generation as Anthropic's streamed events (streaming.StreamEncoder)."""
 
-    def __init__(self, generation: Generation, blocks: Blocks, ident: str, model: str, on_done: Any) -> None:
+    def __init__(
+        self, generation: Generation, blocks: Blocks, ident: str, model: str, on_done: Callable[[], None]
+    ) -> None:
         self.generation = generation
         self.blocks = blocks
         self.ident = ident
