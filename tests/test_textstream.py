@@ -7,7 +7,7 @@ import itertools
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from llamanode.textstream import TextAssembler
+from llamanode.textstream import TextAssembler, TextDelta
 
 
 def expected_text(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
@@ -125,3 +125,9 @@ def test_truncated_utf8_at_the_end_becomes_one_replacement_character() -> None:
     assembler = TextAssembler()
     assert assembler.feed("é".encode()[:1]).text == ""
     assert assembler.finish().text == "\ufffd"
+
+
+def test_the_delta_that_stops_names_the_stop_string_that_completed_first() -> None:
+    asm = TextAssembler(["END", "ab"])
+    assert asm.feed(b"xxEN") == TextDelta("xx", stopped=False, stop_string=None)
+    assert asm.feed(b"Dab") == TextDelta("", stopped=True, stop_string="END")

@@ -26,6 +26,7 @@ def decode_chunks(
     produced = 0
     held: list[int] = []  # ids whose bytes produced no text yet (half a character, a possible stop)
     reason = "max_tokens"
+    matched: str | None = None
     error: LlamaNodeError | None = None
     try:
         check_usable()
@@ -45,7 +46,7 @@ def decode_chunks(
                 yield StreamChunk(delta.text, tuple(held))
                 held.clear()
             if delta.stopped:
-                reason = "stop_string"
+                reason, matched = "stop_string", delta.stop_string
                 break
             if produced == limit:
                 break
@@ -59,6 +60,6 @@ def decode_chunks(
     tail = text.finish() if reason != "stop_string" else None
     elapsed = time.perf_counter() - started
     decode_s = max(elapsed - first_token_s, 1e-9)
-    report = DecodeReport(produced, reason, first_token_s, elapsed, max(produced - 1, 0) / decode_s)
+    report = DecodeReport(produced, reason, first_token_s, elapsed, max(produced - 1, 0) / decode_s, matched)
     finish = "error" if error else ("length" if reason == "max_tokens" else "stop")
     yield StreamChunk(tail.text if tail else "", tuple(held), finish, error, report)

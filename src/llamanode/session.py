@@ -125,6 +125,7 @@ class DecodeReport:
     first_token_s: float
     decode_s: float
     tokens_per_s: float
+    stop_string: str | None = None  # the stop string that ended it (stop_reason stop_string)
 
 
 @dataclass(frozen=True)

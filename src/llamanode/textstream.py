@@ -13,6 +13,7 @@ __all__ = ["TextAssembler", "TextDelta"]
 class TextDelta:
     text: str
     stopped: bool  # a stop string was found; text is everything before it
+    stop_string: str | None = None  # which one
 
 
 class TextAssembler:
@@ -38,21 +39,22 @@ class TextAssembler:
     def _release(self, final: bool) -> TextDelta:
         hit = self._first_stop()
         if hit is not None:
-            text, self._pending = self._pending[:hit], ""
-            return TextDelta(text, stopped=True)
+            at, stop = hit
+            text, self._pending = self._pending[:at], ""
+            return TextDelta(text, stopped=True, stop_string=stop)
         keep = 0 if final else self._partial_stop_len()
         cut = len(self._pending) - keep
         text, self._pending = self._pending[:cut], self._pending[cut:]
         return TextDelta(text, stopped=False)
 
-    def _first_stop(self) -> int | None:
-        """Start of the stop string that completes first (the longer one on a tie).
+    def _first_stop(self) -> tuple[int, str] | None:
+        """Start and text of the stop string that completes first (the longer one on a tie).
 
         Earliest end, not earliest start: a stream stops as soon as one stop string is
         complete, so the answer must not depend on how the bytes were split into tokens.
         """
-        found = [(i + len(s), i) for s in self._stop if (i := self._pending.find(s)) >= 0]
-        return min(found)[1] if found else None
+        found = [(i + len(s), i, s) for s in self._stop if (i := self._pending.find(s)) >= 0]
+        return min(found)[1:] if found else None
 
     def _partial_stop_len(self) -> int:
         """Length of the longest tail of pending text that is a proper prefix of a stop string."""

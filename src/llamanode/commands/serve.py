@@ -34,7 +34,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--api-key",
         default=os.environ.get("LLAMANODE_API_KEY"),
-        help="require 'Authorization: Bearer KEY' on every route but /health (default: $LLAMANODE_API_KEY)",
+        help="require 'Authorization: Bearer KEY' (or 'x-api-key: KEY') on every route but /health "
+        "(default: $LLAMANODE_API_KEY)",
     )
     parser.add_argument(
         "--cors-origin",
@@ -66,6 +67,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--no-warm-next",
         action="store_true",
         help="do not prefill a chat answer ahead of the next turn (after the response is sent)",
+    )
+    parser.add_argument(
+        "--keep-billing-header",
+        action="store_true",
+        help="/v1/messages: render a leading system block that is only Claude Code's per-session billing line "
+        "(x-anthropic-billing-header: ...), which is dropped by default so new sessions share their opening",
     )
     connections = parser.add_argument_group("connections")
     connections.add_argument(
@@ -107,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         aliases=tuple(args.alias),
         log_requests=not args.quiet,
         warm_next=not args.no_warm_next,
+        keep_billing_header=args.keep_billing_header,
         max_connections=args.max_connections,
         keep_alive_s=args.keep_alive_timeout,
         header_timeout_s=args.header_timeout,

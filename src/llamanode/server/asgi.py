@@ -15,7 +15,7 @@ from starlette.types import ASGIApp
 
 from .. import __version__
 from ..errors import LlamaNodeError
-from . import llama_api, native_api, openai_api, ops_api, responses_api
+from . import anthropic_api, llama_api, native_api, openai_api, ops_api, responses_api
 from .call import SHUTDOWN, Call, Cancelled
 from .errors import ApiError, from_exception, from_validation, shutting_down
 from .guard import CLIENT_CLOSED, Guard
@@ -45,7 +45,7 @@ def create_app(runtime: Runtime) -> ASGIApp:
     api.state.runtime = runtime
     api.state.sessions = native_api.Sessions(runtime)
     api.state.responses = responses_api.ResponseStore()
-    for module in (ops_api, openai_api, responses_api, native_api, llama_api):
+    for module in (ops_api, openai_api, responses_api, anthropic_api, native_api, llama_api):
         api.include_router(module.router)
     _add_error_handlers(api)
     _customise_openapi(api, runtime)
@@ -116,8 +116,11 @@ def _customise_openapi(api: FastAPI, runtime: Runtime) -> None:
                 model.pop("minLength", None)
                 model["enum"] = sorted(runtime.model_names)
         if runtime.settings.api_key:
-            document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-            document["security"] = [{"bearer": []}]
+            document["components"]["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},  # as Anthropic's clients send it
+            }
+            document["security"] = [{"bearer": []}, {"apiKey": []}]
             for path in ops_api.PUBLIC_PATHS:
                 for operation in document["paths"].get(path, {}).values():
                     operation["security"] = []

@@ -273,6 +273,9 @@ class Engine:
             prefix_tokens=prefix.prefix_tokens,
             prefix_prefill_ms=round(prefix.prefill_s * 1000, 2),
         )
+        if prefix.divergence is not None:  # where reuse stopped: the segment (message) and why
+            d = prefix.divergence
+            call.log["divergence"] = {"cause": d.cause, "segment": d.segment, "token": d.token_index}
 
     def record_suffix(self, call: Call, suffix: SuffixStatus) -> None:
         self.metrics.prompt_tokens_prefilled.inc(suffix.suffix_tokens)

@@ -35,6 +35,7 @@ __all__ = [
     "ERROR_TABLE",
     "ApiError",
     "ErrorShape",
+    "anthropic_error",
     "from_exception",
     "from_validation",
     "openai_error",
@@ -175,8 +176,25 @@ def openai_error(error: ApiError) -> dict[str, Any]:
     return {"error": body}
 
 
+# HTTP status -> Anthropic's error type (other 4xx: invalid_request_error, other 5xx: api_error).
+_ANTHROPIC_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+
+
+def anthropic_error(error: ApiError) -> dict[str, Any]:
+    """Anthropic's error object: {"type": "error", "error": {"type", "message"}}, the type by status."""
+    kind = _ANTHROPIC_TYPES.get(error.status, "api_error" if error.status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": kind, "message": error.message}}
+
+
 # Path prefix -> that API's error shape; the first match wins, OpenAI's shape otherwise.
-_SHAPES: tuple[tuple[str, ErrorShape], ...] = ()
+_SHAPES: tuple[tuple[str, ErrorShape], ...] = (("/v1/messages", anthropic_error),)
 
 
 def shape_for(path: str) -> ErrorShape:

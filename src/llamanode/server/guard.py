@@ -170,10 +170,14 @@ class Guard:
         if not key:
             return
         scheme, _, token = (headers.get("authorization") or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+        offered = [
+            token.strip() if scheme.lower() == "bearer" else "",
+            headers.get("x-api-key") or "",
+        ]  # x-api-key: Anthropic's
+        if not any(t and hmac.compare_digest(t.encode(), key.encode()) for t in offered):
             raise ApiError(
                 401,
-                "missing or wrong API key (send Authorization: Bearer <key>)",
+                "missing or wrong API key (send Authorization: Bearer <key>, or x-api-key: <key>)",
                 code="invalid_api_key",
                 headers={"WWW-Authenticate": "Bearer"},
             )
@@ -195,7 +199,8 @@ class Guard:
             )
         allow = {
             "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
-            "Access-Control-Allow-Headers": f"Authorization, Content-Type, {WORKSPACE_HEADER}",
+            "Access-Control-Allow-Headers": f"Authorization, Content-Type, {WORKSPACE_HEADER}, X-Api-Key, "
+            "Anthropic-Version, Anthropic-Beta",
             "Access-Control-Max-Age": "600",
         }
         return Response(status_code=204, headers=allow)

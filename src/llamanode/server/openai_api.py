@@ -26,7 +26,7 @@ from .prepare import (
     route_workspace,
     unknown_model,
 )
-from .reply import Reply, split_prompt, tool_decode_options, warm_next
+from .reply import Reply, prompt_segments, split_prompt, tool_decode_options, warm_next
 from .responses import (
     ChatChunk,
     ChatCompletion,
@@ -110,9 +110,10 @@ async def chat_completions(
     check_prompt_size(rt, len(split.prefix.encode()) + len(split.suffix.encode()))
     key = first_key(SessionKey("prompt_cache_key", body.prompt_cache_key or ""), SessionKey("user", body.user or ""))
     ws = await route_workspace(rt, call, workspace, key, split.text)
+    segments = await run_in_threadpool(prompt_segments, rt, plan, chat, split)
     reply = Reply(plan)
     after = (lambda session, _: warm_next(rt, session, plan, chat, reply)) if rt.settings.warm_next else None
-    generation = rt.engine.generation(call, Plan(ws, (("chat", split.prefix),), split.suffix, config, after))
+    generation = rt.engine.generation(call, Plan(ws, segments, split.suffix, config, after))
     return await respond(rt, generation, reply, body.stream, _include_usage(body), split.text, chat=True)
 
 

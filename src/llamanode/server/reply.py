@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..chat import ChatMessage, SplitPrompt
+from ..chat_segments import chat_segments, message_cuts
 from ..errors import UnsupportedFeatureError
 from ..kvsession import KVSession
 from ..tools import CallFinished, ContentDelta, ToolCall, ToolCallParser, ToolEvent, ToolPlan
@@ -90,6 +91,15 @@ def split_prompt(rt: Runtime, plan: ToolPlan | None, messages: Sequence[ChatMess
     return plan.split(messages) if plan is not None else rt.template.split(messages)
 
 
+def prompt_segments(
+    rt: Runtime, plan: ToolPlan | None, messages: Sequence[ChatMessage], split: SplitPrompt
+) -> tuple[tuple[str, str], ...]:
+    """split.prefix as one named manifest segment per message (and the tools' own), so a miss names its message."""
+    if plan is not None:
+        return plan.segments(messages, split, message_cuts(messages))
+    return chat_segments(rt.template, messages, split)
+
+
 def warm_next(
     rt: Runtime, session: KVSession, plan: ToolPlan | None, messages: Sequence[ChatMessage], reply: Reply
 ) -> int:
@@ -106,7 +116,8 @@ def warm_next(
         following = ChatMessage("tool", "", tool_call_id=answer.tool_calls[0].id)
     else:
         following = ChatMessage("user", "")
-    expected = split_prompt(rt, plan, [*messages, answer, following])
-    status = session.ensure_prefix(session.prefix((("chat", expected.prefix),)))
+    expected_messages = [*messages, answer, following]
+    expected = split_prompt(rt, plan, expected_messages)
+    status = session.ensure_prefix(session.prefix(prompt_segments(rt, plan, expected_messages, expected)))
     rt.metrics.warm_next_tokens.inc(status.prefilled_tokens)
     return status.prefilled_tokens

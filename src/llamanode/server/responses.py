@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from ..manifest import ManifestSegment
 from ..session import DecodeReport, Divergence, PrefixStatus, PrewarmReport, SegmentResidency
+from .anthropic_responses import ANTHROPIC_STREAM_MODELS
 from .responses_events import EVENT_MODELS as RESPONSES_EVENT_MODELS
 
 __all__ = [
@@ -285,7 +286,11 @@ class ContextOut(BaseModel):
 
 
 # Streamed events: the OpenAPI document names them in event_stream() schemas, so it includes them too.
-STREAM_MODELS: tuple[type[BaseModel], ...] = (ChatChunk, CompletionChunk, DecodeEvent, *RESPONSES_EVENT_MODELS)
+STREAM_MODELS: tuple[type[BaseModel], ...] = (
+    *(ChatChunk, CompletionChunk, DecodeEvent),
+    *RESPONSES_EVENT_MODELS,
+    *ANTHROPIC_STREAM_MODELS,
+)
 
 _ADAPTERS: dict[type[Any], TypeAdapter[Any]] = {}
 

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -26,7 +27,7 @@ from .engine import Generation, Plan
 from .errors import ApiError, from_exception
 from .openai_api import WorkspaceHeader
 from .prepare import SessionKey, check_model, check_prompt_size, decode_config, first_key, route_workspace
-from .reply import Reply, split_prompt, tool_decode_options, warm_next
+from .reply import Reply, prompt_segments, split_prompt, tool_decode_options, warm_next
 from .responses_events import ResponseObject, ResponsesStreamEvent
 from .responses_items import Conversation, read_input, read_tools
 from .responses_output import ResponseDraft, ResponsesEncoder, response_usage, sse
@@ -83,7 +84,8 @@ async def create_response(
 
     reply = Reply(tool_plan)
     after = (lambda session, _: warm_next(rt, session, tool_plan, messages, reply)) if rt.settings.warm_next else None
-    plan = Plan(ws, (("chat", split.prefix),), split.suffix, config, after, max_tokens_is_cap=True)
+    segments = await run_in_threadpool(prompt_segments, rt, tool_plan, messages, split)
+    plan = Plan(ws, segments, split.suffix, config, after, max_tokens_is_cap=True)
     generation = rt.engine.generation(call, plan)
     draft = ResponseDraft(_response_object(body, rt, tools, config.temperature, config.top_p))
 

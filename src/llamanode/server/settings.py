@@ -22,6 +22,7 @@ class ServerSettings:
     aliases: tuple[str, ...] = ()
     warm_next: bool = True  # after a chat answer, prefill it as the next request will send it back
     log_requests: bool = True
+    keep_billing_header: bool = False  # /v1/messages: render Claude Code's per-session billing line (anthropic_convert)
     # Connections: limits and timeouts.
     max_connections: int = 256  # open connections; more are answered 503 and closed
     keep_alive_s: float = 15.0  # an idle connection between requests is closed after this

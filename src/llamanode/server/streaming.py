@@ -9,7 +9,7 @@ ends the stream with the API's typed error event.
 from __future__ import annotations
 
 import traceback
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from fastapi.sse import EventSourceResponse, format_sse_event
@@ -20,7 +20,7 @@ from .call import SHUTDOWN, Cancelled
 from .engine import Generation, Queued
 from .errors import ApiError, from_exception, shutting_down
 
-__all__ = ["StreamEncoder", "collect", "comment", "data_event", "sse_response", "stream_generation"]
+__all__ = ["StreamEncoder", "collect", "comment", "data_event", "progress_comment", "sse_response", "stream_generation"]
 
 
 class StreamEncoder(Protocol):
@@ -48,14 +48,25 @@ def sse_response(events: AsyncIterator[bytes], headers: dict[str, str] | None = 
     )
 
 
-async def stream_generation(generation: Generation, encoder: StreamEncoder) -> AsyncIterator[bytes]:
+def progress_comment(event: Queued | PrefillProgress) -> bytes:
+    """`: queued 10s`, `: prefill 512/1900`: what a stream says while its answer is not started."""
+    if isinstance(event, Queued):
+        return comment(f"queued {event.waited_s:.0f}s")
+    return comment(f"prefill {event.done_tokens}/{event.total_tokens}")
+
+
+async def stream_generation(
+    generation: Generation,
+    encoder: StreamEncoder,
+    progress: Callable[[Queued | PrefillProgress], bytes] = progress_comment,
+) -> AsyncIterator[bytes]:
+    """The encoder's events; `progress` says what to send while queued or prefilling (an API's own
+    keep-alive event, or SSE comments)."""
     log = generation.call.log
     try:
         async for event in generation.events():
-            if isinstance(event, Queued):
-                yield comment(f"queued {event.waited_s:.0f}s")
-            elif isinstance(event, PrefillProgress):
-                yield comment(f"prefill {event.done_tokens}/{event.total_tokens}")
+            if isinstance(event, Queued | PrefillProgress):
+                yield progress(event)
             elif event.error is not None:
                 yield _error(encoder, from_exception(event.error), log)
                 return

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..chat import ChatMessage, ChatTemplate, SplitPrompt
+from ..chat_segments import Cut, prompt_segments, template_key
 from .constrain import ToolGrammar, tool_grammar
 from .formats import ToolFormat, detect_format
 from .parser import ToolCallParser
@@ -45,6 +48,26 @@ class ToolPlan:
         return self.template.split(
             self.messages(messages), add_generation_prompt=add_generation_prompt, tools=self._tool_objects()
         )
+
+    def segments(
+        self, messages: Sequence[ChatMessage], split: SplitPrompt, cuts: Sequence[Cut]
+    ) -> tuple[tuple[str, str], ...]:
+        """split.prefix as named manifest segments: one per cut, and the tools' own (chat_segments.py)."""
+        plain = ToolPlan(self.template, Tools(()), self.format) if self.tools.specs else None
+        return prompt_segments(
+            split,
+            messages,
+            cuts,
+            lambda ms, gen: self.render(ms, add_generation_prompt=gen),
+            without_tools=(lambda ms, gen: plain.render(ms, add_generation_prompt=gen)) if plain else None,
+            special_tokens=self.template.special_tokens,
+            cache_key=self._cache_key(),
+        )
+
+    def _cache_key(self) -> str:
+        """What decides this plan's rendering besides the messages."""
+        tools = [s.as_openai() for s in self.tools.specs]
+        return hashlib.sha256(json.dumps([template_key(self.template), self.format.name, tools]).encode()).hexdigest()
 
     def decode_options(self) -> dict[str, Any]:
         """grammar (+ grammar_triggers when lazy); empty when the model may not call (tool_choice 'none')."""
