@@ -18,6 +18,7 @@ __all__ = [
     "DecodeReport",
     "DecodeStream",
     "Divergence",
+    "ForkOrigin",
     "PrefillProgress",
     "PrefixInput",
     "PrefixStatus",
@@ -61,11 +62,23 @@ class PrefillProgress:
 class Divergence:
     """Why resident KV stopped matching: where (segment, token, byte) and the cause."""
 
-    cause: str  # cold | manifest_changed | edited | token_boundary | shrunk | appended | generated_tokens | restored
+    # cold | manifest_changed | edited | token_boundary | shrunk | appended | generated_tokens | restored | forked
+    cause: str
     token_index: int
     segment: str | None = None
     byte_offset: int | None = None
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class ForkOrigin:
+    """Where a forked session's state came from: the source workspace, the tokens copied from it, and how
+    many tokens of the prompt that asked for the fork it shared (all copied tokens for an explicit fork)."""
+
+    source: str
+    copied_tokens: int
+    shared_tokens: int
+    at: float  # time.time() of the fork
 
 
 @dataclass(frozen=True)
@@ -152,6 +165,7 @@ class ContextReport:
     segments: tuple[SegmentResidency, ...] = field(default=())
     last_divergence: Divergence | None = None
     last_prefix: PrefixStatus | None = None
+    forked_from: ForkOrigin | None = None  # the state began as a fork of another workspace
 
 
 @dataclass(frozen=True)

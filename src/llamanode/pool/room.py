@@ -16,6 +16,7 @@ from typing import Literal, overload
 from ..errors import MemoryBudgetError, SnapshotError
 from ..kvsession import KVSession
 from .held import HeldState
+from .keeping import keep_rank
 from .kept import KeptStates
 from .ledger import Kind, MemoryLedger, Reservation, Sizes, state_size
 from .source import on_its_way_or_on_disk
@@ -110,13 +111,16 @@ class Room:
         session.close()
         self._ledger.free_session(kv)
 
-    def only_source_can_make_room(self, source: Workspace) -> bool:
-        """A fork's target cannot be admitted unless its live source is evicted (e.g. a budget of one)."""
+    def source_goes_first(self, source: Workspace) -> bool:
+        """A fork's target needs an eviction, and its live source is the one to go: nothing else can (e.g. a
+        budget of one) or it ranks lowest (keep_rank: a fork on probation, forked again). The fork then copies
+        the evicted state, and the workspaces worth keeping stay live."""
         with self._cv:
             sizes = self._ledger.sizes
             if source.session is None or self._spare is not None or self._ledger.fits(sizes.session_bytes, "session"):
                 return False
-            return not self._workspaces.any_live_unleased()
+            other = self._workspaces.first_victim(besides=source)
+            return other is None or keep_rank(source) < keep_rank(other)
 
     def take_spare(self) -> KVSession | None:
         with self._cv:
@@ -172,7 +176,11 @@ class Room:
             ws = self._workspaces.get(workspace_id)
             return ws is None or ws.holder is None
 
-        return self._kept.drop_one(unleased)
+        def rank(workspace_id: str) -> tuple[bool, int, float]:
+            ws = self._workspaces.get(workspace_id)
+            return keep_rank(ws) if ws is not None else (False, -1, 0.0)
+
+        return self._kept.drop_one(unleased, rank)
 
     def _in_flight(self) -> int:
         """Buffer bytes that will free themselves: transfers and writes that have not failed."""
