@@ -182,6 +182,87 @@ def test_a_fork_of_a_fork_on_probation_evicts_its_source_not_the_main_workspace(
         assert pool.stats().peak_live_bytes <= budget
 
 
+def test_a_fork_waits_for_a_busy_fork_on_probation_rather_than_evict_its_source(
+    backends: list[FakeBackend], tmp_path: Path
+) -> None:
+    with SessionPool(MODEL, CFG, store_dir=tmp_path) as probe:
+        budget = probe.budget_for(2)
+    with SessionPool(MODEL, CFG, store_dir=tmp_path / "s", memory_budget_bytes=budget) as pool:
+        with pool.session("main") as s:
+            turn(s, OPENING + "main task")
+        assert fork_for(pool, "t0", OPENING + "first task") is not None
+        leased, released = threading.Event(), threading.Event()
+
+        def busy() -> None:  # t0's turn is still running (its answer prefilled for the next turn, say)
+            with pool.session("t0"):
+                leased.set()
+                time.sleep(0.3)
+                released.set()
+
+        worker = threading.Thread(target=busy)
+        worker.start()
+        leased.wait()
+        origin = fork_for(pool, "t1", OPENING + "second task")  # main ranks first among equal shares
+        assert origin is not None and origin.source == "main" and released.is_set()
+        worker.join(10)
+        assert live_ids(pool) == {"main", "t1"}  # t0 went once free, not the source
+
+
+def test_admission_waits_a_moment_for_a_busy_fork_on_probation(backends: list[FakeBackend], tmp_path: Path) -> None:
+    with SessionPool(MODEL, CFG, store_dir=tmp_path) as probe:
+        budget = probe.budget_for(2)
+    with SessionPool(MODEL, CFG, store_dir=tmp_path / "s", memory_budget_bytes=budget) as pool:
+        with pool.session("main") as s:
+            turn(s, OPENING + "main task")
+        assert fork_for(pool, "t0", OPENING + "task zero") is not None
+        with pool.session("t0") as s:
+            turn(s, OPENING + "task zero")
+        assert fork_for(pool, "t1", OPENING + "main task, other") is not None  # from main: evicts t0
+        assert live_ids(pool) == {"main", "t1"}
+        leased, released = threading.Event(), threading.Event()
+
+        def busy() -> None:
+            with pool.session("t1"):
+                leased.set()
+                time.sleep(0.3)
+                released.set()
+
+        worker = threading.Thread(target=busy)
+        worker.start()
+        leased.wait()
+        origin = fork_for(pool, "t2", OPENING + "task zero, again")  # from t0's evicted state
+        assert origin is not None and origin.source == "t0" and released.is_set()
+        worker.join(10)
+        assert live_ids(pool) == {"main", "t2"}
+
+
+def test_two_forks_needing_room_at_once_both_finish(backends: list[FakeBackend], tmp_path: Path) -> None:
+    with SessionPool(MODEL, CFG, store_dir=tmp_path) as probe:
+        budget = probe.budget_for(2)
+    with SessionPool(MODEL, CFG, store_dir=tmp_path / "s", memory_budget_bytes=budget) as pool:
+        for name in ("left", "right"):
+            with pool.session(name) as s:
+                turn(s, f"{name} " * 20)
+        start = threading.Barrier(2)
+        found: dict[str, ForkOrigin | None] = {}
+
+        def fork(name: str) -> None:
+            start.wait()
+            found[name] = fork_for(pool, f"{name}-task", f"{name} " * 20 + "task", min_tokens=32)
+
+        threads = [threading.Thread(target=fork, args=(name,)) for name in ("left", "right")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert not any(t.is_alive() for t in threads)
+        assert {k: v.source for k, v in found.items() if v is not None} == {"left": "left", "right": "right"}
+        for name in ("left", "right"):
+            with pool.session(f"{name}-task") as s:
+                assert turn(s, f"{name} " * 20 + "task") == cold(f"{name} " * 20 + "task")
+        assert pool.stats().peak_live_bytes <= budget
+
+
 def test_fifty_one_shot_forks_keep_the_main_workspace_warm_and_the_disk_bounded(
     backends: list[FakeBackend], tmp_path: Path
 ) -> None:

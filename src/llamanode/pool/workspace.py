@@ -141,9 +141,10 @@ class Workspaces:
                 return ws
         return None
 
-    def first_victim(self, besides: Workspace) -> Workspace | None:
-        """The workspace take_victim would try first, not leased (pool lock held)."""
-        return next(iter(self._victims(besides)), None)
+    def lowest_live(self, besides: Workspace) -> Workspace | None:
+        """The live workspace, leased or not, that keep_rank would evict first (pool lock held)."""
+        live = [w for w in self._ws.values() if w.session is not None and w is not besides]
+        return min(live, key=keep_rank, default=None)
 
     def _victims(self, me: Workspace) -> list[Workspace]:
         live = [w for w in self._ws.values() if w.session is not None and w is not me and w.holder is None]

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from ..manifest import ManifestSegment
-from ..session import DecodeReport, Divergence, PrefixStatus, SegmentResidency
+from ..session import DecodeReport, Divergence, ForkOrigin, PrefixStatus, SegmentResidency
 
 __all__ = [
     "STREAM_MODELS",
@@ -193,6 +193,7 @@ class SessionInfo(BaseModel):
     kv_bytes: int
     snapshot_bytes: int
     last_used: float | None = None
+    forked_from: str | None = None
 
 
 class SessionList(BaseModel):
@@ -251,6 +252,7 @@ class ContextOut(BaseModel):
     segments: tuple[SegmentResidency, ...]
     last_divergence: Divergence | None
     last_prefix: PrefixStatus | None
+    forked_from: ForkOrigin | None = None
 
 
 # Streamed events: the OpenAPI document names them in event_stream() schemas, so it includes them too.
