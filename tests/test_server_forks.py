@@ -4,6 +4,7 @@ its prompt's longest prefix. Routing decisions on a stand-in pool, then real ser
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -38,9 +39,10 @@ def messages(system: str, question: str) -> list[dict[str, str]]:
 
 # -- the routing decision, on a stand-in pool ---------------------------------------------------------------
 class _Pool:
-    def __init__(self, known: set[str], outcome: ForkOrigin | Exception | None) -> None:
+    def __init__(self, known: set[str], outcome: ForkOrigin | Exception | None, candidate: str | None = "src") -> None:
         self.known = known
         self.outcome = outcome
+        self.candidate = candidate  # what longest_prefix finds
         self.asked: list[tuple[str, int]] = []
 
     def has_workspace(self, workspace_id: str) -> bool:
@@ -48,6 +50,9 @@ class _Pool:
 
     def tokenize(self, text: str) -> list[int]:
         return [ord(c) for c in text]
+
+    def longest_prefix(self, tokens: list[int], min_tokens: int) -> tuple[str | None, int]:
+        return (self.candidate, min_tokens) if self.candidate else (None, 0)
 
     def fork_nearest(self, dst: str, tokens: list[int], min_tokens: int) -> ForkOrigin | None:
         self.asked.append((dst, min_tokens))
@@ -92,19 +97,24 @@ def test_a_new_named_session_is_forked_and_says_from_where() -> None:
 
 def test_a_known_session_a_small_share_or_no_minimum_is_routed_as_before() -> None:
     key = SessionKey("user", "alice")
-    known = _Pool({key.workspace()}, ForkOrigin("x", 1, 1, 0.0))
+    origin = ForkOrigin("x", 1, 1, 0.0)
+    known = _Pool({key.workspace()}, origin)
     assert _route(known, None, key)[1].log == {"routed_by": "user"} and known.asked == []
-    unrelated = _Pool(set(), None)  # fork_nearest found nothing sharing enough
+    unrelated = _Pool(set(), origin, candidate=None)  # nothing shares enough: no compute slot is taken
     workspace, call, _ = _route(unrelated, "new-one", None)
-    assert workspace == "new-one" and call.log == {"routed_by": "header"} and unrelated.asked
-    off = _Pool(set(), ForkOrigin("x", 1, 1, 0.0))
-    assert _route(off, "new-two", None, fork_min=0)[1].log == {"routed_by": "header"} and off.asked == []
+    assert workspace == "new-one" and call.log == {"routed_by": "header"} and unrelated.asked == []
+    raced = _Pool(set(), None)  # a candidate, but the fork found the workspace made meanwhile
+    assert _route(raced, "new-two", None)[1].log == {"routed_by": "header", "workspace": "new-two"} and raced.asked
+    short = _Pool(set(), origin)  # fewer bytes than the minimum has tokens: not even tokenized
+    assert _route(short, "new-three", None, fork_min=100)[1].log == {"routed_by": "header"} and short.asked == []
+    off = _Pool(set(), origin)
+    assert _route(off, "new-four", None, fork_min=0)[1].log == {"routed_by": "header"} and off.asked == []
 
 
 def test_a_failed_fork_starts_cold_and_says_why_but_a_closed_pool_is_an_error() -> None:
     failing = _Pool(set(), SnapshotError("the source's snapshot is damaged"))
     workspace, call, metrics = _route(failing, "t", None)
-    assert workspace == "t" and call.log["routed_by"] == "header"
+    assert workspace == "t" and call.log["routed_by"] == "header" and call.log["workspace"] == "t"
     assert call.log["fork_error"] == "SnapshotError: the source's snapshot is damaged"
     assert _forks(metrics, "header", "failed") == 1
     with pytest.raises(SessionClosedError):
@@ -117,6 +127,32 @@ def test_a_second_session_with_the_same_opening_starts_warm_and_answers_like_a_c
 ) -> None:
     """A 700-token opening on the shared servers (the second one never saw it: its new session starts cold)."""
     _second_session(server, locked_server, opening(20), "short")
+
+
+def test_two_requests_with_the_same_new_key_fork_once(server: ServerProcess) -> None:
+    system = opening(20)
+    chat(server, messages(system, "Which tool reads part 5?"), max_tokens=4, user="race-source")
+    mark = server.mark()
+    forks_before = server.metrics().get('llamanode_route_forks_total{named_by="user",outcome="forked"}', 0.0)
+    asked = messages(system, "Which tool reads part 9?")
+    answers: list[Any] = []
+    start = threading.Barrier(2)
+
+    def ask() -> None:
+        start.wait()
+        answers.append(chat(server, asked, max_tokens=8, user="race-new"))
+
+    threads = [threading.Thread(target=ask) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(answers) == 2 and answers[0].choices[0].message.content == answers[1].choices[0].message.content
+    logs = server.wait_logs(mark, 2, "/v1/chat/completions")
+    assert sorted(line["routed_by"] for line in logs) == ["fork", "user"]  # the second found the fork
+    assert all(line["status"] == 200 and line["reused_tokens"] > 600 for line in logs)
+    forks_after = server.metrics()['llamanode_route_forks_total{named_by="user",outcome="forked"}']
+    assert forks_after == forks_before + 1
 
 
 @pytest.mark.slow

@@ -18,7 +18,6 @@ from starlette.concurrency import run_in_threadpool
 
 from ..config import DecodeConfig
 from ..errors import LlamaNodeError, SessionClosedError
-from ..session import ForkOrigin
 from .call import Call
 from .errors import ApiError
 from .runtime import Runtime
@@ -120,16 +119,24 @@ def _named(header: str | None, key: SessionKey | None) -> tuple[str, str] | None
 
 async def fork_new_session(rt: Runtime, call: Call, workspace: str, named_by: str, full_text: str) -> None:
     """Start the new workspace as a fork of the live or stored one whose resident tokens share the longest
-    prefix with full_text (at least --fork-min-tokens), on the compute executor under the workspace's
-    admission: a second request with the same key waits, then finds the fork. A failed fork is logged and
-    counted, and the request starts cold; below the minimum nothing happens."""
+    prefix with full_text (at least --fork-min-tokens). Finding a candidate needs no compute slot; the fork
+    runs on the compute executor under the workspace's admission, so a second request with the same key
+    waits, then finds the fork. A failed fork is logged and counted, and the request starts cold."""
+    min_tokens = rt.settings.fork_min_tokens
+    if len(full_text.encode("utf-8")) + 1 < min_tokens:
+        return  # a token is at least one byte (BOS aside): this prompt cannot share enough
     started = time.perf_counter()
 
-    def fork() -> ForkOrigin | None:
-        return rt.pool.fork_nearest(workspace, rt.pool.tokenize(full_text), rt.settings.fork_min_tokens)
+    def candidate() -> tuple[list[int], str | None]:
+        tokens = rt.pool.tokenize(full_text)
+        return tokens, rt.pool.longest_prefix(tokens, min_tokens)[0]
 
+    tokens, found = await run_in_threadpool(candidate)
+    if found is None:
+        return
+    call.log["workspace"] = workspace
     try:
-        origin = await rt.engine.run(call, workspace, fork)
+        origin = await rt.engine.run(call, workspace, lambda: rt.pool.fork_nearest(workspace, tokens, min_tokens))
     except SessionClosedError:
         raise
     except LlamaNodeError as exc:
