@@ -11,6 +11,9 @@ Phases:
               context, its own prefix reuse) on the same turns. A switch = evict + restore + warm turn.
   3. restart  a fresh process to first token on a 4k prefix: restored from the store vs cold.
   4. size     snapshot bytes per token for f16 and q8_0 KV (q8_0 needs flash attention).
+  5. forks    N new sessions forked from one live workspace (fork_nearest, as a new session key is served):
+              time per fork and first token vs a cold prefill, live and snapshot bytes per fork
+              (bench/pool_forks.py; `--forks-only` runs this phase alone).
 
 Writes bench/out/pool[-quick].json and .md.
 """
@@ -47,6 +50,7 @@ from common import (
     write_json,
 )
 from llamanode import Config, DecodeConfig, KVSession, SessionPool, default_model_path, open_session
+from pool_forks import fork_sessions, fork_sessions_table
 
 TARGETS = {"switch_vs_warm_max": 1.5, "switch_vs_cold_max": 0.05, "restart_warm_vs_prefill_min": 20.0}
 NAMES = ("A", "B", "C")
@@ -65,10 +69,12 @@ class Plan:
     size_tokens: int
     threads: int
     switch_only: bool = False  # seed + switch phases only (for iterating on the switch path)
+    forks: int = 8  # new sessions forked in phase 5
+    forks_only: bool = False
 
 
 FULL = Plan("full", 4096, 92, 3, 2, 1024, 2)
-QUICK = Plan("quick", 512, 32, 1, 1, 256, 2)
+QUICK = Plan("quick", 512, 32, 1, 1, 256, 2, forks=3)
 
 
 @dataclass
@@ -83,6 +89,7 @@ class Results:
     restart: dict[str, dict[str, float]] = field(default_factory=dict)
     forks: list[float] = field(default_factory=list)
     sizes: dict[str, dict[str, float]] = field(default_factory=dict)
+    fork_sessions: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
 
 
@@ -371,6 +378,10 @@ def report(results: Results) -> str:
         "",
         _fork_table(results.summary),
         "",
+        f"## {results.plan['forks']} new sessions forked from one workspace (fork_nearest; no memory budget)",
+        "",
+        fork_sessions_table(results.fork_sessions) if results.fork_sessions else "not run",
+        "",
         "## Snapshot size",
         "",
         md_table(
@@ -464,12 +475,17 @@ def run(plan: Plan) -> Results:
         root = Path(tmp)
         with open_session(None, Config(num_ctx=256)) as probe:  # open all along: Prompts tokenizes with it
             prompts = Prompts(probe.tokenize, plan)
-            store = seed(plan, config, prompts, root, results)
-            switch(plan, config, prompts, root, store, results)
-            if not plan.switch_only:
+            if not plan.forks_only:
+                store = seed(plan, config, prompts, root, results)
+                switch(plan, config, prompts, root, store, results)
+            if not plan.switch_only and not plan.forks_only:
                 restart(plan, config, prompts, root, store, results)
                 sizes(plan, root, store, results)
-    evaluate(results)
+            if not plan.switch_only:
+                log(f"forks: {plan.forks} new sessions forked from one {plan.prefix_tokens}-token workspace")
+                results.fork_sessions = fork_sessions(config, prompts.prefixes["A"], prompts.suffix, plan.forks, root)
+    if not plan.forks_only:
+        evaluate(results)
     results.machine["loadavg_end"] = list(os.getloadavg())
     return results
 
@@ -480,14 +496,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="JSON results (default bench/out/pool[-quick].json)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: 2)")
     parser.add_argument("--switch-only", action="store_true", help="only seed and switch (no Llama, restart, size)")
+    parser.add_argument("--forks-only", action="store_true", help="only phase 5: new sessions forked from one")
+    parser.add_argument("--forks", type=int, default=None, help="new sessions forked in phase 5 (default: 8, quick 3)")
     args = parser.parse_args(argv)
-    plan = dataclasses.replace(QUICK if args.quick else FULL, switch_only=args.switch_only)
+    plan = dataclasses.replace(QUICK if args.quick else FULL, switch_only=args.switch_only, forks_only=args.forks_only)
+    if args.forks:
+        plan = dataclasses.replace(plan, forks=args.forks)
     if args.threads:
         plan = dataclasses.replace(plan, threads=args.threads)
-    out = args.out or OUT_DIR / f"pool{'-quick' if args.quick else ''}.json"
+    name = "pool-forks" if args.forks_only else "pool"
+    out = args.out or OUT_DIR / f"{name}{'-quick' if args.quick else ''}.json"
     results = run(plan)
     write_json(out, asdict(results))
-    text = report(results)
+    text = fork_sessions_table(results.fork_sessions) if plan.forks_only else report(results)
     out.with_suffix(".md").write_text(text, encoding="utf-8")
     print(text)
     log(f"wrote {out} and {out.with_suffix('.md')}")

@@ -254,6 +254,29 @@ def assert_refused_then_cold(store_dir: Path, reason: str, error: str, config: C
         return stats
 
 
+def test_a_new_workspace_forked_from_the_nearest_decodes_like_a_cold_one(store_dir: Path) -> None:
+    with SessionPool(None, CFG, store_dir=store_dir) as p:
+        for name in ("a", "b"):
+            with p.session(name) as s:
+                turn(s, name, Q1)
+        with p.session("a") as s:
+            source_tokens = s.resident_tokens()
+        origin = p.fork_nearest("new", p.tokenize(prefix_text("a") + Q2), min_tokens=32)
+        assert origin is not None and origin.source == "a" and origin.copied_tokens == len(source_tokens)
+        n_prefix = len(p.tokenize(prefix_text("a")))
+        with p.session("new") as s:
+            report = s.explain_context()
+            assert report.forked_from == origin and report.last_divergence is not None
+            assert report.last_divergence.cause == "forked"
+            assert turn(s, "a", Q2) == cold("a", Q2)
+            prefix = s.explain_context().last_prefix
+            assert prefix is not None and prefix.reused_tokens == n_prefix and prefix.prefilled_tokens == 0
+        with p.session("a") as s:  # the source is as it was
+            assert s.resident_tokens() == source_tokens
+            assert decode(s) == cold("a", Q1, then_continue=True)[MAX_TOKENS:]
+        assert p.fork_nearest("new", p.tokenize(prefix_text("a") + Q2), min_tokens=32) is None  # exists now
+
+
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_damaged_or_foreign_snapshot_is_refused_and_the_session_works_cold(store_dir: Path, damage: str) -> None:
     write_one(store_dir)

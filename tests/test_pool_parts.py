@@ -146,6 +146,9 @@ class Host:
     def in_use(self) -> set[str]:
         return set()
 
+    def keep_order(self) -> list[str]:
+        return []
+
     def written(self, workspace_id: str, held: HeldState, entry: SnapshotEntry, current: bool) -> None:
         self.reports.append((workspace_id, current, entry.n_tokens))
         held.reservation.release()

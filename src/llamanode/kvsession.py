@@ -31,6 +31,7 @@ from .session import (
     ContextReport,
     DecodeStream,
     Divergence,
+    ForkOrigin,
     PrefixInput,
     PrefixStatus,
     PrewarmReport,
@@ -274,6 +275,12 @@ class KVSession:
                 raise InvalidInputError("note_cold_start needs an empty session")
             self._cold_note = detail
             self._r.divergence = Divergence("cold", 0, None, None, detail)
+
+    def note_fork(self, origin: ForkOrigin, just_forked: bool) -> None:
+        """Record that the resident state began as a fork (explain_context().forked_from, until a reset);
+        just_forked: it was imported from the source just now, and the last divergence says so."""
+        with self._lock.hold():
+            self._r.note_fork(origin, just_forked)
 
     # -- ensure_prefix steps -----------------------------------------------------------------
     def _hold(self, call: str, prefix: PrefixInput | None = None) -> AbstractContextManager[None]:

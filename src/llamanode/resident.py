@@ -16,7 +16,7 @@ from .backends.base import KVContext
 from .config import Config
 from .errors import LlamaNodeError, SessionFatalError
 from .manifest import ContextManifest
-from .session import ContextReport, Divergence, PrefillProgress, PrefixStatus, SegmentResidency
+from .session import ContextReport, Divergence, ForkOrigin, PrefillProgress, PrefixStatus, SegmentResidency
 
 __all__ = ["ProgressFn", "Resident", "ResidentKV", "chunk_sizes"]
 
@@ -52,6 +52,13 @@ class Resident:
     segments: tuple[SegmentResidency, ...] = ()
     divergence: Divergence | None = None
     last_prefix: PrefixStatus | None = None
+    origin: ForkOrigin | None = None  # kept until the context is cleared
+
+    def note_fork(self, origin: ForkOrigin, just_forked: bool) -> None:
+        self.origin = origin
+        if just_forked:
+            detail = f"forked from workspace {origin.source!r} ({origin.shared_tokens} prompt tokens shared)"
+            self.divergence = Divergence("forked", len(self.tokens), None, None, detail)
 
     def report(self, num_ctx: int, closed: bool, fatal: bool) -> ContextReport:
         n_res = len(self.tokens)
@@ -72,6 +79,7 @@ class Resident:
             segments=self.segments,
             last_divergence=self.divergence,
             last_prefix=self.last_prefix,
+            forked_from=self.origin,
         )
 
 

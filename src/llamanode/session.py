@@ -21,6 +21,7 @@ __all__ = [
     "DecodeReport",
     "DecodeStream",
     "Divergence",
+    "ForkOrigin",
     "PrefillProgress",
     "PrefixInput",
     "PrefixStatus",
@@ -66,11 +67,23 @@ class Divergence:
     """Why resident KV stopped matching: where (segment, token, byte) and the cause."""
 
     # cold | manifest_changed | edited | token_boundary | shrunk | appended | generated_tokens | restored | resumed
+    # | forked
     cause: str
     token_index: int
     segment: str | None = None
     byte_offset: int | None = None
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class ForkOrigin:
+    """Where a forked session's state came from: the source workspace, the tokens copied from it, and how
+    many tokens of the prompt that asked for the fork it shared (all copied tokens for an explicit fork)."""
+
+    source: str
+    copied_tokens: int
+    shared_tokens: int
+    at: float  # time.time() of the fork
 
 
 @dataclass(frozen=True)
@@ -179,6 +192,7 @@ class ContextReport:
     last_divergence: Divergence | None = None
     last_prefix: PrefixStatus | None = None
     last_prewarm: PrewarmReport | None = None
+    forked_from: ForkOrigin | None = None  # the state began as a fork of another workspace
 
 
 @dataclass(frozen=True)

@@ -139,9 +139,15 @@ class SnapshotStore:
 
     # -- writing -------------------------------------------------------------------------------
     def put(
-        self, workspace_id: str, state: SessionState, identity: SnapshotIdentity, protect: Iterable[str] = ()
+        self,
+        workspace_id: str,
+        state: SessionState,
+        identity: SnapshotIdentity,
+        protect: Iterable[str] = (),
+        order: Sequence[str] = (),
     ) -> tuple[SnapshotEntry, list[str]]:
-        """Write state as workspace_id's snapshot (atomically), then collect garbage down to the disk budget.
+        """Write state as workspace_id's snapshot (atomically), then collect garbage down to the disk budget
+        (see collect_garbage for protect and order).
 
         Returns the new entry and the workspaces whose snapshots the collection removed.
         """
@@ -159,7 +165,7 @@ class SnapshotStore:
         self._phase("before_unlink")
         if old is not None and old != name:
             _unlink(self._dir / old)
-        collected = self.collect_garbage({workspace_id, *protect})
+        collected = self.collect_garbage({workspace_id, *protect}, order)
         return entry, collected
 
     def _write_atomically(self, name: str, parts: Sequence[bytes]) -> int:
@@ -197,14 +203,16 @@ class SnapshotStore:
             return
         self._index.touch(workspace_id, when or time.time())
 
-    def collect_garbage(self, protect: Iterable[str] = ()) -> list[str]:
-        """Remove least recently used snapshots (never a protected one) until the disk budget holds."""
+    def collect_garbage(self, protect: Iterable[str] = (), order: Sequence[str] = ()) -> list[str]:
+        """Remove snapshots until the disk budget holds, never a protected one: those the order does not name
+        first (least recently used first), then those it names, in its order (the pool's keeping rank)."""
         if self.disk_budget_bytes is None or not self.exclusive:
             return []
         keep = set(protect)
+        place = {workspace_id: i for i, workspace_id in enumerate(order)}
         removed: list[str] = []
         total = self.total_bytes()
-        for entry in sorted(self.entries(), key=lambda e: e.last_used):
+        for entry in sorted(self.entries(), key=lambda e: (place.get(e.workspace_id, -1), e.last_used)):
             if total <= self.disk_budget_bytes:
                 break
             if entry.workspace_id in keep:

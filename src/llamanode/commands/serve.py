@@ -27,6 +27,17 @@ def parse_size(text: str) -> int:
     return int(float(found.group(1)) * _UNITS[unit])
 
 
+def parse_count(text: str) -> int:
+    """A whole number of at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a count: {text!r} (a whole number, 0 or more)")
+    return value
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, loopback only)")
@@ -63,6 +74,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queue-timeout", type=float, default=300.0, help="seconds a request may wait before 503")
     parser.add_argument("--max-body", type=parse_size, default=8 << 20, help="request body limit (default: 8M)")
     parser.add_argument("--max-prompt", type=parse_size, default=2 << 20, help="rendered prompt limit (default: 2M)")
+    parser.add_argument(
+        "--fork-min-tokens",
+        type=parse_count,
+        default=256,
+        help="a request naming a new session (header, user, session key) starts as a fork of the workspace sharing"
+        " at least this many prompt tokens with it (default: %(default)s; 0: always start cold)",
+    )
     parser.add_argument(
         "--no-warm-next",
         action="store_true",
@@ -115,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         log_requests=not args.quiet,
         warm_next=not args.no_warm_next,
         keep_billing_header=args.keep_billing_header,
+        fork_min_tokens=args.fork_min_tokens,
         max_connections=args.max_connections,
         keep_alive_s=args.keep_alive_timeout,
         header_timeout_s=args.header_timeout,

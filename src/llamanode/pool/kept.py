@@ -51,13 +51,16 @@ class KeptStates:
         if held is not None:
             held.reservation.release()
 
-    def drop_one(self, unleased: Callable[[str], bool]) -> bool:
-        """Drop the least recently kept state of a workspace nobody leases; False if there is none."""
-        for workspace_id in self._states:
-            if unleased(workspace_id):
-                self.drop(workspace_id)
-                return True
-        return False
+    def drop_one(
+        self, unleased: Callable[[str], bool], rank: Callable[[str], tuple[bool, int, float]] | None = None
+    ) -> bool:
+        """Drop the state of a workspace nobody leases that ranks lowest (by default: the least recently
+        kept); False if there is none."""
+        candidates = [workspace_id for workspace_id in self._states if unleased(workspace_id)]
+        if not candidates:
+            return False
+        self.drop(min(candidates, key=rank) if rank is not None else candidates[0])
+        return True
 
     def clear(self) -> None:
         for workspace_id in list(self._states):

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from ..errors import SnapshotCorruptError
 from ..store import SnapshotEntry
 from .held import HeldState
+from .keeping import keep_rank
 from .kept import KeptStates
 from .stats import StatsRecorder
 from .workspace import Workspace, Workspaces
@@ -52,6 +53,10 @@ class SnapshotRecords(WriterHost):
 
     def in_use(self) -> set[str]:
         return self._workspaces.leased_ids()
+
+    def keep_order(self) -> list[str]:
+        with self._cv:
+            return [w.id for w in sorted(self._workspaces, key=keep_rank)]
 
     # -- reports ------------------------------------------------------------------------------------
     def written(self, workspace_id: str, held: HeldState, entry: SnapshotEntry, current: bool) -> None:

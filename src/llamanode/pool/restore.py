@@ -160,7 +160,8 @@ class StateMover:
                 state = session.export_state()
             reservation.resize(state_size(state))
             try:
-                entry, collected = self._store.put(ws.id, state, session.state_identity(), self._in_use())
+                order = self._records.keep_order()
+                entry, collected = self._store.put(ws.id, state, session.state_identity(), self._in_use(), order)
             except SnapshotError:
                 self._stats.count("snapshot_failures")
                 raise

@@ -16,6 +16,7 @@ from typing import Literal, overload
 from ..errors import MemoryBudgetError, SnapshotError
 from ..kvsession import KVSession
 from .held import HeldState
+from .keeping import BUSY_FORK_WAIT_S, keep_rank, on_probation
 from .kept import KeptStates
 from .ledger import Kind, MemoryLedger, Reservation, Sizes, state_size
 from .records import SnapshotRecords
@@ -125,13 +126,17 @@ class Room:
         session.close()
         self._ledger.free_session(kv)
 
-    def only_source_can_make_room(self, source: Workspace) -> bool:
-        """A fork's target cannot be admitted unless its live source is evicted (e.g. a budget of one)."""
+    def source_goes_first(self, source: Workspace) -> bool:
+        """A fork's target needs an eviction, and its live source is the one to go: there is no other live
+        workspace (e.g. a budget of one), or the source ranks lowest of all of them, leased or not (keep_rank:
+        a fork on probation, forked again). Of several forks needing room at once, the one whose source ranks
+        lowest evicts it, so one always goes on."""
         with self._cv:
             sizes = self._ledger.sizes
             if source.session is None or self._spare is not None or self._ledger.fits(sizes.session_bytes, "session"):
                 return False
-            return not self._workspaces.any_live_unleased()
+            lowest = self._workspaces.lowest_live(besides=source)
+            return lowest is None or keep_rank(source) < keep_rank(lowest)
 
     def take_spare(self) -> KVSession | None:
         with self._cv:
@@ -148,6 +153,7 @@ class Room:
     def _make_room(self, me: Workspace, nbytes: int, kind: Kind) -> KVSession | Reservation | None:
         """Wait or evict until nbytes fit, then account them: a buffer comes back as a reservation; a
         session as None (accounted), or as the spare context to reuse (accounted already)."""
+        began = time.monotonic()
         while True:
             spare: KVSession | None = None
             with self._cv:
@@ -163,7 +169,7 @@ class Room:
                     spare, self._spare = self._spare, None
                     victim = None
                 else:
-                    victim = None if (kind == "buffer" and self._in_flight()) else self._workspaces.take_victim(me)
+                    victim = None if (kind == "buffer" and self._in_flight()) else self._take_victim(me, kind, began)
                     if victim is None:
                         self._wait_for_room(me, nbytes, kind)
                         continue
@@ -177,6 +183,16 @@ class Room:
                 with self._cv:
                     self._workspaces.unlease(victim, pending=victim.id in self._writer)
 
+    def _take_victim(self, me: Workspace, kind: Kind, began: float) -> Workspace | None:
+        """The workspace to evict (leased for it), or None to wait: a session's admission waits up to
+        BUSY_FORK_WAIT_S for a busy fork on probation that ranks below every idle workspace (a one-shot task
+        finishing its turn) rather than evict one worth keeping."""
+        if kind == "session" and time.monotonic() - began < BUSY_FORK_WAIT_S:
+            lowest = self._workspaces.lowest_live(besides=me)
+            if lowest is not None and lowest.holder not in (None, threading.get_ident()) and on_probation(lowest):
+                return None
+        return self._workspaces.take_victim(me)
+
     def _kept_in_the_way(self, kind: Kind) -> bool:
         """Whether dropping kept states can make room: always for a buffer; for a session only while the
         buffers exceed the headroom a session admission keeps free anyway."""
@@ -187,7 +203,11 @@ class Room:
             ws = self._workspaces.get(workspace_id)
             return ws is None or ws.holder is None
 
-        return self._kept.drop_one(unleased)
+        def rank(workspace_id: str) -> tuple[bool, int, float]:
+            ws = self._workspaces.get(workspace_id)
+            return keep_rank(ws) if ws is not None else (False, -1, 0.0)
+
+        return self._kept.drop_one(unleased, rank)
 
     def _in_flight(self) -> int:
         """Buffer bytes that will free themselves: transfers and writes that have not failed."""

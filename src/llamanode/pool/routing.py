@@ -9,7 +9,7 @@ from ..prefix import common_prefix_len
 from ..snapshot import TOKEN_BLOCK, token_chain
 from .workspace import Workspace
 
-__all__ = ["longest_prefix"]
+__all__ = ["longest_prefix", "shared_prefix"]
 
 Candidate = tuple[Workspace, bool]  # a workspace, and whether it is live (a tie goes to a live one)
 
@@ -28,6 +28,13 @@ def longest_prefix(
         if n >= min_tokens and (best is None or rank[:3] > best[:3]):
             best = rank
     return (best[3], best[0]) if best is not None else (None, 0)
+
+
+def shared_prefix(tokens: Sequence[int], ws: Workspace, identity_key: str) -> int:
+    """Reusable tokens ws shares with tokens (what longest_prefix ranks it by)."""
+    mine, chain, stable = _routing_view(ws, identity_key)
+    query = tuple(tokens)
+    return min(_chained_prefix_len(query, token_chain(query), mine, chain), stable)
 
 
 def _routing_view(ws: Workspace, identity_key: str) -> tuple[tuple[int, ...], tuple[str, ...], int]:

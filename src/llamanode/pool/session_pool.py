@@ -15,8 +15,9 @@ from ..identity import SnapshotIdentity
 from ..kvsession import KVSession
 from ..prewarm import PrewarmHandle
 from ..registry import load_backend
-from ..session import PrefixInput, default_model_path
+from ..session import ForkOrigin, PrefixInput, default_model_path
 from ..store import SnapshotStore
+from .forking import Forks
 from .kept import KeptStates
 from .ledger import MemoryLedger, Sizes
 from .records import SnapshotRecords
@@ -82,6 +83,8 @@ class SessionPool:
         self._mover = StateMover(
             self._cv, self._room, self._ledger, self._writer, self._kept, self._records, self._store, self._stats
         )
+        parts = (self._workspaces, self._room, self._mover, self._writer, self._stats)
+        self._forks = Forks(self._cv, *parts, self._release)
         for entry in self._store.entries():
             self._workspaces.add(Workspace(entry.workspace_id, snapshot=entry, last_used=entry.last_used))
         self._records.recovered(self._store.recovery.rows_removed)
@@ -141,6 +144,7 @@ class SessionPool:
 
     def _activate(self, ws: Workspace) -> KVSession:
         """The live session of a leased workspace: a hit, a restore, or a cold start."""
+        ws.uses += 1
         if ws.session is not None:
             if not ws.session.explain_context().fatal:
                 self._stats.count("hits")
@@ -152,6 +156,8 @@ class SessionPool:
         except BaseException:
             self._room.discard(ws)  # never leave an empty session in place of an evicted state
             raise
+        if ws.origin is not None and session.resident_tokens():
+            session.note_fork(ws.origin, just_forked=False)  # the restored state began as that fork
         return session
 
     def _release(self, ws: Workspace) -> None:
@@ -180,38 +186,21 @@ class SessionPool:
         return handle
 
     # -- the rest of the API ----------------------------------------------------------------------------
-    def fork(self, src: str, dst: str) -> None:
+    def fork(self, src: str, dst: str) -> ForkOrigin:
         """A new workspace dst with src's resident state (no prefill): exported from src if live, else
         taken from src's state in memory or its snapshot."""
-        if src == dst:
-            raise InvalidInputError("fork needs two different workspace ids")
-        source = self._workspaces.lease(src, create=False)
-        try:
-            target = self._workspaces.lease(dst, create=True)
-            try:
-                self._fork_into(source, target)
-            finally:
-                self._release(target)
-        finally:
-            self._release(source)
+        return self._forks.fork(src, dst)
 
-    def _fork_into(self, source: Workspace, target: Workspace) -> None:
-        if target.session is not None or target.snapshot is not None or target.id in self._writer:
-            raise InvalidInputError(f"workspace {target.id!r} already exists")
-        if source.session is not None:
-            source.session.cancel_prewarm("fork")
-            if source.session.explain_context().manifest is None and source.session.resident_tokens():
-                raise InvalidInputError(f"workspace {source.id!r} holds an unfinished prefill: nothing to fork")
-        if self._room.only_source_can_make_room(source):
-            self._room.evict(source)  # e.g. a budget of one live session: fork through the evicted state
-        session = self._room.admit(target)
-        try:
-            self._mover.copy(source, session)
-        except BaseException:
-            self._room.discard(target)
-            raise
-        target.remember(session)
-        self._stats.count("forks")
+    def fork_nearest(self, dst: str, tokens: Sequence[int], min_tokens: int) -> ForkOrigin | None:
+        """If dst does not exist: make it a fork of the live or stored workspace whose reusable tokens share
+        the longest prefix with tokens, at least min_tokens of them (the source stays as it is, and stays live
+        unless it is the one eviction would pick). None, and nothing changed, otherwise."""
+        return self._forks.fork_nearest(dst, tokens, min_tokens, self._identity_key())
+
+    def has_workspace(self, workspace_id: str) -> bool:
+        """Whether the pool knows workspace_id (live, evicted, stored, or being made): a hint read without
+        the pool lock; fork_nearest decides under the leases."""
+        return self._workspaces.get(workspace_id) is not None
 
     def drop(self, workspace_id: str) -> None:
         """Forget a workspace: its live session, any state on its way to disk, and its snapshot."""
@@ -252,8 +241,13 @@ class SessionPool:
         share the longest prefix with tokens, and that length; (None, 0) below min_tokens."""
         with self._cv:
             candidates = [(w, w.session is not None) for w in self._workspaces]
+        return longest_prefix(tokens, candidates, self._identity_key(), min_tokens)
+
+    def _identity_key(self) -> str:
+        """The identity key of this pool's states (stored snapshots of another are not routed to)."""
+        with self._cv:
             identity = replace(self._backend_identity, n_ctx=self._ledger.sizes.n_ctx)
-        return longest_prefix(tokens, candidates, SnapshotIdentity.of(identity, self.config).key(), min_tokens)
+        return SnapshotIdentity.of(identity, self.config).key()
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids of text with the pool's model, as ensure_prefix would make them (for routing)."""
@@ -275,6 +269,8 @@ class SessionPool:
                 disk_budget_bytes=self._store.disk_budget_bytes,
                 pending_writes=len(self._writer),
                 kept_states=len(self._kept),
+                forked_workspaces=sum(1 for w in rows if w.origin is not None),
+                on_probation=self._workspaces.on_probation(),
             )
             return self._stats.report(gauges)
 

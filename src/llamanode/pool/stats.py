@@ -24,6 +24,8 @@ class WorkspaceInfo:
     kv_bytes: int
     snapshot_bytes: int
     last_used: float
+    forked_from: str | None = None  # the workspace it was forked from (while the pool runs)
+    uses: int = 0  # leases for turns, plus forks taken from it
 
 
 @dataclass(frozen=True)
@@ -56,17 +58,20 @@ class PoolStats:
     miss_reasons: Mapping[str, int]
     evictions: int
     pending_writes: int  # evicted states not yet on disk
+    forked_workspaces: int  # known workspaces that began as a fork (WorkspaceInfo.forked_from)
+    on_probation: int  # of those, forks still used too little to be kept like the rest (pool/keeping.py)
     writes_cancelled: int  # evicted states restored from memory before their write began (not written)
     kept_states: int  # evicted states on disk and still in memory (accounted in live_bytes; dropped first)
     snapshots_written: int
     snapshot_failures: int
     collected: int  # snapshots removed by the disk budget
-    forks: int
+    forks: int  # workspaces forked (explicitly, or for a new session by SessionPool.fork_nearest)
     prewarms: int  # prewarms started (SessionPool.prewarm)
     prewarm_outcomes: Mapping[str, int]  # ended prewarms by outcome: completed, joined, cancelled, superseded...
     recent_misses: tuple[MissRecord, ...]
     # Cumulative seconds spent moving states: export (evictions, checkpoints), read (snapshot read and
-    # verify), import (into a context), wait (for memory room), write (the background writer's puts).
+    # verify), import (into a context), wait (for memory room), write (the background writer's puts),
+    # fork (copying a source's state into a fork, export or read included).
     transfer_seconds: Mapping[str, float] = field(default_factory=dict)
 
 
@@ -83,6 +88,8 @@ class Gauges:
     disk_budget_bytes: int | None
     pending_writes: int
     kept_states: int
+    forked_workspaces: int
+    on_probation: int
 
 
 class StatsRecorder:

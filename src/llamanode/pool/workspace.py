@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 
 from ..errors import InvalidInputError, SessionBusyError, SessionClosedError
 from ..kvsession import KVSession
+from ..session import ForkOrigin
 from ..snapshot import token_chain
 from ..store import SnapshotEntry
 from ..workspace_id import check_workspace_id
 from .held import Signature
+from .keeping import keep_rank, on_probation
 from .stats import WorkspaceInfo
 
 __all__ = ["Workspace", "Workspaces"]
@@ -36,6 +38,8 @@ class Workspace:
     tick: int = 0  # LRU order
     last_used: float = 0.0
     dropped: bool = False
+    origin: ForkOrigin | None = None  # the workspace began as a fork (kept while the pool runs)
+    uses: int = 0  # leases for turns, plus forks taken from it (keeping.on_probation)
 
     def remember(self, session: KVSession) -> None:
         """Record what the session holds now: for routing, for info, and to know whether it is on disk."""
@@ -59,6 +63,8 @@ class Workspace:
             kv_bytes=self.kv_bytes,
             snapshot_bytes=entry.size_bytes if entry is not None else 0,
             last_used=self.last_used,
+            forked_from=self.origin.source if self.origin is not None else None,
+            uses=self.uses,
         )
 
 
@@ -132,14 +138,22 @@ class Workspaces:
             self._ws.pop(ws.id, None)
 
     def take_victim(self, me: Workspace) -> Workspace | None:
-        """The least recently used live, unleased workspace, leased for eviction (pool lock held); workspaces
-        someone waits for, and prewarming ones, come last."""
-        live = [w for w in self._ws.values() if w.session is not None and w is not me and w.holder is None]
-        for ws in sorted(live, key=lambda w: (w.waiters > 0, w.session is not None and w.session.prewarming, w.tick)):
+        """The live, unleased workspace to evict first, leased for eviction (pool lock held): workspaces someone
+        waits for, and prewarming ones, come last; then keeping.keep_rank."""
+        for ws in self._victims(me):
             if ws.lease.acquire(blocking=False):
                 ws.holder = threading.get_ident()
                 return ws
         return None
+
+    def lowest_live(self, besides: Workspace) -> Workspace | None:
+        """The live workspace, leased or not, that keep_rank would evict first (pool lock held)."""
+        live = [w for w in self._ws.values() if w.session is not None and w is not besides]
+        return min(live, key=keep_rank, default=None)
+
+    def _victims(self, me: Workspace) -> list[Workspace]:
+        live = [w for w in self._ws.values() if w.session is not None and w is not me and w.holder is None]
+        return sorted(live, key=lambda w: (w.waiters > 0, w.session is not None and w.session.prewarming, keep_rank(w)))
 
     @contextmanager
     def held(self, ws: Workspace) -> Iterator[None]:
@@ -165,5 +179,6 @@ class Workspaces:
     def live_held_by(self, thread: int, besides: Workspace) -> bool:
         return any(w.session is not None and w.holder == thread for w in self._ws.values() if w is not besides)
 
-    def any_live_unleased(self) -> bool:
-        return any(w.session is not None and w.holder is None for w in self._ws.values())
+    def on_probation(self) -> int:
+        """How many workspaces are forks on probation (keeping.on_probation)."""
+        return sum(1 for w in self._ws.values() if on_probation(w))

@@ -39,6 +39,10 @@ class WriterHost(Protocol):
         """Workspaces whose snapshots the disk budget must not collect (besides those with a state pending)."""
         ...
 
+    def keep_order(self) -> list[str]:
+        """Workspace ids in the order the disk budget collects their snapshots (keeping.keep_rank)."""
+        ...
+
     def written(self, workspace_id: str, held: HeldState, entry: SnapshotEntry, current: bool) -> None:
         """held is on disk as entry (pool lock held); current: no newer state replaced it meanwhile.
         The host now owns held's reservation: it keeps or releases it."""
@@ -185,7 +189,8 @@ class SnapshotWriter:
                     continue
                 held.writing = True
                 protect = self._host.in_use() | set(self._pending)
-            self._write(workspace_id, held, protect)
+                order = self._host.keep_order()
+            self._write(workspace_id, held, protect, order)
 
     def _delay(self) -> float:
         """Seconds to wait still before writing the head of the queue (0: write now)."""
@@ -196,10 +201,10 @@ class SnapshotWriter:
             return 0.0  # idle: no turn to slow down
         return max(0.0, held.queued_at + self._defer_s - time.monotonic())
 
-    def _write(self, workspace_id: str, held: HeldState, protect: set[str]) -> None:
+    def _write(self, workspace_id: str, held: HeldState, protect: set[str], order: list[str]) -> None:
         try:
             with self._stats.timed("write"):
-                entry, collected = self._store.put(workspace_id, held.state, held.identity, protect)
+                entry, collected = self._store.put(workspace_id, held.state, held.identity, protect, order)
         except Exception as exc:  # the writer must survive anything; the state stays in memory
             with self._cv:
                 held.writing, held.error = False, str(exc)

@@ -20,7 +20,7 @@ from ..config import DecodeConfig
 from ..errors import ContextOverflowError, LlamaNodeError
 from ..kvsession import KVSession
 from ..prewarm import PrewarmHandle
-from ..session import DecodeReport, PrefillProgress, PrefixStatus, StreamChunk, SuffixStatus
+from ..session import DecodeReport, ForkOrigin, PrefillProgress, PrefixStatus, StreamChunk, SuffixStatus
 from .admission import Admission, Ticket
 from .bridge import Bridge
 from .call import Call, Cancelled
@@ -37,7 +37,11 @@ class PoolLike(Protocol):
 
     def session(self, workspace_id: str) -> AbstractContextManager[KVSession]: ...
 
-    def fork(self, src: str, dst: str) -> None: ...
+    def fork(self, src: str, dst: str) -> ForkOrigin: ...
+
+    def fork_nearest(self, dst: str, tokens: Sequence[int], min_tokens: int) -> ForkOrigin | None: ...
+
+    def has_workspace(self, workspace_id: str) -> bool: ...
 
     def drop(self, workspace_id: str) -> None: ...
 

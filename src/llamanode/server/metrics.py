@@ -41,6 +41,8 @@ POOL_GAUGES = {
     "disk_budget_bytes": "The disk budget",
     "pending_writes": "Evicted states not yet on disk",
     "kept_states": "Written states still kept in memory",
+    "forked_workspaces": "Known workspaces that began as a fork",
+    "on_probation": "Forks used too little yet to be kept like the rest (evicted and collected first)",
 }
 # Read by other collectors, or not a number: exported elsewhere or not at all.
 POOL_OTHER = (
@@ -76,6 +78,13 @@ class Metrics:
         )
         self.prompt_tokens_prefilled = Counter(
             "llamanode_prompt_tokens_prefilled", "Prompt tokens prefilled (prefix tail + suffix)", registry=r
+        )
+        self.route_forks = Counter(
+            "llamanode_route_forks",
+            "New named sessions started as a fork of the workspace sharing their prompt's longest prefix, by what"
+            " named the session (header, user, ...) and outcome (forked, failed: started cold)",
+            ["named_by", "outcome"],
+            registry=r,
         )
         self.generated_tokens = Counter("llamanode_generated_tokens", "Tokens generated", registry=r)
         self.generations = Counter("llamanode_generations", "Generations by outcome", ["outcome"], registry=r)
@@ -125,7 +134,7 @@ class _PoolCollector(Collector):
         yield misses
         seconds = CounterMetricFamily(
             "llamanode_pool_transfer_seconds",
-            "Seconds spent moving workspace states, by kind (export, read, import, wait, write)",
+            "Seconds spent moving workspace states, by kind (export, read, import, wait, write, fork)",
             labels=["kind"],
         )
         for kind, value in sorted(stats.transfer_seconds.items()):

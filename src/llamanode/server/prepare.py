@@ -2,12 +2,13 @@
 the decode config (its grammar compiled against the vocabulary), and the workspace to run in.
 
 They run on the event loop, and hop to a worker thread only for what blocks: compiling a grammar,
-tokenizing a prompt to find its workspace.
+tokenizing a prompt to find its workspace, forking a workspace for a new session (compute executor).
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from ..config import DecodeConfig
+from ..errors import LlamaNodeError, SessionClosedError
 from .call import Call
 from .errors import ApiError
 from .runtime import Runtime
@@ -27,6 +29,7 @@ __all__ = [
     "check_prompt_size",
     "decode_config",
     "first_key",
+    "fork_new_session",
     "route_workspace",
     "unknown_model",
 ]
@@ -88,16 +91,64 @@ async def check_grammar(rt: Runtime, config: DecodeConfig) -> None:
 
 async def route_workspace(rt: Runtime, call: Call, header: str | None, key: SessionKey | None, full_text: str) -> str:
     """The header, else a stable id for the client's session key, else the workspace sharing the longest
-    token prefix with full_text, else a new one."""
-    if header is not None:
-        call.log["routed_by"] = "header"
-        return header
-    if key is not None:
-        call.log["routed_by"] = key.source
-        return key.workspace()
+    token prefix with full_text, else a new one. A named workspace the pool does not know starts as a fork
+    of the workspace sharing the most with full_text (see fork_new_session)."""
+    named = _named(header, key)
+    if named is not None:
+        workspace, named_by = named
+        call.log["routed_by"] = named_by
+        if rt.settings.fork_min_tokens > 0 and not rt.pool.has_workspace(workspace):
+            await fork_new_session(rt, call, workspace, named_by, full_text)
+        return workspace
     found, how = await run_in_threadpool(rt.router.find, full_text)
     if found is not None:
         call.log["routed_by"] = how
         return found
     call.log["routed_by"] = "new"
     return "auto-" + uuid.uuid4().hex[:16]
+
+
+def _named(header: str | None, key: SessionKey | None) -> tuple[str, str] | None:
+    """(workspace, what named it) when the client names its session: the header first, then its key."""
+    if header is not None:
+        return header, "header"
+    if key is not None:
+        return key.workspace(), key.source
+    return None
+
+
+async def fork_new_session(rt: Runtime, call: Call, workspace: str, named_by: str, full_text: str) -> None:
+    """Start the new workspace as a fork of the live or stored one whose resident tokens share the longest
+    prefix with full_text (at least --fork-min-tokens). Finding a candidate needs no compute slot; the fork
+    runs on the compute executor under the workspace's admission, so a second request with the same key
+    waits, then finds the fork. A failed fork is logged and counted, and the request starts cold."""
+    min_tokens = rt.settings.fork_min_tokens
+    if len(full_text.encode("utf-8")) + 1 < min_tokens:
+        return  # a token is at least one byte (BOS aside): this prompt cannot share enough
+    started = time.perf_counter()
+
+    def candidate() -> tuple[list[int], str | None]:
+        tokens = rt.pool.tokenize(full_text)
+        return tokens, rt.pool.longest_prefix(tokens, min_tokens)[0]
+
+    tokens, found = await run_in_threadpool(candidate)
+    if found is None:
+        return
+    call.log["workspace"] = workspace
+    try:
+        origin = await rt.engine.run(call, workspace, lambda: rt.pool.fork_nearest(workspace, tokens, min_tokens))
+    except SessionClosedError:
+        raise
+    except LlamaNodeError as exc:
+        call.log["fork_error"] = f"{type(exc).__name__}: {exc}"
+        rt.metrics.route_forks.labels(named_by=named_by, outcome="failed").inc()
+        return
+    if origin is not None:
+        call.log.update(
+            routed_by="fork",
+            named_by=named_by,
+            fork_source=origin.source,
+            fork_shared_tokens=origin.shared_tokens,
+            fork_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        rt.metrics.route_forks.labels(named_by=named_by, outcome="forked").inc()

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from ..manifest import ManifestSegment
-from ..session import DecodeReport, Divergence, PrefixStatus, PrewarmReport, SegmentResidency
+from ..session import DecodeReport, Divergence, ForkOrigin, PrefixStatus, PrewarmReport, SegmentResidency
 from .anthropic_responses import ANTHROPIC_STREAM_MODELS
 from .responses_events import EVENT_MODELS as RESPONSES_EVENT_MODELS
 
@@ -224,6 +224,7 @@ class SessionInfo(BaseModel):
     kv_bytes: int
     snapshot_bytes: int
     last_used: float | None = None
+    forked_from: str | None = None
 
 
 class SessionList(BaseModel):
@@ -283,6 +284,7 @@ class ContextOut(BaseModel):
     last_divergence: Divergence | None
     last_prefix: PrefixStatus | None
     last_prewarm: PrewarmReport | None
+    forked_from: ForkOrigin | None = None
 
 
 # Streamed events: the OpenAPI document names them in event_stream() schemas, so it includes them too.

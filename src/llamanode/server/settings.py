@@ -19,6 +19,7 @@ class ServerSettings:
     max_queue: int = 16
     queue_timeout_s: float = 300.0
     route_min_tokens: int = 32
+    fork_min_tokens: int = 256  # a new named session forks the workspace sharing this many tokens (0: never)
     aliases: tuple[str, ...] = ()
     warm_next: bool = True  # after a chat answer, prefill it as the next request will send it back
     log_requests: bool = True
