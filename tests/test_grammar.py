@@ -227,8 +227,14 @@ def test_a_bounded_number_is_an_integer_within_the_bounds(engine: Engine) -> Non
 
 
 UNSUPPORTED = [
-    ({"type": "string", "pattern": "^a$"}, "pattern"),
-    ({"type": "string", "format": "date-time"}, "format"),
+    ({"type": "string", "pattern": "^(?=a)"}, "lookahead"),
+    ({"type": "string", "pattern": "a", "format": "date"}, "pattern together with format"),
+    ({"type": "string", "pattern": "a", "maxLength": 4}, "cannot be enforced exactly"),
+    ({"type": "string", "format": "date", "maxLength": 4}, "no match has a length"),
+    ({"type": "string", "format": 7}, "format must be a string"),
+    ({"type": "string", "pattern": ["a"]}, "pattern must be a string"),
+    ({"type": "string", "pattern": "[^\\s\\S]"}, "no string matches"),
+    ({"allOf": [{"pattern": "^a"}, {"pattern": "b$"}]}, "different 'pattern'"),
     ({"type": "number", "minimum": 0.2, "maximum": 0.8}, "no integer lies within"),
     ({"type": "integer", "minimum": 0, "exclusiveMinimum": True}, "exclusiveMinimum"),
     ({"type": "integer", "minimum": 10**17}, "16 digits"),
