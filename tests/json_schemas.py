@@ -5,9 +5,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import jsonschema
 from hypothesis import strategies as st
 
+from regex_patterns import pattern_and_match
+
 Pair = tuple[dict[str, Any], Any]
+
+FORMAT_CHECKER = jsonschema.FormatChecker(formats=())
+"""The formats the grammar enforces, checked as draft 2020-12 checks them (jsonschema's global
+FormatChecker() reads "time" the draft-3 way); any other format is an annotation."""
+FORMAT_CHECKER.checkers = {
+    name: jsonschema.Draft202012Validator.FORMAT_CHECKER.checkers[name]
+    for name in ("date", "time", "date-time", "uuid")
+}
 
 NAMES = ("id", "name", "kind", "tags", "x", "y", "note", "a b", "é", 'q"t', "nam")
 # no surrogates (not UTF-8) and no unassigned code points (llama.cpp's BPE tokenizer mangles them)
@@ -33,11 +44,60 @@ def _string(draw: st.DrawFn) -> Pair:
 
 
 @st.composite
+def _time(draw: st.DrawFn) -> str:
+    t = draw(st.times())
+    fraction = draw(st.sampled_from(["", f".{t.microsecond:06d}", f".{t.microsecond // 1000:03d}", ".5"]))
+    sign, hours, minutes = draw(st.sampled_from("+-")), draw(st.integers(0, 23)), draw(st.integers(0, 59))
+    offset = draw(st.sampled_from(["Z", f"{sign}{hours:02d}:{minutes:02d}"]))
+    return f"{t.hour:02d}:{t.minute:02d}:{t.second:02d}{fraction}{offset}"
+
+
+@st.composite
+def formatted(draw: st.DrawFn) -> Pair:
+    """A string with an enforced format (or one that is an annotation) and a valid instance."""
+    kind = draw(st.sampled_from(["date", "time", "date-time", "uuid", "email"]))
+    if kind == "date":
+        value = draw(st.dates()).isoformat()
+    elif kind == "time":
+        value = draw(_time())
+    elif kind == "date-time":
+        value = f"{draw(st.dates()).isoformat()}T{draw(_time())}"
+    elif kind == "uuid":
+        value = str(draw(st.uuids()))
+        value = value.upper() if draw(st.booleans()) else value
+    else:
+        value = draw(_TEXT)  # an annotation: any string
+    return {"type": "string", "format": kind}, value
+
+
+@st.composite
+def _pattern(draw: st.DrawFn) -> Pair:
+    pattern, value = draw(pattern_and_match())
+    return {"type": "string", "pattern": pattern}, value
+
+
+@st.composite
 def _leaf(draw: st.DrawFn) -> Pair:
-    kinds = ["string", "integer", "bounded", "number", "boolean", "null", "enum", "const", "nullable"]
+    kinds = [
+        "string",
+        "integer",
+        "bounded",
+        "number",
+        "boolean",
+        "null",
+        "enum",
+        "const",
+        "nullable",
+        "pattern",
+        "format",
+    ]
     kind = draw(st.sampled_from(kinds))
     if kind == "string":
         return draw(_string())
+    if kind == "pattern":
+        return draw(_pattern())
+    if kind == "format":
+        return draw(formatted())
     if kind == "integer":
         return {"type": "integer"}, draw(st.integers(-(10**15), 10**15))
     if kind == "bounded":

@@ -168,10 +168,17 @@ def test_blocks_and_tools_that_cannot_be_used_are_refused_by_name(fields: dict[s
 
 
 def test_a_tool_schema_the_grammar_cannot_enforce_is_refused_naming_the_tool() -> None:
-    pattern = {"type": "object", "properties": {"id": {"type": "string", "pattern": "^r"}}}
-    tools = [{"name": "ok", "input_schema": {"type": "object"}}, {"name": "Workflow", "input_schema": pattern}]
-    with pytest.raises(GrammarError, match=r"tools\.1 \(Workflow\): input_schema: .*'pattern'"):
+    lookahead = {"type": "object", "properties": {"id": {"type": "string", "pattern": "^(?=r)"}}}
+    tools = [{"name": "ok", "input_schema": {"type": "object"}}, {"name": "Workflow", "input_schema": lookahead}]
+    with pytest.raises(GrammarError, match=r"tools\.1 \(Workflow\): input_schema: .*'\^\(\?=r\)'.*lookahead"):
         convert(request(tools=tools))
+
+
+def test_a_tool_schema_with_a_pattern_and_formats_is_accepted() -> None:
+    schema = {"type": "object", "properties": {"id": {"type": "string", "pattern": "^job_[a-f0-9]{4,}$"},
+                                               "due": {"type": "string", "format": "date"}}}  # fmt: skip
+    (spec,) = convert(request(tools=[{"name": "Resume", "input_schema": schema}])).tools.specs
+    assert spec.name == "Resume" and spec.parameters == schema
 
 
 def test_fields_the_model_cannot_honour_are_accepted_and_listed() -> None:

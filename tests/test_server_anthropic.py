@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from json_schemas import FORMAT_CHECKER
 from test_server_support import API_KEY, MODEL, ServerProcess, locked_server, server, start_server
 
 __all__ = ["locked_server", "server"]
@@ -137,6 +138,45 @@ def test_a_tool_use_round_trip_reuses_the_prompt(server: ServerProcess) -> None:
     assert second.usage.cache_read_input_tokens > 4 * second.usage.input_tokens
     (log,) = server.wait_logs(mark, 1, "/v1/messages")
     assert log["reused_tokens"] == second.usage.cache_read_input_tokens and "divergence" not in log  # no miss
+
+
+# A tool shaped like Claude Code's Workflow tool (its id parameter has a pattern; this one is our own).
+RESUME = {
+    "name": "resume_job",
+    "description": "Resume a paused job by its id.",
+    "input_schema": {
+        "type": "object",
+        "properties": {
+            "job_id": {"type": "string", "pattern": "^job_[a-z0-9-]{6,}$", "description": "e.g. job_7f3a-22"},
+            "notify": {"type": "string", "format": "email"},
+            "after": {"type": "string", "format": "date-time"},
+        },
+        "required": ["job_id"],
+        "additionalProperties": False,
+    },
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_tool_with_a_pattern_is_served_and_its_input_matches(server: ServerProcess, stream: bool) -> None:
+    mark = server.mark()
+    request: dict[str, Any] = {
+        "model": MODEL, "max_tokens": 100, "tools": [RESUME],
+        "tool_choice": {"type": "tool", "name": "resume_job", "disable_parallel_tool_use": True},
+        "messages": [{"role": "user", "content": "Resume job job_7f3a-22 and tell ops@example.com when done."}],
+        "extra_body": {"temperature": 0.0},
+    }  # fmt: skip
+    if stream:
+        with client(server).messages.stream(**request, extra_headers=ws("an-pattern")) as events:
+            message = events.get_final_message()
+    else:
+        message = client(server).messages.create(**request, extra_headers=ws("an-pattern"))
+    (call,) = [b for b in message.content if b.type == "tool_use"]
+    assert call.name == "resume_job" and message.stop_reason == "tool_use"
+    jsonschema.validate(call.input, RESUME["input_schema"], format_checker=FORMAT_CHECKER)
+    assert re.fullmatch("job_[a-z0-9-]{6,}", call.input["job_id"])  # the model fills the required id
+    (log,) = server.wait_logs(mark, 1, "/v1/messages")
+    assert log["status"] == 200 and log["schema_annotations"] == ["resume_job: #/properties/notify: format 'email'"]
 
 
 def test_count_tokens_counts_what_messages_renders(server: ServerProcess) -> None:

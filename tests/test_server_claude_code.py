@@ -68,6 +68,21 @@ TOOLS: list[dict[str, Any]] = [
         },
     },
 ]
+TOOLS.append(  # like Claude Code's Workflow tool, whose id parameter has a pattern (this one is our own)
+    {
+        "name": "workflow_status",
+        "description": "Report the status of a running workflow.",
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "workflow_id": {"type": "string", "pattern": "^wfl_[a-z0-9]{8,}$"},
+                "since": {"type": "string", "format": "date-time"},
+            },
+            "required": ["workflow_id"],
+            "additionalProperties": False,
+        },
+    }
+)
 BETAS = ["claude-code-20250219", "interleaved-thinking-2025-05-14", "context-management-2025-06-27"]
 
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from json_schemas import schemas
+from json_schemas import FORMAT_CHECKER, schemas
 from llamanode import Config, DecodeConfig, KVSession, open_session
 from test_server_support import MODEL, ServerProcess, server
 
@@ -56,7 +56,7 @@ def _answer(session: KVSession, prompt: str, config: DecodeConfig) -> tuple[str,
 def _check(text: str, finish: str | None, produced: int, schema: dict[str, Any]) -> None:
     event(f"finish={finish}")
     if finish == "stop":
-        jsonschema.validate(json.loads(text), schema)
+        jsonschema.validate(json.loads(text), schema, format_checker=FORMAT_CHECKER)
     else:
         assert (finish, produced) == ("length", MAX_TOKENS), text
 

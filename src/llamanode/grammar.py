@@ -20,16 +20,27 @@ from typing import Any
 from urllib.parse import unquote
 
 from .errors import GrammarError
+from .gbnf_text import class_char, literal, repeat
 from .integer_range import BOUND_KEYWORDS, integer_bounds, integer_range_gbnf
-from .schema_merge import ANNOTATIONS, Unsatisfiable, all_of, drop_annotations, fits, provably_disjoint, schema_types
+from .regex_gbnf import pattern_gbnf
+from .schema_merge import (
+    ANNOTATIONS,
+    Unsatisfiable,
+    all_of,
+    drop_annotations,
+    fits,
+    provably_disjoint,
+    schema_types,
+)
+from .string_formats import FORMAT_PATTERNS, schema_annotations
 
-__all__ = ["JSON_OBJECT_GBNF", "json_schema_gbnf", "schema_rules"]
+__all__ = ["JSON_OBJECT_GBNF", "json_schema_gbnf", "schema_annotations", "schema_rules"]
 
 MAX_WS = 20  # whitespace characters between two tokens of JSON: enough to indent, never an endless loop
 _RULE_NAME = re.compile(r"[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*\Z")  # no "--": helper names cannot collide across roots
 _KEYWORDS = ANNOTATIONS | {
     *("type", "enum", "const", "$ref", "$defs", "definitions", "allOf", "anyOf", "oneOf"),
-    *("properties", "required", "additionalProperties", "minLength", "maxLength"),
+    *("properties", "required", "additionalProperties", "minLength", "maxLength", "pattern", "format"),
     *("items", "prefixItems", "additionalItems", "minItems", "maxItems"),
     *BOUND_KEYWORDS,
 }
@@ -76,19 +87,6 @@ def schema_rules(schema: Mapping[str, Any], root: str) -> str:
     builder = _Builder(document, root)
     top = builder.expr(document, "#")
     return "".join(f"{name} ::= {body}\n" for name, body in {root: top, **builder.rules}.items())
-
-
-def _literal(text: str) -> str:
-    """A GBNF string literal matching text exactly."""
-    escaped = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-    out = (escaped.get(ch) or (f"\\x{ord(ch):02X}" if ord(ch) < 0x20 else ch) for ch in text)
-    return '"' + "".join(out) + '"'
-
-
-def _class_char(ch: str) -> str:
-    """One character inside a GBNF [...] class, escaped so it is never syntax."""
-    code = ord(ch)
-    return ch if ch.isalnum() and code < 0x80 else f"\\x{code:02X}" if code < 0x100 else f"\\U{code:08X}"
 
 
 def _json_text(value: object, where: str) -> str:
@@ -174,12 +172,7 @@ class _Builder:
 
     def typed(self, kind: str, schema: Mapping[str, Any], path: str) -> str:
         if kind == "string":
-            lo, hi = _count(schema, "minLength", path) or 0, _count(schema, "maxLength", path)
-            if hi is not None and hi < lo:
-                raise GrammarError(f"{path}: maxLength {hi} < minLength {lo}")
-            if (lo, hi) == (0, None):
-                return self.prim("string")
-            return f'"\\"" {self.prim("char")}{_repeat(lo, hi)} "\\""' if hi != 0 else '"\\"\\""'
+            return self.string(schema, path)
         if kind in ("integer", "number") and any(k in schema for k in BOUND_KEYWORDS):
             return integer_range_gbnf(*integer_bounds(schema, path), path)  # a bounded number: an integer
         if kind == "object":
@@ -187,6 +180,30 @@ class _Builder:
         if kind == "array":
             return self.array(schema, path)
         return self.prim(kind)
+
+    def string(self, schema: Mapping[str, Any], path: str) -> str:
+        lo, hi = _count(schema, "minLength", path) or 0, _count(schema, "maxLength", path)
+        if hi is not None and hi < lo:
+            raise GrammarError(f"{path}: maxLength {hi} < minLength {lo}")
+        pattern, fmt = schema.get("pattern"), schema.get("format")
+        if pattern is None and fmt is None:
+            if (lo, hi) == (0, None):
+                return self.prim("string")
+            return f'"\\"" {repeat(self.prim("char"), lo, hi)} "\\""' if hi != 0 else '"\\"\\""'
+        if pattern is not None and fmt is not None:
+            raise GrammarError(f"{path}: pattern together with format {fmt!r} is not supported")
+        if pattern is not None and not isinstance(pattern, str):
+            raise GrammarError(f"{path}: pattern must be a string, got {pattern!r}")
+        if pattern is None and not isinstance(fmt, str):  # strings not enforced were dropped as annotations
+            raise GrammarError(f"{path}: format must be a string, got {fmt!r}")
+        what = f"{path}: pattern {pattern!r}" if pattern is not None else f"{path}: format {fmt!r}"
+        text = pattern if pattern is not None else FORMAT_PATTERNS[str(fmt)]
+        return pattern_gbnf(text, lo, hi, lambda body: self.define("str", body), what)
+
+    def define(self, hint: str, body: str) -> str:
+        name = self.fresh(hint)
+        self.rules[name] = body
+        return name
 
     def enum(self, schema: Mapping[str, Any], path: str) -> str:
         extra = sorted(set(schema) - {"enum", "const", "type"})
@@ -202,7 +219,7 @@ class _Builder:
         kept = [v for v in values if types is None or fits(v, types)]
         if not kept:
             raise GrammarError(f"{path}: no enum/const value has the type {schema['type']!r}")
-        return self.alternatives([_literal(_json_text(v, path)) for v in kept])
+        return self.alternatives([literal(_json_text(v, path)) for v in kept])
 
     def union(self, schema: Mapping[str, Any], path: str) -> str:
         if "anyOf" in schema and "oneOf" in schema:
@@ -280,7 +297,7 @@ class _Builder:
         rule = self.fresh(path.rsplit("/", 1)[-1] if path != "#" else "object")
         ws = self.prim("ws")
         items: list[tuple[str, bool | None]] = [
-            (f'{_literal(_json_text(n, path))} {ws} ":" {ws} {self.expr(s, f"{path}/properties/{n}")} {ws}', r)
+            (f'{literal(_json_text(n, path))} {ws} ":" {ws} {self.expr(s, f"{path}/properties/{n}")} {ws}', r)
             for n, s, r in fields
         ]
         if extra is True or isinstance(extra, Mapping) or (extra is None and not props):
@@ -326,8 +343,8 @@ class _Builder:
 
     def _trie_rule(self, node: dict[str, Any], name: str, free: str) -> str:
         children = [ch for ch in node if ch]
-        alts = [f"{_literal(ch)} {self._trie_rule(node[ch], f'{name}-{i}', free)}" for i, ch in enumerate(children)]
-        alts.append(f"[^{_RAW_EXCLUDED}{''.join(_class_char(ch) for ch in children)}] {free}")
+        alts = [f"{literal(ch)} {self._trie_rule(node[ch], f'{name}-{i}', free)}" for i, ch in enumerate(children)]
+        alts.append(f"[^{_RAW_EXCLUDED}{''.join(class_char(ord(ch)) for ch in children)}] {free}")
         if not any("\ud000" <= ch <= "\ud7ff" for ch in children):
             alts.append(f"[\\uD000-\\uD7FF] {free}")
         body = " | ".join(alts)

@@ -394,4 +394,3 @@ class KVSession:
                 yield from decode_chunks(self._kv, cfg, sampler, self.num_ctx, self._check_usable)
             finally:
                 sampler.close()
-

@@ -13,6 +13,7 @@ from typing import Any
 
 from .errors import GrammarError
 from .integer_range import BOUND_KEYWORDS
+from .string_formats import FORMAT_PATTERNS
 
 __all__ = [
     "ANNOTATIONS",
@@ -34,7 +35,7 @@ _CONTAINERS = ("$defs", "definitions")  # hold schemas for $ref; they constrain 
 _IMPLIED = {  # the type a keyword implies when "type" is absent (the grammar then generates only that type)
     "object": {"properties", "required", "additionalProperties"},
     "array": {"items", "prefixItems", "additionalItems", "minItems", "maxItems"},
-    "string": {"minLength", "maxLength"},
+    "string": {"minLength", "maxLength", "pattern", "format"},
     "number": set(BOUND_KEYWORDS),
 }
 _MAX_DEPTH = 32
@@ -45,7 +46,12 @@ class Unsatisfiable(GrammarError):
 
 
 def drop_annotations(schema: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in schema.items() if k not in ANNOTATIONS and k not in _CONTAINERS}
+    """schema without annotations, $defs, and a `format` the grammar does not enforce (an annotation too)."""
+    return {k: v for k, v in schema.items() if k not in ANNOTATIONS and k not in _CONTAINERS and not _noted(k, v)}
+
+
+def _noted(key: str, value: object) -> bool:
+    return key == "format" and isinstance(value, str) and value not in FORMAT_PATTERNS
 
 
 def schema_types(schema: Mapping[str, Any], path: str) -> list[str] | None:

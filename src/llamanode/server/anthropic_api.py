@@ -27,7 +27,15 @@ from .anthropic_schemas import CountTokensRequest, MessagesRequest, Metadata
 from .anthropic_stream import Blocks, MessagesEncoder, message_out, new_tool_use_id, ping, stop_reason, usage
 from .call import Call
 from .engine import Generation, Plan
-from .prepare import SessionKey, check_model, check_prompt_size, decode_config, first_key, route_workspace
+from .prepare import (
+    SessionKey,
+    check_model,
+    check_prompt_size,
+    decode_config,
+    first_key,
+    note_annotations,
+    route_workspace,
+)
 from .runtime import Runtime
 from .schemas import WORKSPACE_HEADER, WORKSPACE_ID_PATTERN
 from .streaming import collect, sse_response, stream_generation
@@ -104,6 +112,7 @@ async def messages(body: MessagesRequest, rt: RuntimeDep, call: CallDep, workspa
     check_model(rt, body.model)
     prompt = await run_in_threadpool(_prompt, rt, body)
     _log_request(call, body, prompt.conversation)
+    note_annotations(call, prompt.plan)
     split = prompt.split
     check_prompt_size(rt, len(split.prefix.encode()) + len(split.suffix.encode()))
     stop = tuple(body.stop_sequences) if body.stop_sequences else None

@@ -23,6 +23,7 @@ from .prepare import (
     check_prompt_size,
     decode_config,
     first_key,
+    note_annotations,
     route_workspace,
     unknown_model,
 )
@@ -105,7 +106,9 @@ async def chat_completions(
     chat = messages_from_mappings([m.model_dump(exclude_none=True) for m in body.messages])
     plan = chat_tool_plan(rt, body)
 
-    config = await _decode_config(rt, body, max_tokens, _json_schema(body.response_format), plan)
+    schema = _json_schema(body.response_format)
+    config = await _decode_config(rt, body, max_tokens, schema, plan)
+    note_annotations(call, plan, schema)
     split = split_prompt(rt, plan, chat)  # on the loop: well under a millisecond for a 100 KB prompt
     check_prompt_size(rt, len(split.prefix.encode()) + len(split.suffix.encode()))
     key = first_key(SessionKey("prompt_cache_key", body.prompt_cache_key or ""), SessionKey("user", body.user or ""))

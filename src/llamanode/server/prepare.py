@@ -18,6 +18,8 @@ from starlette.concurrency import run_in_threadpool
 
 from ..config import DecodeConfig
 from ..errors import LlamaNodeError, SessionClosedError
+from ..grammar import schema_annotations
+from ..tools import ToolPlan
 from .call import Call
 from .errors import ApiError
 from .runtime import Runtime
@@ -30,6 +32,7 @@ __all__ = [
     "decode_config",
     "first_key",
     "fork_new_session",
+    "note_annotations",
     "route_workspace",
     "unknown_model",
 ]
@@ -52,6 +55,15 @@ class SessionKey:
 def first_key(*keys: SessionKey | None) -> SessionKey | None:
     """The first key that is present; an API passes its keys in precedence order (README: routing)."""
     return next((k for k in keys if k is not None and k.value), None)
+
+
+def note_annotations(call: Call, plan: ToolPlan | None, schema: Mapping[str, Any] | None = None) -> None:
+    """Name in the request log the schema keywords the grammar treats as annotations (format values
+    it does not enforce), for the tools that can be called and the answer's JSON schema."""
+    notes = [*(plan.grammar.annotations if plan is not None and plan.grammar else ())]
+    notes += [f"response_format: {note}" for note in (schema_annotations(schema) if schema is not None else ())]
+    if notes:
+        call.log["schema_annotations"] = notes
 
 
 def check_model(rt: Runtime, name: str) -> None:

@@ -26,7 +26,15 @@ from .call import Call
 from .engine import Generation, Plan
 from .errors import ApiError, from_exception
 from .openai_api import WorkspaceHeader
-from .prepare import SessionKey, check_model, check_prompt_size, decode_config, first_key, route_workspace
+from .prepare import (
+    SessionKey,
+    check_model,
+    check_prompt_size,
+    decode_config,
+    first_key,
+    note_annotations,
+    route_workspace,
+)
 from .reply import Reply, prompt_segments, split_prompt, tool_decode_options, warm_next
 from .responses_events import ResponseObject, ResponsesStreamEvent
 from .responses_items import Conversation, read_input, read_tools
@@ -75,6 +83,7 @@ async def create_response(
     schema = _json_schema(body)
     sampling = {"max_tokens": body.max_output_tokens, "temperature": body.temperature, "top_p": body.top_p}
     config = await decode_config(rt, sampling | {"json_schema": schema} | tool_decode_options(tool_plan, schema, None))
+    note_annotations(call, tool_plan, schema)
     split = split_prompt(rt, tool_plan, messages)
     check_prompt_size(rt, len(split.text.encode()), "input")
     key = first_key(SessionKey("prompt_cache_key", body.prompt_cache_key or ""), SessionKey("user", body.user or ""))

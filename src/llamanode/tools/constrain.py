@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..grammar import schema_rules
+from ..grammar import schema_annotations, schema_rules
 from .formats import ToolFormat
 from .types import Tools
 
@@ -19,6 +19,7 @@ __all__ = ["ToolGrammar", "tool_grammar"]
 class ToolGrammar:
     gbnf: str
     triggers: tuple[str, ...]  # empty: the grammar applies from the first token
+    annotations: tuple[str, ...] = ()  # "<function>: <where>: format '<name>'": formats not enforced
 
     def decode_options(self) -> dict[str, Any]:
         """The DecodeConfig fields that enforce it."""
@@ -47,7 +48,8 @@ def tool_grammar(fmt: ToolFormat, tools: Tools) -> ToolGrammar | None:
         rules.append(f'fn{i} ::= {head} fn{i}-args "}}"')
         rules.append(schema_rules(spec.parameters, f"fn{i}-args").strip())
     triggers = fmt.triggers if tools.choice.mode == "auto" else ()
-    return ToolGrammar("\n".join(rules) + "\n", triggers)
+    notes = tuple(f"{spec.name}: {note}" for spec in specs for note in schema_annotations(spec.parameters))
+    return ToolGrammar("\n".join(rules) + "\n", triggers, notes)
 
 
 def _root(fmt: ToolFormat, parallel: bool) -> str:
