@@ -5,8 +5,9 @@ from __future__ import annotations
 from .assembler import AssemblerPolicy, Assembly, AssemblyReport, ContextAssembler, SegmentMove, SegmentVolatility
 from .backends.base import Backend, ModelInfo
 from .backends.llamacpp import register as _register_llamacpp
-from .config import Config, DecodeConfig
+from .config import ApproxReuse, Config, DecodeConfig
 from .errors import (
+    ApproximationUnavailableError,
     ConfigError,
     ContextOverflowError,
     GrammarError,
@@ -30,6 +31,8 @@ from .manifest import join_segments as _join_segments
 from .pool import PoolStats, SessionPool, WorkspaceInfo
 from .registry import embed, embed_available, load_backend, open_session, session_available, set_backend
 from .session import (
+    ApproximatedSpan,
+    Approximation,
     ContextReport,
     DecodeReport,
     DecodeStream,
@@ -49,6 +52,10 @@ from .session import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ApproxReuse",
+    "ApproximatedSpan",
+    "Approximation",
+    "ApproximationUnavailableError",
     "AssemblerPolicy",
     "Assembly",
     "AssemblyReport",

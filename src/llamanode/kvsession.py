@@ -1,4 +1,5 @@
-"""KVSession: the session contract over any KVContext. All reuse logic lives here, in small steps."""
+"""KVSession: the session contract over any KVContext. Its reuse decisions live here, in small steps
+(approximate segment reuse, opt-in, in segment_reuse.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from contextlib import contextmanager
 from dataclasses import replace
 from types import TracebackType
 
+from . import segment_reuse as approx
 from .backends.base import KVContext, Sampler
-from .config import Config, DecodeConfig
+from .config import ApproxReuse, Config, DecodeConfig
 from .decoding import decode_chunks
 from .errors import (
     ContextOverflowError,
@@ -75,6 +77,7 @@ class KVSession:
             template_digest=self.identity.template_digest,
             add_bos=self.identity.add_bos,
         )
+        approx.refuse_at_open(config, context, on_close)
         self._kv = ResidentKV(context, config)
         self._lock = _OwnedLock()
         self._closed = False
@@ -108,21 +111,32 @@ class KVSession:
         return self._ctx.tokenize(text, self._base.add_bos)
 
     # -- the contract ------------------------------------------------------------------
-    def ensure_prefix(self, prefix: PrefixInput, on_progress: ProgressFn | None = None) -> PrefixStatus:
+    def ensure_prefix(
+        self,
+        prefix: PrefixInput,
+        on_progress: ProgressFn | None = None,
+        *,
+        approximate: ApproxReuse | bool | None = None,
+    ) -> PrefixStatus:
+        """approximate: None follows Config.approximate_reuse; False is exact; True or ApproxReuse(...) lets
+        segments after an edit keep their KV approximately (segment_reuse.py; the status says what was)."""
+        policy = approx.approximation_for(self.config, approximate)
         with self._lock.hold():
             self._check_usable()
+            if policy is not None:
+                approx.require_shift(self._ctx)
             self._check_identity(prefix.manifest)
             raw = _utf8(prefix.text, "prefix")
             text_hash = byte_hash(raw)
-            if self._same_prefix(prefix.manifest, text_hash):
+            if self._same_prefix(prefix.manifest, text_hash) and (policy is not None or self._r.approx_from is None):
                 return self._keep_prefix()
-            _check_segments(prefix.manifest, raw)
+            prefix.manifest.check_tiles(raw)
             add_bos = prefix.manifest.add_bos
             tokens = self._ctx.tokenize(prefix.text, add_bos)
-            lcp, limit = self._reusable_len(prefix.manifest, tokens)
+            lcp, limit = self._reusable_len(prefix.manifest, tokens, exact=policy is None)
             if len(tokens) > self.num_ctx:
                 raise ContextOverflowError("prefix", lcp, len(tokens) - lcp, self.num_ctx)
-            return self._apply_prefix(prefix.manifest, raw, text_hash, tokens, lcp, limit, on_progress)
+            return self._apply_prefix(prefix.manifest, raw, text_hash, tokens, lcp, limit, on_progress, policy)
 
     def prefill_suffix(self, suffix: SuffixInput, on_progress: ProgressFn | None = None) -> SuffixStatus:
         with self._lock.hold():
@@ -209,6 +223,7 @@ class KVSession:
                 model_digest=self.identity.model_digest,
                 runtime_digest=self.identity.runtime_digest,
                 build_id=self.identity.build_id,
+                approximate_from=r.approx_from,
             )
 
     def import_state(self, state: SessionState) -> None:
@@ -239,6 +254,7 @@ class KVSession:
             tokens=list(state.tokens),
             prefix_len=state.prefix_len,
             stable_len=state.stable_len,
+            approx_from=state.approximate_from,
             generated=state.generated,
             manifest=state.manifest,
             text=raw,
@@ -302,12 +318,12 @@ class KVSession:
         r.last_prefix = status
         return status
 
-    def _reusable_len(self, manifest: ContextManifest, tokens: list[int]) -> tuple[int, int]:
-        """(tokens to keep, stable limit). Nothing is reused across a manifest change."""
+    def _reusable_len(self, manifest: ContextManifest, tokens: list[int], exact: bool) -> tuple[int, int]:
+        """(tokens to keep, limit: stable, never approximated for an exact request). Not across manifests."""
         r = self._r
         if r.manifest is None or r.manifest.digest != manifest.digest:
             return 0, 0
-        limit = r.stable_len
+        limit = r.exact_limit() if exact else r.stable_len
         lcp = common_prefix_len(r.tokens[:limit], tokens)
         if len(tokens) - lcp == 1 and lcp > 0:
             lcp -= 1  # never prefill a single token: batch-of-one KV differs from a cold pass
@@ -322,31 +338,34 @@ class KVSession:
         lcp: int,
         limit: int,
         on_progress: ProgressFn | None,
+        policy: ApproxReuse | None = None,
     ) -> PrefixStatus:
         r = self._r
         old_manifest, old_text, old_prefix = r.manifest, r.text, r.prefix_len
-        # reuse stopped only because the next matching resident token came from a decode step
+        # reuse stopped only because the next matching resident token came from a decode step (or was approximate)
         blocked = lcp == limit < len(r.tokens) and lcp < len(tokens) and r.tokens[lcp] == tokens[lcp]
-        dropped = len(r.tokens) - lcp
+        approximated = blocked and policy is None and lcp == r.approx_from
+        offsets = token_byte_offsets(tokens, self._ctx.token_bytes, len(raw), manifest.add_bos and bool(tokens))
+        plan = None if policy is None else approx.plan_for(r, manifest, text_hash, tokens, offsets, lcp, policy)
+        resident_before = len(r.tokens)
         started = time.perf_counter()
         r.manifest = None  # a failure from here on must not leave a reusable half-prefix
-        self._kv.trim(lcp)
-        if len(tokens) > lcp:
-            self._kv.extend(tokens[lcp:], "prefix", on_progress)
+        lcp, kept = approx.write_prefix(self._kv, tokens, lcp, plan, on_progress)
         prefill_s = time.perf_counter() - started
-        offsets = token_byte_offsets(tokens, self._ctx.token_bytes, len(raw), manifest.add_bos and bool(tokens))
+        dropped = resident_before - lcp - kept
         r.prefix_len = r.stable_len = len(tokens)
         r.generated = 0
         r.manifest, r.text, r.text_hash, r.token_hash = manifest, raw, text_hash, hash_token_ids(tokens)
         r.offsets = offsets
         r.segments = segment_residency(manifest, offsets, len(tokens), lcp)
         r.divergence = explain_divergence(
-            old_manifest, old_text, old_prefix, manifest, raw, len(tokens), lcp, limit, offsets, blocked
+            old_manifest, old_text, old_prefix, manifest, raw, len(tokens), lcp, limit, offsets, blocked, approximated
         )
         if self._cold_note and r.divergence is not None and r.divergence.cause == "cold":
             r.divergence = replace(r.divergence, detail=f"{r.divergence.detail} ({self._cold_note})")
         self._cold_note = ""
-        status = self._prefix_status(lcp, len(tokens) - lcp, dropped, False, r.divergence, prefill_s)
+        status = self._prefix_status(lcp + kept, len(tokens) - lcp - kept, dropped, False, r.divergence, prefill_s)
+        status = approx.report_approximation(r, status, plan, policy)
         r.last_prefix = status
         return status
 
@@ -368,6 +387,7 @@ class KVSession:
             byte_hash_hit=hit,
             divergence=div,
             prefill_s=secs,
+            approximate_from=r.approx_from,
         )
 
     # -- decode ------------------------------------------------------------------------------
@@ -384,16 +404,3 @@ def _utf8(text: str, what: str) -> bytes:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise InvalidInputError(f"{what} is not valid UTF-8 (lone surrogate at {exc.start})") from exc
-
-
-def _check_segments(manifest: ContextManifest, raw: bytes) -> None:
-    """Segments, when given, must tile the text exactly: same lengths, same hashes."""
-    if not manifest.segments:
-        return
-    at = 0
-    for seg in manifest.segments:
-        if byte_hash(raw[at : at + seg.byte_len]) != seg.byte_hash:
-            raise ManifestMismatchError(f"segment {seg.name!r} does not match the text at byte {at}", "segments")
-        at += seg.byte_len
-    if at != len(raw):
-        raise ManifestMismatchError(f"segments cover {at} bytes, the text has {len(raw)}", "segments")
