@@ -232,8 +232,8 @@ def _ranges(src: list[int], lcp: int) -> list[tuple[int, int]]:
 def _no_lone_tokens(src: list[int], lcp: int) -> int:
     """Grow every one-token range by a neighbour (a batch of one is never prefilled); returns the new lcp."""
     while True:
-        lone = next(((s, e) for s, e in _ranges(src, lcp) if e - s == 1), None)
-        if lone is None or (lone[0] == 0 and lcp == 0):
+        lone = next(((s, e) for s, e in _ranges(src, lcp) if e - s == 1 and s > 0), None)  # position 0 may be alone
+        if lone is None:
             return lcp
         at = lone[0] - lcp
         if at + 1 < len(src):
