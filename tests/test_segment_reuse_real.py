@@ -69,7 +69,7 @@ def test_a_removed_segment_and_its_return_then_a_restored_state_turns_exact(real
     removed = real.ensure_prefix(real.prefix(WITHOUT_MAP), approximate=TAIL)
     assert removed.approximation is not None and removed.approximation.segments == ("calc", "text")
     assert all(span.shift < 0 for span in removed.approximation.spans)
-    back = real.ensure_prefix(real.prefix(SEGMENTS), approximate=TAIL)  # the map is inserted again: the files move right
+    back = real.ensure_prefix(real.prefix(SEGMENTS), approximate=TAIL)  # the map comes back: the files move right
     assert back.approximation is not None and all(span.shift > 0 for span in back.approximation.spans)
     assert positions(real) == (0, back.prefix_tokens - 1, -1)
     state = real.export_state()
