@@ -110,9 +110,9 @@ class ExactReference:
 
 
 def measure(
-    session: KVSession, segments: tuple[tuple[str, str], ...], suffix: str, ref: Reference, policy: ApproxReuse
+    session: KVSession, segments: tuple[tuple[str, str], ...], suffix: str, ref: Reference, policy: ApproxReuse | bool
 ) -> Quality:
-    """The approximate session (its prefix already made) against the reference, on the same turn."""
+    """The session (its prefix made with policy) against the reference, on the same turn."""
     prefix = session.prefix(segments)
     session.ensure_prefix(prefix, approximate=policy)  # the byte-hash path: the approximate prefix stays
     mine = all_logits(session, [*ref.suffix, *ref.generated[:-1]])

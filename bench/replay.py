@@ -9,6 +9,8 @@ subclassing and registering it in STRATEGIES:
 - `approx-boundary`, `approx-tail`  llamanode with approximate segment reuse (ApproxReuse; the selection
                of recomputed tokens in the name), plus its quality against an exact session on the same turn
                (approx_quality.py: KL over the suffix, greedy agreement of 32 tokens; never timed)
+- `exact-fa`   llamanode exact, with flash attention: its quality against exact reuse without it is the
+               noise floor of the figures above (same math, other kernels); not run by default
 - `llama-server`, `llama-server-reuse64`  llama.cpp's llama-server (`/completion`, `cache_prompt`), plain
                and with `--cache-reuse 64` (llama_server_proc.py); only where the binary is built
 
@@ -198,6 +200,22 @@ class ApproxTailStrategy(ApproxStrategy):
     selection = "tail"
 
 
+class FlashAttnStrategy(LlamanodeStrategy):
+    """Exact reuse with flash attention, measured like the approximate strategies: the numerical noise floor."""
+
+    name = "exact-fa"
+
+    def start(self) -> None:
+        self._session = llamanode.open_session(self.setup.model_path, self.setup.config.replace(flash_attn=True))
+
+    def turn(self, index: int, turn: TraceTurn) -> TurnResult:
+        result = super().turn(index, turn)
+        segments = self.arrange(index, turn)
+        reference = self.setup.reference().get(index, segments, turn.suffix)
+        result.detail.update(measure(self.session, segments, turn.suffix, reference, False).as_dict())
+        return result
+
+
 class AssemblerStrategy(LlamanodeStrategy):
     """llamanode with a ContextAssembler choosing the order (the trace's pins lead)."""
 
@@ -338,9 +356,13 @@ STRATEGIES: dict[str, StrategyFactory] = {
     "assembler": AssemblerStrategy,
     "approx-boundary": ApproxStrategy,
     "approx-tail": ApproxTailStrategy,
+    "exact-fa": FlashAttnStrategy,
     "llama-server": LlamaServerStrategy,
     "llama-server-reuse64": LlamaServerReuseStrategy,
 }
+
+
+NOT_BY_DEFAULT = ("exact-fa",)
 
 
 def unavailable(name: str) -> str | None:
