@@ -117,12 +117,13 @@ def plan_reuse(
         note = f"no run of at least {min_run} matching tokens after the first change"
         return ReusePlan(lcp, n, tuple(runs), (), ((lcp, n),) if n > lcp else (), note)
     _select(src, selection, share)
-    lcp = _no_lone_tokens(src, lcp)
+    exact_lcp, lcp = lcp, _no_lone_tokens(src, lcp)
+    if not any(s >= 0 for s in src):
+        note = "every matching token was selected for recomputation"
+        return ReusePlan(exact_lcp, n, tuple(runs), (), ((exact_lcp, n),), note)
     if not _ranges(src, lcp):  # a shift takes effect at the next prefill: end with one
         src[-2:] = [-1, -1]
-    pieces = _pieces(src, lcp)
-    note = "" if pieces else "every matching token was selected for recomputation"
-    return ReusePlan(lcp, n, tuple(runs), tuple(pieces), tuple(_ranges(src, lcp)), note)
+    return ReusePlan(lcp, n, tuple(runs), tuple(_pieces(src, lcp)), tuple(_ranges(src, lcp)))
 
 
 def _matched_runs(
