@@ -6,11 +6,13 @@ The toy KV of a position is a hash of everything computed before it, and a moved
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from fakes import FakeContext, fake_session
+from fakes import FakeBackend, FakeContext, fake_session
 from llamanode import (
     ApproximationUnavailableError,
     ApproxReuse,
@@ -19,6 +21,8 @@ from llamanode import (
     DecodeConfig,
     InvalidInputError,
     KVSession,
+    SessionPool,
+    registry,
 )
 
 SYSTEM = "You are a careful reviewer. " * 2
@@ -291,3 +295,20 @@ def cold_chain(tokens: list[int], batch: int) -> list[int | None]:
     s, ctx = fake_session(num_ctx=512, num_batch=batch)
     s.ensure_prefix(s.prefix((("x", "".join(chr(t - 3) for t in tokens)),)))
     return list(ctx.hashes)
+
+
+def test_a_pool_fork_and_a_restore_from_disk_carry_the_mark(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(registry, "_loader", lambda path, config: FakeBackend(path))
+    config = Config(num_ctx=1024, num_batch=16, num_ubatch=16)
+    with SessionPool("/fake/model.gguf", config, store_dir=tmp_path) as pool:
+        with pool.session("a") as s:
+            s.ensure_prefix(s.prefix(BEFORE))
+            mark = s.ensure_prefix(s.prefix(EDITED), approximate=LOOSE).approximate_from
+        assert mark is not None
+        pool.fork("a", "fork")
+    with SessionPool("/fake/model.gguf", config, store_dir=tmp_path) as pool:  # both come back from disk
+        for name in ("a", "fork"):
+            with pool.session(name) as s:
+                assert s.explain_context().approximate_from == mark
+                assert s.ensure_prefix(s.prefix(EDITED)).reused_tokens == mark
+                assert answer(s) == cold_answer(EDITED)
