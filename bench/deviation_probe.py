@@ -134,7 +134,8 @@ def main() -> int:
                     policy = ApproxReuse(selection="tail", share=args.share)
                 status = s.ensure_prefix(s.prefix(turn.segments), approximate=policy)
                 approx = status.approximation
-                assert approx is not None
+                if approx is None:  # the prefix did not change: nothing to select
+                    continue
                 picked = 0
                 if selection == "deviation" and approx.spans:
                     probe = KeyProbe(s, args.layer)

@@ -184,13 +184,12 @@ class ApproxStrategy(LlamanodeStrategy):
         return result
 
     def detail(self, index: int, status: PrefixStatus) -> dict[str, Any]:
-        approx = status.approximation
-        assert approx is not None
+        approx = status.approximation  # None when the prefix was unchanged (the byte-hash path)
         figures = {
-            "approx_reused": approx.reused_tokens,
-            "approx_recomputed": approx.recomputed_tokens,
-            "approx_segments": list(approx.segments),
-            "approx_note": approx.note,
+            "approx_reused": approx.reused_tokens if approx else 0,
+            "approx_recomputed": approx.recomputed_tokens if approx else 0,
+            "approx_segments": list(approx.segments) if approx else [],
+            "approx_note": approx.note if approx else "prefix unchanged",
         }
         return {**super().detail(index, status), **figures}
 
