@@ -67,3 +67,12 @@ def test_no_range_of_one_token_after_position_zero() -> None:
     plan = plan_reuse(old, spans(("x", 5)), new, spans(("x", 4)), 0, "boundary", 0.0, 2)
     assert all(end - start >= 2 or start == 0 for start, end in plan.computed)
     assert plan.computed == ((2, 4),) and plan.pieces == (Piece(1, 0, 2),)
+
+
+def test_a_segment_edited_twice_keeps_the_run_between_the_edits_too() -> None:
+    edited = [*B[:10], 999, *B[11:30], 998, 997, *B[31:]]
+    plan = plan_reuse(A + B + C, spans(("a", 10), ("b", 40), ("c", 50)), A + edited + C,
+                      spans(("a", 10), ("b", 41), ("c", 50)), 20, "boundary", 0.0, 8)  # fmt: skip
+    assert [(r.old_start, r.new_start, r.length) for r in plan.runs] == [(21, 21, 19), (41, 42, 9), (50, 51, 50)]
+    # the one changed token at 20 takes 21 along (never a batch of one); b's middle and tail + c are kept
+    assert plan.pieces == (Piece(22, 22, 18), Piece(41, 42, 59)) and plan.computed == ((20, 22), (40, 42))

@@ -1,10 +1,11 @@
 """Planning approximate segment reuse: which resident KV to keep, at which new positions, and what to prefill.
 
 After the exact common prefix, segments are matched by name (an unchanged one also by hash). A matched
-segment keeps its matching head and tail tokens ("runs"); the runs kept are the heaviest chain that keeps
-old and new order (cells are moved, never reordered). Then a share of the kept tokens is selected for
-recomputation (`boundary`: the first tokens after each discontinuity; `tail`: the last kept tokens), and
-every other position is prefilled. Pure functions over token ids: segment_reuse.py applies the plan.
+segment keeps the runs of tokens it shares with its resident version (difflib's matching blocks); the runs
+kept are the heaviest chain that keeps old and new order (cells are moved, never reordered). Then a share
+of the kept tokens is selected for recomputation (`boundary`: the first tokens after each discontinuity;
+`tail`: the last kept tokens), and every other position is prefilled. Pure functions over token ids:
+segment_reuse.py applies the plan.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import math
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
+from difflib import SequenceMatcher
 
 from .manifest import ContextManifest
-from .prefix import common_prefix_len
 from .residency import segment_starts
 
 __all__ = ["Piece", "ReusePlan", "Run", "Span", "plan_reuse", "segment_spans"]
@@ -139,18 +140,18 @@ def _matched_runs(
         same = [i for i in named if old_spans[i].byte_hash == new.byte_hash]
         pick = (same or named)[0]
         unused.remove(pick)
-        runs += _head_and_tail(old_tokens, old_spans[pick], new_tokens, new)
+        runs += _shared_runs(old_tokens, old_spans[pick], new_tokens, new)
     return runs
 
 
-def _head_and_tail(old_tokens: Sequence[int], old: Span, new_tokens: Sequence[int], new: Span) -> list[Run]:
+def _shared_runs(old_tokens: Sequence[int], old: Span, new_tokens: Sequence[int], new: Span) -> list[Run]:
+    """The runs a segment shares with its resident version, in order; an unchanged one is one run."""
     a, b = old_tokens[old.start : old.end], new_tokens[new.start : new.end]
-    head = common_prefix_len(a, b)
-    tail = common_prefix_len(a[head:][::-1], b[head:][::-1])
-    runs = [Run(new.name, old.start, new.start, head)] if head else []
-    if tail:
-        runs.append(Run(new.name, old.end - tail, new.end - tail, tail))
-    return runs
+    if a == b:
+        return [Run(new.name, old.start, new.start, len(a))] if a else []
+    # difflib: the longest matching blocks, in order and never crossing (autojunk off: code repeats tokens)
+    blocks = SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks()
+    return [Run(new.name, old.start + m.a, new.start + m.b, m.size) for m in blocks if m.size]
 
 
 def _clip(run: Run, lcp: int, old_len: int) -> Run:
