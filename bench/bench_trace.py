@@ -11,6 +11,10 @@ changed since the turn before, i.e. what exact reuse recomputes if every changed
 Between turns every strategy gets the agent's think time (--think); `prewarm` prefills the upcoming
 prefix in it, so its `recomputed` counts what the turn itself still prefilled after the think time, and
 `prewarmed` what the prewarm had prefilled before the turn joined it. TTFT is measured after the think time.
+Approximate strategies also report their quality against exact reuse on the same turn (approx_quality.py):
+mean KL over the suffix positions and greedy agreement of 32 generated tokens (teacher-forced and free).
+By default every strategy runs that can run here (llama-server ones need bench/build_llama_server.sh), but
+`exact-fa` (the noise floor of the quality figures: exact reuse with flash attention, measured the same way).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import llamanode
 from common import machine_info, md_table, ratio, write_json
 from git_trace import Trace, add_trace_options, build_trace, load_trace, options_from_args
 from llamanode import Config
-from replay import STRATEGIES, ReplaySetup, TurnResult, replay
+from replay import NOT_BY_DEFAULT, STRATEGIES, ReplaySetup, TurnResult, replay, unavailable
 
 BASELINE = "llama"
 
@@ -88,12 +92,54 @@ def totals(results: Sequence[TurnResult], names: Sequence[str]) -> dict[str, dic
             "ttft_s": sum(r.ttft_s for r in mine),
             "warm_ttft_s": sum(r.ttft_s for r in warm),  # every turn after the cold first one
             "warm_recomputed_tokens": sum(r.recomputed_tokens for r in warm),
+            **quality_totals(mine),
         }
     base = out.get(BASELINE)
     for row in out.values():
         for key in ("ttft_s", "warm_ttft_s", "recomputed_tokens", "warm_recomputed_tokens"):
             row[f"{key}_vs_{BASELINE}"] = ratio(row[key], base[key]) if base else float("nan")
     return out
+
+
+QUALITY = ("kl", "agree_forced", "agree_free")
+
+
+def quality_totals(results: Sequence[TurnResult]) -> dict[str, float]:
+    """Means over the turns (and the worst turn) of an approximate strategy's quality figures."""
+    rows = [r.detail for r in results if "kl" in r.detail]
+    if not rows:
+        return {}
+    out = {f"mean_{key}": sum(row[key] for row in rows) / len(rows) for key in QUALITY}
+    out["max_kl"] = max(row["kl"] for row in rows)
+    out["min_agree_forced"] = min(row["agree_forced"] for row in rows)
+    return out
+
+
+def quality_report(results: Sequence[TurnResult], summary: dict[str, dict[str, float]]) -> str:
+    rows = [
+        [r.turn, r.strategy, r.recomputed_tokens, r.detail.get("approx_reused", 0),
+         r.detail.get("approx_recomputed", 0), r.ttft_s * 1000, r.detail["kl"], r.detail["agree_forced"],
+         r.detail["agree_free"], ", ".join(r.detail.get("approx_segments", ())) or r.detail.get("approx_note", "")]
+        for r in sorted(results, key=lambda r: (r.turn, r.strategy))
+        if "kl" in r.detail
+    ]  # fmt: skip
+    if not rows:
+        return ""
+    head = ["turn", "strategy", "recomputed", "kept approx.", "of which recomputed", "TTFT ms", "KL",
+            "agree (forced)", "agree (free)", "approximated"]  # fmt: skip
+    totals = [
+        [name, int(t["recomputed_tokens"]), t["ttft_s"], t[f"ttft_s_vs_{BASELINE}"], t["mean_kl"], t["max_kl"],
+         t["mean_agree_forced"], t["min_agree_forced"], t["mean_agree_free"]]
+        for name, t in summary.items()
+        if "mean_kl" in t
+    ]  # fmt: skip
+    total_head = ["strategy", "recomputed", "TTFT s", f"vs {BASELINE}", "mean KL", "max KL", "mean agree (forced)",
+                  "min agree (forced)", "mean agree (free)"]  # fmt: skip
+    return (
+        "\n### Approximate reuse: quality against exact reuse on the same turn (exact-fa: the noise floor)\n\n"
+        f"{md_table(head, rows)}\n\n"
+        f"{md_table(total_head, totals)}\n"
+    )
 
 
 def report(
@@ -142,7 +188,7 @@ def report(
     head += ["warm TTFT s", "vs"]
     return (
         f"### Trace: {len(trace.turns)} turns of {trace.repo} at {trace.head[:12]}\n\n{turns}\n\n"
-        f"### Totals (warm: turns after the first)\n\n{md_table(head, rows)}\n"
+        f"### Totals (warm: turns after the first)\n\n{md_table(head, rows)}\n" + quality_report(results, summary)
     )
 
 
@@ -154,24 +200,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--trace", type=Path, default=None, help="replay a saved trace (its first --turns turns)")
     parser.add_argument("--save-trace", type=Path, default=None, help="also write the trace that was replayed")
     parser.add_argument(
-        "--strategies", default=",".join(STRATEGIES), help=f"comma-separated, from {', '.join(STRATEGIES)}"
+        "--strategies", default="", help=f"comma-separated, from {', '.join(STRATEGIES)} (default: all that can run)"
     )
     parser.add_argument(
         "--threads", type=int, default=os.cpu_count() or 1, help="threads for every system (%(default)s)"
     )
     parser.add_argument("--num-ctx", type=int, default=8192, help="context size for every system (%(default)s)")
     parser.add_argument("--think", type=float, default=5.0, help="agent think time between turns, s (%(default)s)")
+    parser.add_argument("--approx-share", type=float, default=0.1, help="approx-*: recomputed share (%(default)s)")
+    parser.add_argument("--approx-min-run", type=int, default=32, help="approx-*: shortest kept run (%(default)s)")
     parser.add_argument("--json", type=Path, default=None, help="write results (and a .md next to it)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.strategies.split(",") if n.strip()]
     unknown = [n for n in names if n not in STRATEGIES]
     if unknown:
         parser.error(f"unknown strategies {unknown}; known: {', '.join(STRATEGIES)}")
+    if not names:
+        names = [n for n in STRATEGIES if unavailable(n) is None and n not in NOT_BY_DEFAULT]
+        for n in STRATEGIES:
+            if unavailable(n) is not None:
+                log(f"skipping {n}: {unavailable(n)}")
+    missing = {n: unavailable(n) for n in names if unavailable(n) is not None}
+    if missing:
+        parser.error(f"cannot run {missing}")
     trace = load_trace(args.trace) if args.trace else build_trace(args.repo, options_from_args(args))
     trace = Trace(trace.repo, trace.head, trace.options, trace.turns[: args.turns])
     if args.save_trace:
         write_json(args.save_trace, trace.to_json())
-    setup = ReplaySetup(str(llamanode.default_model_path()), Config(num_ctx=args.num_ctx, num_threads=args.threads))
+    config = Config(num_ctx=args.num_ctx, num_threads=args.threads)
+    setup = ReplaySetup(str(llamanode.default_model_path()), config, args.approx_share, args.approx_min_run)
     tok = vocab(setup.model_path)
     check_fits(trace, tok, args.num_ctx)
     oracle = oracle_rows(trace, tok)
@@ -182,7 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"turn {r.turn} {r.strategy:>10}: reused {r.reused_tokens}/{r.prefix_tokens}, TTFT {r.ttft_s * 1000:.0f} ms"
         )
 
-    results = replay(trace, [STRATEGIES[n](setup) for n in names], args.think, show)
+    try:
+        results = replay(trace, [STRATEGIES[n](setup) for n in names], args.think, show)
+    finally:
+        setup.close()
     summary = totals(results, names)
     text = report(trace, results, summary, oracle)
     print(text)

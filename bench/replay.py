@@ -7,6 +7,13 @@ subclassing and registering it in STRATEGIES:
 - `assembler`  llamanode, segments ordered by a ContextAssembler learning this trace's volatility
 - `prewarm`    llamanode in the trace's order, prewarming each turn's prefix during the think time before it
 - `llama`      llama-cpp-python's `Llama`, the same prompt text, its own prefix-match reuse (the baseline)
+- `approx-boundary`, `approx-tail`  llamanode with approximate segment reuse (ApproxReuse; the selection
+               of recomputed tokens in the name), plus its quality against an exact session on the same turn
+               (approx_quality.py: KL over the suffix, greedy agreement of 32 tokens; never timed)
+- `exact-fa`   llamanode exact, with flash attention: its quality against exact reuse without it is the
+               noise floor of the figures above (same math, other kernels); not run by default
+- `llama-server`, `llama-server-reuse64`  llama.cpp's llama-server (`/completion`, `cache_prompt`), plain
+               and with `--cache-reuse 64` (llama_server_proc.py); only where the binary is built
 
 Hooks for what comes next: `think(index, upcoming, seconds)` runs between two turns with the agent's
 think time and may look at the upcoming turn's segments (an agent knows which files changed before it
@@ -23,13 +30,26 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import llamanode
+from approx_quality import ExactReference, measure
 from common import now
 from git_trace import Trace, TraceTurn
-from llamanode import Config, ContextAssembler, DecodeConfig, PrefixStatus, PrewarmHandle, Session
+from llama_server_proc import LlamaServer, llama_server_missing
+from llamanode import (
+    ApproxReuse,
+    Config,
+    ContextAssembler,
+    DecodeConfig,
+    KVSession,
+    PrefixInput,
+    PrefixStatus,
+    PrewarmHandle,
+)
 
 __all__ = [
     "STRATEGIES",
+    "ApproxStrategy",
     "AssemblerStrategy",
+    "LlamaServerStrategy",
     "LlamaStrategy",
     "LlamanodeStrategy",
     "PrewarmStrategy",
@@ -46,6 +66,20 @@ class ReplaySetup:
 
     model_path: str
     config: Config  # llamanode's; Llama gets the same num_ctx, batch sizes, threads and flash attention
+    approx_share: float = 0.1  # ApproxReuse.share of the approximate strategies
+    approx_min_run: int = 32  # ApproxReuse.min_run
+    shared: dict[str, Any] = field(default_factory=dict, compare=False)  # e.g. one exact reference for all
+
+    def reference(self) -> ExactReference:
+        """The exact session approximate strategies are measured against (opened once, on first use)."""
+        if "reference" not in self.shared:
+            self.shared["reference"] = ExactReference(self.model_path, self.config)
+        ref: ExactReference = self.shared["reference"]
+        return ref
+
+    def close(self) -> None:
+        if "reference" in self.shared:
+            self.shared.pop("reference").close()
 
 
 @dataclass(frozen=True)
@@ -81,11 +115,11 @@ class LlamanodeStrategy:
 
     def __init__(self, setup: ReplaySetup) -> None:
         self.setup = setup
-        self._session: Session | None = None
+        self._session: KVSession | None = None
         self._arranged: dict[int, tuple[tuple[str, str], ...]] = {}
 
     @property
-    def session(self) -> Session:
+    def session(self) -> KVSession:
         assert self._session is not None, "start() first"
         return self._session
 
@@ -112,7 +146,7 @@ class LlamanodeStrategy:
         segments = self.arrange(index, turn)
         session = self.session
         started = now()
-        status = session.ensure_prefix(session.prefix(segments))
+        status = self.ensure(session, session.prefix(segments))
         suffix = session.prefill_suffix(session.suffix(turn.suffix))
         stream = session.decode(DecodeConfig(max_tokens=1))
         first = next(stream)
@@ -132,9 +166,65 @@ class LlamanodeStrategy:
             detail=self.detail(index, status),
         )
 
+    def ensure(self, session: KVSession, prefix: PrefixInput) -> PrefixStatus:
+        return session.ensure_prefix(prefix)
+
     def detail(self, index: int, status: PrefixStatus) -> dict[str, Any]:
         why = status.divergence
         return {"divergence": None if why is None else {"cause": why.cause, "segment": why.segment}}
+
+
+class ApproxStrategy(LlamanodeStrategy):
+    """llamanode with approximate segment reuse (one selection per strategy); quality measured after the turn."""
+
+    name = "approx-boundary"
+    selection = "boundary"
+
+    def __init__(self, setup: ReplaySetup) -> None:
+        super().__init__(setup)
+        self.policy = ApproxReuse(selection=self.selection, share=setup.approx_share, min_run=setup.approx_min_run)
+
+    def ensure(self, session: KVSession, prefix: PrefixInput) -> PrefixStatus:
+        return session.ensure_prefix(prefix, approximate=self.policy)
+
+    def turn(self, index: int, turn: TraceTurn) -> TurnResult:
+        result = super().turn(index, turn)
+        segments = self.arrange(index, turn)
+        reference = self.setup.reference().get(index, segments, turn.suffix)
+        quality = measure(self.session, segments, turn.suffix, reference, self.policy)
+        result.detail.update(quality.as_dict())
+        return result
+
+    def detail(self, index: int, status: PrefixStatus) -> dict[str, Any]:
+        approx = status.approximation  # None when the prefix was unchanged (the byte-hash path)
+        figures = {
+            "approx_reused": approx.reused_tokens if approx else 0,
+            "approx_recomputed": approx.recomputed_tokens if approx else 0,
+            "approx_segments": list(approx.segments) if approx else [],
+            "approx_note": approx.note if approx else "prefix unchanged",
+        }
+        return {**super().detail(index, status), **figures}
+
+
+class ApproxTailStrategy(ApproxStrategy):
+    name = "approx-tail"
+    selection = "tail"
+
+
+class FlashAttnStrategy(LlamanodeStrategy):
+    """Exact reuse with flash attention, measured like the approximate strategies: the numerical noise floor."""
+
+    name = "exact-fa"
+
+    def start(self) -> None:
+        self._session = llamanode.open_session(self.setup.model_path, self.setup.config.replace(flash_attn=True))
+
+    def turn(self, index: int, turn: TraceTurn) -> TurnResult:
+        result = super().turn(index, turn)
+        segments = self.arrange(index, turn)
+        reference = self.setup.reference().get(index, segments, turn.suffix)
+        result.detail.update(measure(self.session, segments, turn.suffix, reference, False).as_dict())
+        return result
 
 
 class AssemblerStrategy(LlamanodeStrategy):
@@ -235,6 +325,55 @@ class LlamaStrategy:
         )
 
 
+class LlamaServerStrategy:
+    """llama.cpp's llama-server on the same prompt text (one slot, cache_prompt), optionally --cache-reuse."""
+
+    name = "llama-server"
+    cache_reuse = 0
+
+    def __init__(self, setup: ReplaySetup) -> None:
+        self.setup = setup
+        self._server: LlamaServer | None = None
+
+    def start(self) -> None:
+        why = llama_server_missing()
+        if why is not None:
+            raise RuntimeError(f"{self.name}: {why}")
+        self._server = LlamaServer(self.setup.model_path, self.setup.config, self.cache_reuse)
+        self._server.start()
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+
+    def think(self, index: int, upcoming: TraceTurn, seconds: float) -> None:
+        """llama-server does nothing between requests."""
+
+    def turn(self, index: int, turn: TraceTurn) -> TurnResult:
+        server = self._server
+        assert server is not None, "start() first"
+        prefix_tokens = server.count(turn.prefix_text)
+        done = server.complete_one(turn.prefix_text + turn.suffix)
+        reused = min(done.cached, prefix_tokens)  # prompt-level reuse, counted against the prefix
+        return TurnResult(
+            strategy=self.name,
+            turn=index,
+            commit=turn.commit,
+            prefix_tokens=prefix_tokens,
+            reused_tokens=reused,
+            recomputed_tokens=prefix_tokens - reused,
+            suffix_tokens=done.cached + done.processed - prefix_tokens,
+            ttft_s=done.seconds,
+            first_token=done.text,
+            detail={"cache_n": done.cached, "prompt_n": done.processed},
+        )
+
+
+class LlamaServerReuseStrategy(LlamaServerStrategy):
+    name = "llama-server-reuse64"
+    cache_reuse = 64
+
+
 def _reused_by_llama(resident: Sequence[int], tokens: Sequence[int]) -> int:
     """What Llama.generate keeps: the common prefix, one less when it covers the whole prompt."""
     n = 0
@@ -251,7 +390,20 @@ STRATEGIES: dict[str, StrategyFactory] = {
     "exact": LlamanodeStrategy,
     "assembler": AssemblerStrategy,
     "prewarm": PrewarmStrategy,
+    "approx-boundary": ApproxStrategy,
+    "approx-tail": ApproxTailStrategy,
+    "exact-fa": FlashAttnStrategy,
+    "llama-server": LlamaServerStrategy,
+    "llama-server-reuse64": LlamaServerReuseStrategy,
 }
+
+
+NOT_BY_DEFAULT = ("exact-fa",)
+
+
+def unavailable(name: str) -> str | None:
+    """Why a strategy cannot run on this machine, or None."""
+    return llama_server_missing() if name.startswith("llama-server") else None
 
 
 def replay(

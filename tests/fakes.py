@@ -7,7 +7,10 @@ The toy model mimics what matters about llama.cpp for reuse:
   decoded in a (micro-)batch of one after position 0 is "tainted", like the single-token
   kernel path whose KV differs from a batched prefill (docs: measured-facts);
 - logits are the hash of the last position, and they go stale after a trim; sampling from
-  stale logits is an error (llama.cpp would silently sample from old logits).
+  stale logits is an error (llama.cpp would silently sample from old logits);
+- shift() moves cells with their hashes, so moved KV keeps what it was computed from (approximate
+  reuse is visible: a moved cell's hash differs from a cold pass); a prefill may fill a gap, its
+  hashes chaining from the cell before it. A context made with can_shift=False refuses shifts.
 Every prefill batch and micro-batch is recorded so tests can check chunking.
 """
 
@@ -93,10 +96,13 @@ class FakeContext:
     n_ubatch: int = 8
     add_bos: bool = False
     eos_every: int = 29  # greedy EOS when the last logits hash is divisible by this; 0 = never
+    can_shift: bool = True
     identity: BackendIdentity = field(init=False)
-    kv: list[tuple[int, bool]] = field(default_factory=list)  # (token, tainted) per position
-    hashes: list[int] = field(default_factory=list)
+    kv: list[tuple[int, bool] | None] = field(default_factory=list)  # (token, tainted) per position; None: a gap
+    hashes: list[int | None] = field(default_factory=list)
+    shift_pending: bool = False
     logits_live: bool = False
+    logits_at: int = -1
     batches: list[Batch] = field(default_factory=list)
     ubatches: list[Batch] = field(default_factory=list)
     tokenize_calls: int = 0
@@ -125,6 +131,7 @@ class FakeContext:
         if keep < len(self.kv):
             del self.kv[keep:]
             del self.hashes[keep:]
+            self._drop_trailing_gaps()
             self.logits_live = False
 
     def prefill(self, tokens: Sequence[int], start: int) -> None:
@@ -132,15 +139,59 @@ class FakeContext:
         if len(tokens) > self.n_batch:
             raise SessionFatalError(f"batch of {len(tokens)} exceeds n_batch {self.n_batch}")
         assert tokens, "empty batch"
-        assert start == len(self.kv), f"batch at {start} but {len(self.kv)} cells are resident"
+        assert start <= len(self.kv) and None not in self.kv[:start], f"batch at {start} after a gap or past the end"
+        assert all(self._free(p) for p in range(start, start + len(tokens))), f"batch at {start} overwrites cells"
         assert start + len(tokens) <= self.n_ctx, "past n_ctx"
         self._decode(tokens, start, "prefill")
 
     def step(self, token: int, position: int) -> None:
         self._check_open()
         assert position == len(self.kv), f"step at {position} but {len(self.kv)} cells are resident"
+        assert None not in self.kv, "a step after a gap"
         assert position < self.n_ctx, "past n_ctx"
         self._decode([token], position, "step")
+
+    def remove(self, start: int, end: int) -> None:
+        self._check_open()
+        for p in range(start, min(end, len(self.kv))):
+            self.kv[p] = self.hashes[p] = None
+        self._drop_trailing_gaps()
+        self.logits_live = False
+
+    def shift(self, start: int, end: int, delta: int) -> None:
+        self._check_open()
+        if not self.can_shift:
+            raise SessionFatalError("the toy context cannot shift")
+        moving = [(p, self.kv[p], self.hashes[p]) for p in range(start, min(end, len(self.kv))) if self.kv[p]]
+        for p, _, _ in moving:
+            self.kv[p] = self.hashes[p] = None
+        for p, cell, h in moving:
+            assert p + delta >= 0 and self._free(p + delta), f"shift onto occupied position {p + delta}"
+            self._place(p + delta, cell, h)
+        self._drop_trailing_gaps()
+        self.shift_pending = self.shift_pending or (delta != 0 and bool(moving))
+        self.logits_live = False
+
+    def shift_unsupported(self) -> str | None:
+        return None if self.can_shift else "the toy context cannot shift"
+
+    def positions(self) -> list[int]:
+        """Positions that hold a cell."""
+        return [p for p, cell in enumerate(self.kv) if cell is not None]
+
+    def _free(self, p: int) -> bool:
+        return p >= len(self.kv) or self.kv[p] is None
+
+    def _place(self, p: int, cell: tuple[int, bool] | None, h: int | None) -> None:
+        while len(self.kv) <= p:
+            self.kv.append(None)
+            self.hashes.append(None)
+        self.kv[p], self.hashes[p] = cell, h
+
+    def _drop_trailing_gaps(self) -> None:
+        while self.kv and self.kv[-1] is None:
+            self.kv.pop()
+            self.hashes.pop()
 
     def _decode(self, tokens: Sequence[int], start: int, kind: str) -> None:
         self.batches.append(Batch(start, len(tokens), kind))
@@ -150,16 +201,20 @@ class FakeContext:
             pos = start + at
             self.ubatches.append(Batch(pos, len(micro), kind))
             tainted = len(micro) == 1 and pos > 0
-            for token in micro:
-                prev = self.hashes[-1] if self.hashes else 0
-                self.kv.append((token, tainted))
-                self.hashes.append(_mix(prev, token, tainted))
+            for i, token in enumerate(micro):
+                prev = self.hashes[pos + i - 1] if pos + i > 0 else 0
+                assert prev is not None
+                self._place(pos + i, (token, tainted), _mix(prev, token, tainted))
             at += len(micro)
         self.logits_live = True
+        self.logits_at = start + len(tokens) - 1
+        self.shift_pending = False
 
     def last_logits(self) -> int:
         assert self.logits_live and self.hashes, "sampling from stale logits"
-        return self.hashes[-1]
+        h = self.hashes[self.logits_at]
+        assert h is not None and self.logits_at == len(self.kv) - 1, "sampling from logits of a gap-filling batch"
+        return h
 
     def new_sampler(self, config: DecodeConfig) -> FakeSampler:
         self._check_open()
@@ -169,19 +224,23 @@ class FakeContext:
     # state
     def state_bytes(self) -> bytes:
         self._check_open()
-        return json.dumps({"kv": self.kv}).encode()
+        if self.shift_pending:
+            raise SnapshotError("a shift is pending until the next prefill")
+        assert None not in self.kv, "exporting a context with gaps"
+        return json.dumps({"kv": self.kv, "hashes": self.hashes}).encode()
 
     def load_state(self, data: bytes) -> None:
         self._check_open()
         try:
-            kv = [(int(t), bool(x)) for t, x in json.loads(data)["kv"]]
+            raw = json.loads(data)
+            kv: list[tuple[int, bool] | None] = [(int(t), bool(x)) for t, x in raw["kv"]]
+            hashes: list[int | None] = [int(h) for h in raw["hashes"]]
+            if len(hashes) != len(kv):
+                raise ValueError("kv and hashes differ in length")
         except (ValueError, KeyError, TypeError) as exc:
             self.trim(0)
             raise SnapshotError(f"toy state refused: {exc}") from exc
-        self.kv, self.hashes, self.logits_live = [], [], False
-        for token, tainted in kv:
-            self.kv.append((token, tainted))
-            self.hashes.append(_mix(self.hashes[-1] if self.hashes else 0, token, tainted))
+        self.kv, self.hashes, self.logits_live, self.shift_pending = kv, hashes, False, False
 
     def kv_bytes(self) -> int:
         return 16 * self.n_ctx

@@ -117,11 +117,18 @@ def test_replay_smoke(scratch: tuple[Path, list[str]], tmp_path: Path) -> None:
     out = tmp_path / "replay.json"
     command = [sys.executable, str(REPO / "bench" / "bench_trace.py"), "--repo", str(repo), "--turns", "2"]
     command += ["--threads", "1", "--num-ctx", "2048", "--json", str(out)]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    command += ["--strategies", "llama,exact,assembler,prewarm,approx-boundary,approx-tail", "--approx-min-run", "8"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads(out.read_text())
-    assert set(results["totals"]) == {"llama", "exact", "assembler", "prewarm"}
-    assert len(results["turns"]) == 8 and len(results["oracle"]) == 2
+    assert set(results["totals"]) == {"llama", "exact", "assembler", "prewarm", "approx-boundary", "approx-tail"}
+    assert len(results["turns"]) == 12 and len(results["oracle"]) == 2
+    for name in ("approx-boundary", "approx-tail"):
+        cold, warm = (next(r for r in results["turns"] if (r["strategy"], r["turn"]) == (name, i)) for i in (0, 1))
+        assert (cold["detail"]["kl"], cold["detail"]["agree_forced"]) == (0.0, 1.0)  # a cold turn is exact
+        assert warm["detail"]["kl"] >= 0 and 0 <= warm["detail"]["agree_forced"] <= 1
+        assert results["totals"][name]["mean_agree_free"] <= 1
+    assert "### Approximate reuse" in proc.stdout
     for row in results["turns"]:
         assert row["reused_tokens"] + row["recomputed_tokens"] == row["prefix_tokens"]
     by = {(r["strategy"], r["turn"]): r for r in results["turns"]}

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import sqlite3
+import struct
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,8 @@ from llamanode.identity import require_identity
 from llamanode.manifest import ContextManifest, ManifestSegment
 from llamanode.session import SessionState
 from llamanode.snapshot import (
+    FORMAT_VERSION,
+    MAGIC,
     TOKEN_BLOCK,
     SnapshotIdentity,
     encode_header,
@@ -182,6 +186,44 @@ def test_manifest_identity_is_checked_too(store: SnapshotStore) -> None:
     with pytest.raises(SnapshotMismatchError) as info:
         store.load("ws-1", IDENTITY)
     assert info.value.field == "manifest.model_digest"
+
+
+def test_the_approximate_mark_round_trips_in_format_2(store: SnapshotStore) -> None:
+    state = dataclasses.replace(make_state(), approximate_from=120)
+    store.put("ws-1", state, IDENTITY)
+    _, loaded = store.load("ws-1", IDENTITY)
+    header, _ = parse_header(snap_path(store, "ws-1").read_bytes())
+    assert header.format_version == FORMAT_VERSION == 2 and header.approximate_from == 120
+    assert loaded == state
+
+
+def test_a_version_1_snapshot_still_loads_as_exact(store: SnapshotStore) -> None:
+    """Version 1 (before approximate reuse) wrote no approximate_from: its KV is exact."""
+    state = make_state()
+    store.put("ws-1", state, IDENTITY)
+    path = snap_path(store, "ws-1")
+    data = path.read_bytes()
+    header, offset = parse_header(data)
+    fields = {**dataclasses.asdict(header), "format_version": 1}
+    del fields["approximate_from"]
+    body = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()  # the version-1 encoder
+    path.write_bytes(MAGIC + struct.pack("<I", len(body)) + body + hashlib.sha256(body).digest() + data[offset:])
+    db = sqlite3.connect(path.parent.parent / INDEX_FILE)
+    db.execute("UPDATE snapshots SET size_bytes=? WHERE file=?", (path.stat().st_size, path.name))
+    db.commit()
+    db.close()
+    assert b"approximate_from" not in path.read_bytes()[: offset + 64]
+    _, loaded = store.load("ws-1", IDENTITY)
+    assert parse_header(path.read_bytes())[0].format_version == 1
+    assert loaded == state and loaded.approximate_from is None
+
+
+@pytest.mark.parametrize("mark", [-1, 300, "7"])
+def test_an_impossible_approximate_mark_is_corrupt(store: SnapshotStore, mark: object) -> None:
+    store.put("ws-1", make_state(), IDENTITY)
+    rewrite_header(snap_path(store, "ws-1"), approximate_from=mark)
+    with pytest.raises(SnapshotCorruptError, match="approximate_from"):
+        store.load("ws-1", IDENTITY)
 
 
 def test_inconsistent_header_is_corrupt(store: SnapshotStore) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from .assembler import AssemblerPolicy, Assembly, AssemblyReport, ContextAssembler, SegmentMove, SegmentVolatility
 from .backends.base import Backend, ModelInfo
 from .backends.llamacpp import register as _register_llamacpp
-from .config import Config, DecodeConfig
+from .config import ApproxReuse, Config, DecodeConfig
 from .errors import (
+    ApproximationUnavailableError,
     ConfigError,
     ContextOverflowError,
     GrammarError,
@@ -31,6 +32,8 @@ from .pool import PoolStats, SessionPool, WorkspaceInfo
 from .prewarm import PrewarmHandle
 from .registry import embed, embed_available, load_backend, open_session, session_available, set_backend
 from .session import (
+    ApproximatedSpan,
+    Approximation,
     ContextReport,
     DecodeReport,
     DecodeStream,
@@ -52,6 +55,10 @@ from .session import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ApproxReuse",
+    "ApproximatedSpan",
+    "Approximation",
+    "ApproximationUnavailableError",
     "AssemblerPolicy",
     "Assembly",
     "AssemblyReport",

@@ -10,7 +10,16 @@ from typing import Any, TypeVar
 
 from .errors import ConfigError
 
-__all__ = ["KV_CACHE_TYPES", "PROMPT_FORMATS", "ROPE_SCALINGS", "WEIGHT_REPACK_SETTINGS", "Config", "DecodeConfig"]
+__all__ = [
+    "APPROX_SELECTIONS",
+    "KV_CACHE_TYPES",
+    "PROMPT_FORMATS",
+    "ROPE_SCALINGS",
+    "WEIGHT_REPACK_SETTINGS",
+    "ApproxReuse",
+    "Config",
+    "DecodeConfig",
+]
 
 KV_CACHE_TYPES = ("", "f16", "q8_0", "q4_0")
 WEIGHT_REPACK_SETTINGS = ("auto", "on", "off")
@@ -19,6 +28,9 @@ ROPE_SCALINGS = ("auto", "none", "yarn", "linear")
 # the caller sends rendered text and names its template with prompt_template_digest. llamanode renders
 # no other format, so it accepts no other name (the template digest keeps KV of one apart from another).
 PROMPT_FORMATS = ("model", "caller")
+# Which approximately reused tokens are prefilled again: the first ones after each change (boundary),
+# or the last ones before the suffix (tail). See segment_reuse.py.
+APPROX_SELECTIONS = ("boundary", "tail")
 _T = TypeVar("_T", bound="_Options")
 
 
@@ -53,6 +65,29 @@ def _require_int(name: str, value: object, low: int, high: int | None = None) ->
     _require(high is None or value <= high, f"{name} must be <= {high}, got {value}")
 
 
+def _require_share(name: str, value: object) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+    _require(ok, f"{name} must be a number in [0, 1], got {value!r}")
+
+
+@dataclass(frozen=True)
+class ApproxReuse(_Options):
+    """Approximate segment reuse (opt-in): after an edit, keep the KV of the unchanged tokens after it,
+    moved to their new positions, and prefill only what changed plus a share of the kept tokens.
+
+    The answer may differ from an exact prefill; every report says what was approximated.
+    """
+
+    selection: str = "boundary"  # one of APPROX_SELECTIONS
+    share: float = 0.1  # of the approximately kept tokens, this share is prefilled again
+    min_run: int = 32  # a shorter run of matching tokens is prefilled, not kept
+
+    def __post_init__(self) -> None:
+        _require(self.selection in APPROX_SELECTIONS, f"selection must be one of {APPROX_SELECTIONS}")
+        _require_share("share", self.share)
+        _require_int("min_run", self.min_run, 2)
+
+
 @dataclass(frozen=True)
 class Config(_Options):
     """Runtime configuration of a session. Defaults are measured (docs/benchmarks.md).
@@ -79,6 +114,11 @@ class Config(_Options):
     # RoPE beyond the trained window (llamanode.rope): auto = the model's own RoPE up to n_ctx_train,
     # YaRN by num_ctx / n_ctx_train above it; none = never extend (a larger num_ctx is refused)
     rope_scaling: str = "auto"
+    # "off" (exact reuse only) or a selection of APPROX_SELECTIONS: ensure_prefix reuses segments after an
+    # edit approximately unless a call says approximate=False. Not part of the runtime digest: approximated
+    # KV is marked as such in the session and its snapshots.
+    approximate_reuse: str = "off"
+    approximate_share: float = 0.1  # ApproxReuse.share of the session default
 
     def __post_init__(self) -> None:
         _require_int("num_ctx", self.num_ctx, 16)
@@ -110,6 +150,15 @@ class Config(_Options):
             f"weight_repack must be one of {WEIGHT_REPACK_SETTINGS}, got {self.weight_repack!r}",
         )
         _require(self.rope_scaling in ROPE_SCALINGS, f"rope_scaling must be one of {ROPE_SCALINGS}")
+        approx = ("off", *APPROX_SELECTIONS)
+        _require(self.approximate_reuse in approx, f"approximate_reuse must be one of {approx}")
+        _require_share("approximate_share", self.approximate_share)
+
+    def approximation(self) -> ApproxReuse | None:
+        """The session's default for ensure_prefix: None is exact reuse."""
+        if self.approximate_reuse == "off":
+            return None
+        return ApproxReuse(selection=self.approximate_reuse, share=self.approximate_share)
 
     @property
     def kv_type(self) -> str:

@@ -9,6 +9,7 @@ LlamaNodeError
 ├── ContextOverflowError        prefix, suffix or decode would exceed num_ctx
 ├── ManifestMismatchError       manifest refused (names the field)
 ├── UnsupportedFeatureError     a deliberately unsupported surface
+│   └── ApproximationUnavailableError  approximate reuse asked for where it cannot be done
 ├── InvalidInputError (ValueError)
 │   ├── ConfigError             bad or unknown option
 │   ├── GrammarError            GBNF / JSON schema rejected
@@ -21,6 +22,7 @@ LlamaNodeError
 from __future__ import annotations
 
 __all__ = [
+    "ApproximationUnavailableError",
     "ConfigError",
     "ContextOverflowError",
     "GrammarError",
@@ -94,6 +96,14 @@ class UnsupportedFeatureError(LlamaNodeError):
     def __init__(self, feature: str) -> None:
         self.feature = feature
         super().__init__(f"unsupported feature: {feature}")
+
+
+class ApproximationUnavailableError(UnsupportedFeatureError):
+    """Approximate segment reuse was asked for on a context that cannot do it; reason says why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"approximate segment reuse ({reason})")
 
 
 class InvalidInputError(LlamaNodeError, ValueError):

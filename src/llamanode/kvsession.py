@@ -1,4 +1,5 @@
-"""KVSession: the session contract over any KVContext. All reuse logic lives here, in small steps."""
+"""KVSession: the session contract over any KVContext. Its reuse decisions live here, in small steps
+(approximate segment reuse, opt-in, in segment_reuse.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from contextlib import AbstractContextManager
 from dataclasses import replace
 from types import TracebackType
 
+from . import segment_reuse as approx
 from .backends.base import KVContext, Sampler
-from .config import Config, DecodeConfig
+from .config import ApproxReuse, Config, DecodeConfig
 from .decoding import decode_chunks
 from .errors import (
     ContextOverflowError,
@@ -58,6 +60,7 @@ class KVSession:
             template_digest=self.identity.template_digest,
             add_bos=self.identity.add_bos,
         )
+        approx.refuse_at_open(config, context, on_close)
         self._kv = ResidentKV(context, config)
         self._lock = SessionLock()
         self._prewarms = Prewarmer(self._kv, self.ensure_prefix)
@@ -92,21 +95,32 @@ class KVSession:
         return self._ctx.tokenize(text, self._base.add_bos)
 
     # -- the contract ------------------------------------------------------------------
-    def ensure_prefix(self, prefix: PrefixInput, on_progress: ProgressFn | None = None) -> PrefixStatus:
+    def ensure_prefix(
+        self,
+        prefix: PrefixInput,
+        on_progress: ProgressFn | None = None,
+        *,
+        approximate: ApproxReuse | bool | None = None,
+    ) -> PrefixStatus:
+        """approximate: None follows Config.approximate_reuse; False is exact; True or ApproxReuse(...) lets
+        segments after an edit keep their KV approximately (segment_reuse.py; the status says what was)."""
+        policy = approx.approximation_for(self.config, approximate)
         with self._hold("ensure_prefix", prefix):
             self._check_usable()
+            if policy is not None:
+                approx.require_shift(self._ctx)
             self._check_identity(prefix.manifest)
             raw = utf8_of(prefix.text, "prefix")
             text_hash = byte_hash(raw)
-            if self._same_prefix(prefix.manifest, text_hash):
+            if self._same_prefix(prefix.manifest, text_hash) and (policy is not None or self._r.approx_from is None):
                 return self._keep_prefix()
             check_segments(prefix.manifest, raw)
             add_bos = prefix.manifest.add_bos
             tokens = self._ctx.tokenize(prefix.text, add_bos)
-            lcp, limit = self._reusable_len(prefix.manifest, tokens)
+            lcp, limit = self._reusable_len(prefix.manifest, tokens, exact=policy is None)
             if len(tokens) > self.num_ctx:
                 raise ContextOverflowError("prefix", lcp, len(tokens) - lcp, self.num_ctx)
-            return self._apply_prefix(prefix.manifest, raw, text_hash, tokens, lcp, limit, on_progress)
+            return self._apply_prefix(prefix.manifest, raw, text_hash, tokens, lcp, limit, on_progress, policy)
 
     def prefill_suffix(self, suffix: SuffixInput, on_progress: ProgressFn | None = None) -> SuffixStatus:
         with self._hold("prefill_suffix"):
@@ -212,6 +226,7 @@ class KVSession:
                 model_digest=self.identity.model_digest,
                 runtime_digest=self.identity.runtime_digest,
                 build_id=self.identity.build_id,
+                approximate_from=r.approx_from,
             )
 
     def import_state(self, state: SessionState) -> None:
@@ -242,6 +257,7 @@ class KVSession:
             tokens=list(state.tokens),
             prefix_len=state.prefix_len,
             stable_len=state.stable_len,
+            approx_from=state.approximate_from,
             generated=state.generated,
             manifest=state.manifest,
             text=raw,
@@ -279,7 +295,7 @@ class KVSession:
     def note_fork(self, origin: ForkOrigin, just_forked: bool) -> None:
         """Record that the resident state began as a fork (explain_context().forked_from, until a reset);
         just_forked: it was imported from the source just now, and the last divergence says so."""
-        with self._lock.hold():
+        with self._hold("note_fork"):
             self._r.note_fork(origin, just_forked)
 
     # -- ensure_prefix steps -----------------------------------------------------------------
@@ -315,13 +331,13 @@ class KVSession:
         r.last_prefix = status
         return status
 
-    def _reusable_len(self, manifest: ContextManifest, tokens: list[int]) -> tuple[int, int]:
-        """(tokens to keep, stable limit). Nothing is reused across a manifest change."""
+    def _reusable_len(self, manifest: ContextManifest, tokens: list[int], exact: bool) -> tuple[int, int]:
+        """(tokens to keep, limit: stable, never approximated for an exact request). Not across manifests."""
         r = self._r
         basis = r.manifest or r.partial  # an unfinished prefill's tokens came from batches too: reusable
         if basis is None or basis.digest != manifest.digest:
             return 0, 0
-        limit = r.stable_len
+        limit = r.exact_limit() if exact else r.stable_len
         lcp = common_prefix_len(r.tokens[:limit], tokens)
         if len(tokens) - lcp == 1 and lcp > 0:
             lcp -= 1  # never prefill a single token: batch-of-one KV differs from a cold pass
@@ -336,34 +352,48 @@ class KVSession:
         lcp: int,
         limit: int,
         on_progress: ProgressFn | None,
+        policy: ApproxReuse | None = None,
     ) -> PrefixStatus:
         r = self._r
         resumed = r.manifest is None and r.partial is not None
         old_manifest, old_text = r.manifest or r.partial, r.text
         old_prefix = len(r.tokens) if resumed else r.prefix_len
-        # reuse stopped only because the next matching resident token came from a decode step
+        # reuse stopped only because the next matching resident token came from a decode step (or was approximate)
         blocked = lcp == limit < len(r.tokens) and lcp < len(tokens) and r.tokens[lcp] == tokens[lcp]
-        dropped = len(r.tokens) - lcp
+        approximated = blocked and policy is None and lcp == r.approx_from
+        offsets = token_byte_offsets(tokens, self._ctx.token_bytes, len(raw), manifest.add_bos and bool(tokens))
+        plan = None if policy is None else approx.plan_for(r, manifest, text_hash, tokens, offsets, lcp, policy)
+        resident_before = len(r.tokens)
         started = time.perf_counter()
         # a failure (or a stopped prewarm) from here on leaves no reusable prefix, only reusable tokens
         r.manifest, r.partial, r.text = None, manifest, raw
-        self._kv.trim(lcp)
-        if len(tokens) > lcp:
-            self._kv.extend(tokens[lcp:], "prefix", on_progress)
+        lcp, kept = approx.write_prefix(self._kv, tokens, lcp, plan, on_progress)
         prefill_s = time.perf_counter() - started
-        offsets = token_byte_offsets(tokens, self._ctx.token_bytes, len(raw), manifest.add_bos and bool(tokens))
+        dropped = resident_before - lcp - kept
         r.prefix_len = r.stable_len = len(tokens)
         r.generated = 0
         r.manifest, r.text, r.text_hash, r.token_hash = manifest, raw, text_hash, hash_token_ids(tokens)
         r.offsets = offsets
         r.segments = segment_residency(manifest, offsets, len(tokens), lcp)
         r.divergence = explain_divergence(
-            old_manifest, old_text, old_prefix, manifest, raw, len(tokens), lcp, limit, offsets, blocked, resumed
+            old_manifest,
+            old_text,
+            old_prefix,
+            manifest,
+            raw,
+            len(tokens),
+            lcp,
+            limit,
+            offsets,
+            blocked,
+            resumed=resumed,
+            approximated_blocked=approximated,
         )
         if self._cold_note and r.divergence is not None and r.divergence.cause == "cold":
             r.divergence = replace(r.divergence, detail=f"{r.divergence.detail} ({self._cold_note})")
         self._cold_note = ""
-        status = self._prefix_status(lcp, len(tokens) - lcp, dropped, False, r.divergence, prefill_s)
+        status = self._prefix_status(lcp + kept, len(tokens) - lcp - kept, dropped, False, r.divergence, prefill_s)
+        status = approx.report_approximation(r, status, plan, policy)
         r.last_prefix = status
         return status
 
@@ -385,6 +415,7 @@ class KVSession:
             byte_hash_hit=hit,
             divergence=div,
             prefill_s=secs,
+            approximate_from=r.approx_from,
         )
 
     # -- decode ------------------------------------------------------------------------------

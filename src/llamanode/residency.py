@@ -9,7 +9,7 @@ from .manifest import ContextManifest, ManifestSegment
 from .prefix import common_prefix_len
 from .session import Divergence, SegmentResidency
 
-__all__ = ["explain_divergence", "segment_residency", "token_byte_offsets"]
+__all__ = ["explain_divergence", "segment_residency", "segment_starts", "token_byte_offsets"]
 
 
 def token_byte_offsets(
@@ -24,7 +24,7 @@ def token_byte_offsets(
     return offsets if at == text_len else None
 
 
-def _segment_starts(segments: Sequence[ManifestSegment]) -> list[int]:
+def segment_starts(segments: Sequence[ManifestSegment]) -> list[int]:
     starts, at = [], 0
     for seg in segments:
         starts.append(at)
@@ -33,7 +33,7 @@ def _segment_starts(segments: Sequence[ManifestSegment]) -> list[int]:
 
 
 def _segment_at(manifest: ContextManifest, byte_offset: int) -> str | None:
-    for seg, start in zip(manifest.segments, _segment_starts(manifest.segments), strict=True):
+    for seg, start in zip(manifest.segments, segment_starts(manifest.segments), strict=True):
         if start <= byte_offset < start + seg.byte_len:
             return seg.name
     return manifest.segments[-1].name if manifest.segments else None
@@ -43,7 +43,7 @@ def segment_residency(
     manifest: ContextManifest, offsets: list[int] | None, n_tokens: int, reused: int
 ) -> tuple[SegmentResidency, ...]:
     rows = []
-    for seg, start in zip(manifest.segments, _segment_starts(manifest.segments), strict=True):
+    for seg, start in zip(manifest.segments, segment_starts(manifest.segments), strict=True):
         t0 = t1 = None
         if offsets is not None:
             # offsets never decrease, so the first token at or after a byte is a binary search
@@ -68,12 +68,15 @@ def explain_divergence(
     offsets: list[int] | None,
     generated_blocked: bool = False,
     resumed: bool = False,
+    approximated_blocked: bool = False,
 ) -> Divergence | None:
     """Name the cause of the first non-reused token, or None when everything was reused.
 
     generated_blocked: the next resident token matched but came from a decode step, which
     is never reused (its KV differs from a batched prefill).
-    resumed: the old state is an unfinished prefill (old_text its target, old_prefix_tokens what it reached).
+    approximated_blocked: it matched but its KV was reused approximately, which an exact request
+    never reuses. resumed: the old state is an unfinished prefill (old_text its target, old_prefix_tokens
+    what it reached).
     """
     if old_manifest is None:
         return Divergence("cold", 0, _segment_at(new_manifest, 0), 0, "no prefix was resident")
@@ -90,6 +93,9 @@ def explain_divergence(
     if resumed and lcp >= old_prefix_tokens:
         detail = f"an unfinished prefill (a stopped prewarm or prefill) had reached token {old_prefix_tokens}"
         return Divergence("resumed", lcp, token_segment, token_byte, detail)
+    if lcp == stable_limit and approximated_blocked:
+        detail = "approximately reused KV is re-prefilled for an exact request"
+        return Divergence("approximated", lcp, token_segment, token_byte, detail)
     if lcp == stable_limit and generated_blocked:
         detail = "decode-step KV is re-prefilled in a batch"
         return Divergence("generated_tokens", lcp, token_segment, token_byte, detail)

@@ -39,6 +39,7 @@ class Resident:
     tokens: list[int] = field(default_factory=list)
     prefix_len: int = 0
     stable_len: int = 0  # tokens before this came from batched prefill; after it, decode steps may lie
+    approx_from: int | None = None  # KV from here on was reused approximately (segment reuse); None: exact
     generated: int = 0
     logits_for: int = -1  # the context's last logits belong to tokens[:logits_for]
     manifest: ContextManifest | None = None
@@ -80,7 +81,12 @@ class Resident:
             last_divergence=self.divergence,
             last_prefix=self.last_prefix,
             forked_from=self.origin,
+            approximate_from=self.approx_from,
         )
+
+    def exact_limit(self) -> int:
+        """How many leading tokens an exact request may reuse: batched prefill, never approximated."""
+        return self.stable_len if self.approx_from is None else min(self.stable_len, self.approx_from)
 
 
 class ResidentKV:
@@ -91,7 +97,7 @@ class ResidentKV:
         self.ctx = ctx
         self.r = Resident()
         self.fatal: str | None = None
-        self._batch = min(config.num_batch, config.num_ubatch)  # llama.cpp would split a longer chunk
+        self.batch_size = min(config.num_batch, config.num_ubatch)  # llama.cpp would split a longer chunk
 
     def clear(self) -> None:
         """Drop every cell and all bookkeeping."""
@@ -102,10 +108,12 @@ class ResidentKV:
         r = self.r
         if keep >= len(r.tokens):
             return
-        self._native(self.ctx.trim, keep)
+        self.native(self.ctx.trim, keep)
         del r.tokens[keep:]
         r.prefix_len = min(r.prefix_len, keep)
         r.stable_len = min(r.stable_len, keep)
+        if r.approx_from is not None and r.approx_from >= keep:
+            r.approx_from = None  # every approximated token is gone
         r.generated = max(0, min(r.generated, keep - r.prefix_len))
         if r.logits_for > keep:
             r.logits_for = -1
@@ -123,13 +131,13 @@ class ResidentKV:
         batch = [*r.tokens[start:], *tokens]
         was_stable = r.stable_len >= start
         if start < len(r.tokens):
-            self._native(self.ctx.trim, start)
+            self.native(self.ctx.trim, start)
             del r.tokens[start:]
         began, done = time.perf_counter(), 0
-        for size in chunk_sizes(len(batch), self._batch):
+        for size in chunk_sizes(len(batch), self.batch_size):
             chunk = batch[done : done + size]
             position = len(r.tokens)
-            self._native(self.ctx.prefill, chunk, position)
+            self.native(self.ctx.prefill, chunk, position)
             r.tokens.extend(chunk)
             if was_stable:  # kept true after every chunk: a prefill stopped between chunks stays reusable
                 r.stable_len = len(r.tokens)
@@ -146,12 +154,13 @@ class ResidentKV:
     def step(self, token: int) -> None:
         """Decode one generated token after the resident ones (a decode step: its KV is not stable)."""
         r = self.r
-        self._native(self.ctx.step, token, len(r.tokens))
+        self.native(self.ctx.step, token, len(r.tokens))
         r.tokens.append(token)
         r.generated += 1
         r.logits_for = len(r.tokens)
 
-    def _native(self, op: Callable[..., None], *args: object) -> None:
+    def native(self, op: Callable[..., None], *args: object) -> None:
+        """Run a context operation; a backend failure marks this KV fatal."""
         try:
             op(*args)
         except LlamaNodeError as exc:

@@ -9,7 +9,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from .config import DecodeConfig
+from .config import ApproxReuse, DecodeConfig
 from .errors import LlamaNodeError, SessionUnavailableError
 from .manifest import ContextManifest
 
@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from .prewarm import PrewarmHandle
 
 __all__ = [
+    "ApproximatedSpan",
+    "Approximation",
     "ContextReport",
     "DecodeReport",
     "DecodeStream",
@@ -66,8 +68,8 @@ class PrefillProgress:
 class Divergence:
     """Why resident KV stopped matching: where (segment, token, byte) and the cause."""
 
-    # cold | manifest_changed | edited | token_boundary | shrunk | appended | generated_tokens | restored | resumed
-    # | forked
+    # cold | manifest_changed | edited | token_boundary | shrunk | appended | generated_tokens | approximated
+    # | restored | resumed | forked
     cause: str
     token_index: int
     segment: str | None = None
@@ -95,8 +97,40 @@ class SegmentResidency:
     byte_len: int
     token_start: int | None  # None when token offsets cannot be mapped back to bytes
     token_end: int | None
-    reused_tokens: int
-    state: str  # reused | partial | prefilled
+    reused_tokens: int  # KV kept, exactly or (state "approximated") approximately
+    state: str  # reused | partial | prefilled | approximated
+
+
+@dataclass(frozen=True)
+class ApproximatedSpan:
+    """A run of tokens whose KV was kept from an earlier prefix although text before it changed."""
+
+    segment: str  # the manifest segment it lies in ("" when the manifest names none)
+    token_start: int  # positions in the new prefix
+    token_end: int
+    shift: int  # new position - old position (0: kept in place)
+    reused_tokens: int  # KV kept as it was (approximate)
+    recomputed_tokens: int  # selected tokens of the run that were prefilled again
+
+
+@dataclass(frozen=True)
+class Approximation:
+    """What approximate segment reuse did in one ensure_prefix (asked for per Config or per request)."""
+
+    selection: str  # which reused tokens were recomputed: boundary | tail
+    share: float
+    spans: tuple[ApproximatedSpan, ...]
+    reused_tokens: int  # KV kept approximately
+    shifted_tokens: int  # of those, moved to other positions
+    recomputed_tokens: int  # reused tokens selected and prefilled again
+    prefilled_tokens: int  # changed or new tokens after the exact common prefix
+    approximate_from: int | None  # first token whose KV is not exact; None when nothing is approximate
+    note: str = ""  # why nothing was approximated, when nothing was
+
+    @property
+    def segments(self) -> tuple[str, ...]:
+        """Names of the segments with approximated tokens, in prefix order."""
+        return tuple(dict.fromkeys(span.segment for span in self.spans))
 
 
 @dataclass(frozen=True)
@@ -115,6 +149,8 @@ class PrefixStatus:
     byte_hash_hit: bool  # answered from the byte hash: no tokenization
     divergence: Divergence | None
     prefill_s: float
+    approximation: Approximation | None = None  # set when approximate reuse was asked for
+    approximate_from: int | None = None  # first resident token whose KV is approximate; None: all exact
 
 
 @dataclass(frozen=True)
@@ -193,6 +229,7 @@ class ContextReport:
     last_prefix: PrefixStatus | None = None
     last_prewarm: PrewarmReport | None = None
     forked_from: ForkOrigin | None = None  # the state began as a fork of another workspace
+    approximate_from: int | None = None  # first resident token whose KV is approximate; None: all exact
 
 
 @dataclass(frozen=True)
@@ -209,6 +246,7 @@ class SessionState:
     model_digest: str
     runtime_digest: str
     build_id: str
+    approximate_from: int | None = None  # tokens from here on carry approximately reused KV
 
 
 # What decode() returns: iterate it for chunks; close() it to stop early (compute stops promptly).
@@ -230,7 +268,11 @@ class Session(Protocol):
     def suffix(self, text: str) -> SuffixInput: ...
 
     def ensure_prefix(
-        self, prefix: PrefixInput, on_progress: Callable[[PrefillProgress], None] | None = None
+        self,
+        prefix: PrefixInput,
+        on_progress: Callable[[PrefillProgress], None] | None = None,
+        *,
+        approximate: ApproxReuse | bool | None = None,
     ) -> PrefixStatus: ...
 
     def prewarm(self, prefix: PrefixInput) -> PrewarmHandle: ...

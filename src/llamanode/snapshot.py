@@ -28,6 +28,7 @@ from .session import SessionState
 __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
+    "READABLE_VERSIONS",
     "TOKEN_BLOCK",
     "SnapshotHeader",
     "SnapshotIdentity",
@@ -43,7 +44,8 @@ __all__ = [
 ]
 
 MAGIC = b"LNSNAP\r\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the header says from which token the KV is approximate (segment reuse)
+READABLE_VERSIONS = (1, 2)  # a version-1 snapshot has only exact KV
 TOKEN_BLOCK = 64  # tokens per link of the chained hash
 _LEN = struct.Struct("<I")
 _SHA = 32
@@ -75,6 +77,7 @@ class SnapshotHeader:
     kv_bytes: int
     payload_bytes: int
     payload_sha256: str
+    approximate_from: int | None = None  # first token whose KV was reused approximately (absent in version 1)
 
     def identity(self) -> SnapshotIdentity:
         return SnapshotIdentity(
@@ -83,7 +86,7 @@ class SnapshotHeader:
 
     def check_identity(self, expected: SnapshotIdentity) -> None:
         """Raise SnapshotMismatchError naming the first field that differs from expected."""
-        if self.format_version != FORMAT_VERSION:
+        if self.format_version not in READABLE_VERSIONS:
             raise SnapshotMismatchError("format_version", str(self.format_version), str(FORMAT_VERSION))
         require_identity(self.identity(), manifest_from_dict(self.manifest), expected)
 
@@ -169,6 +172,7 @@ def build_header(workspace_id: str, state: SessionState, identity: SnapshotIdent
         kv_bytes=len(state.kv),
         payload_bytes=sum(len(p) for p in parts),
         payload_sha256=digest.hexdigest(),
+        approximate_from=state.approximate_from,
     )
 
 
@@ -222,6 +226,9 @@ def _check_header_shape(h: SnapshotHeader) -> None:
         raise SnapshotCorruptError("snapshot header sizes do not add up")
     if max(h.prefix_len, h.stable_len) > h.n_tokens or h.prefix_len + h.generated > h.n_tokens:
         raise SnapshotCorruptError("snapshot header token counts are inconsistent")
+    approx = h.approximate_from
+    if approx is not None and not (isinstance(approx, int) and 0 <= approx < h.n_tokens and h.format_version >= 2):
+        raise SnapshotCorruptError(f"snapshot header has an invalid approximate_from {approx!r}")
 
 
 def read_snapshot(f: BinaryIO, expected: SnapshotIdentity | None) -> tuple[SnapshotHeader, SessionState]:
@@ -257,6 +264,7 @@ def read_snapshot(f: BinaryIO, expected: SnapshotIdentity | None) -> tuple[Snaps
         model_digest=header.model_digest,
         runtime_digest=header.runtime_digest,
         build_id=header.build_id,
+        approximate_from=header.approximate_from,
     )
     return header, state
 

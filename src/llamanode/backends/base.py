@@ -57,7 +57,27 @@ class KVContext(Protocol):
         ...
 
     def prefill(self, tokens: Sequence[int], start: int) -> None:
-        """Decode tokens as one batch at positions start..; logits live for the last one."""
+        """Decode tokens as one batch at positions start..; logits live for the last one.
+
+        Every position before start holds a cell and start.. start+len(tokens) hold none. Cells after
+        the batch may exist (segment reuse fills gaps): attention is causal, so the batch never sees them.
+        """
+        ...
+
+    def remove(self, start: int, end: int) -> None:
+        """Remove the cells at positions start <= p < end; the others keep their positions."""
+        ...
+
+    def shift(self, start: int, end: int, delta: int) -> None:
+        """Move the cells at positions start <= p < end by delta (their keys re-rotated to the new positions).
+
+        The target positions hold no other cells. The move may take effect at the next prefill, so one
+        must follow before state_bytes(); until then state_bytes() refuses.
+        """
+        ...
+
+    def shift_unsupported(self) -> str | None:
+        """Why remove/shift/gap prefill cannot work on this context, or None when they can."""
         ...
 
     def step(self, token: int, position: int) -> None:

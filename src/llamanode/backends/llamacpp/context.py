@@ -1,4 +1,5 @@
-"""LlamaCppContext: one llama_context holding one sequence (seq 0), implementing KVContext."""
+"""LlamaCppContext: one llama_context holding one sequence (seq 0; seq 1 only parks cells while a gap is filled),
+implementing KVContext."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from .sampling import LlamaCppSampler
 
 __all__ = ["LlamaCppContext", "context_params", "tokenize"]
 
+_SEQ, _PARKED = 0, 1  # the session's sequence, and where cells after a gap wait while it is filled
 _GGML_TYPES = {"f16": 1, "q4_0": 2, "q8_0": 8}
 
 
@@ -38,7 +40,10 @@ def context_params(config: Config, rope: RopeScaling) -> Any:
     cp.n_ctx = config.num_ctx
     cp.n_batch = config.num_batch
     cp.n_ubatch = config.num_ubatch
-    cp.n_seq_max = 1
+    # sequence 1 parks the cells after a gap while segment reuse prefills into it (llama.cpp decodes a
+    # sequence only at pos_max + 1); unified, parking is bookkeeping only. Same KV, state and logits as one sequence.
+    cp.n_seq_max = 2
+    cp.kv_unified = True
     cp.n_threads = cp.n_threads_batch = config.threads
     cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if config.flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
     cp.type_k = cp.type_v = _GGML_TYPES[config.kv_type]
@@ -107,6 +112,7 @@ class LlamaCppContext:
         self.identity: BackendIdentity = model.identity(config, int(L.llama_n_ctx(self._ctx)))
         # computed now: after close() the model may be freed, and kv_bytes() must not touch it
         self._kv_bytes = int(kv_bytes_per_token(model, config.kv_type) * self.identity.n_ctx)
+        self._shift_pending = False
 
     # tokens
     def tokenize(self, text: str, add_bos: bool) -> list[int]:
@@ -120,16 +126,57 @@ class LlamaCppContext:
 
     # KV
     def trim(self, keep: int) -> None:
-        if not lib().llama_memory_seq_rm(self._mem, 0, keep, -1):
+        if not lib().llama_memory_seq_rm(self._mem, _SEQ, keep, -1):
             raise SessionFatalError(f"llama_memory_seq_rm refused to drop positions >= {keep}")
 
     def prefill(self, tokens: Sequence[int], start: int) -> None:
         if len(tokens) > self._batch.capacity:
             raise SessionFatalError(f"batch of {len(tokens)} exceeds n_batch {self._batch.capacity}")
         self._batch.fill(tokens, start)
-        rc = lib().llama_decode(self._ctx, self._batch.batch)
+        parked = self._park_after(start + len(tokens))
+        try:
+            rc = lib().llama_decode(self._ctx, self._batch.batch)
+        finally:
+            if parked:
+                self._unpark()
         if rc != 0:
             raise SessionFatalError(f"llama_decode returned {rc} at position {start} ({len(tokens)} tokens)")
+        self._shift_pending = False  # llama.cpp applies pending shifts before a decode
+
+    def remove(self, start: int, end: int) -> None:
+        if not lib().llama_memory_seq_rm(self._mem, _SEQ, start, end):
+            raise SessionFatalError(f"llama_memory_seq_rm refused to drop positions {start}..{end}")
+
+    def shift(self, start: int, end: int, delta: int) -> None:
+        why = self.shift_unsupported()
+        if why is not None:  # llama.cpp would abort the process, not fail
+            raise SessionFatalError(f"cannot shift KV positions: {why}")
+        lib().llama_memory_seq_add(self._mem, _SEQ, start, end, delta)
+        self._shift_pending = self._shift_pending or delta != 0
+
+    def shift_unsupported(self) -> str | None:
+        L = lib()
+        if not self._mem:
+            return "the model has no KV memory"
+        if L.llama_model_is_recurrent(self._model.handle) or L.llama_model_is_hybrid(self._model.handle):
+            return "a recurrent or hybrid model's state cannot drop a middle range of positions"
+        if not L.llama_memory_can_shift(self._mem):
+            return "llama.cpp cannot shift this model's KV positions (multi-dimensional or per-layer RoPE)"
+        return None
+
+    def _park_after(self, end: int) -> bool:
+        """Move cells at positions >= end to the parking sequence, so a batch can fill the gap before them."""
+        L = lib()
+        if L.llama_memory_seq_pos_max(self._mem, _SEQ) < end:
+            return False
+        L.llama_memory_seq_cp(self._mem, _SEQ, _PARKED, end, -1)
+        L.llama_memory_seq_rm(self._mem, _SEQ, end, -1)
+        return True
+
+    def _unpark(self) -> None:
+        L = lib()
+        L.llama_memory_seq_cp(self._mem, _PARKED, _SEQ, -1, -1)
+        L.llama_memory_seq_rm(self._mem, _PARKED, -1, -1)
 
     def step(self, token: int, position: int) -> None:
         self.prefill((token,), position)
@@ -147,6 +194,8 @@ class LlamaCppContext:
     # state
     def state_bytes(self) -> bytes:
         L = lib()
+        if self._shift_pending:  # the cells' positions moved but their keys are rotated only at the next decode
+            raise SnapshotError("a KV shift is pending until the next prefill; nothing exported")
         size = L.llama_state_seq_get_size(self._ctx, 0)
         data, view = fresh_bytes(size)  # llama.cpp writes straight into the bytes object: no zero-fill, no copy
         written = L.llama_state_seq_get_data(self._ctx, ctypes.cast(view, ctypes.POINTER(ctypes.c_uint8)), size, 0)
@@ -158,6 +207,7 @@ class LlamaCppContext:
         L = lib()
         # A pointer into the bytes object itself: llama.cpp only reads it, so no copy is needed.
         buf = ctypes.cast(ctypes.c_char_p(data), ctypes.POINTER(ctypes.c_uint8))
+        self._shift_pending = False  # the sequence is replaced whole
         if L.llama_state_seq_set_data(self._ctx, buf, len(data), 0) != len(data):
             L.llama_memory_seq_rm(self._mem, 0, -1, -1)  # never leave a half-restored sequence
             raise SnapshotError("llama.cpp refused the state (layout, type or size differs)")
