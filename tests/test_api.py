@@ -40,7 +40,7 @@ def test_star_import_gives_every_exported_name() -> None:
     [
         *("assembler", "config", "errors", "manifest", "session", "kvsession", "residency", "textstream"),
         *("backends.base", "registry", "rope", "tools", "prewarm", "session_lock", "input_checks"),
-        *("segment_plan", "segment_reuse"),
+        *("segment_plan", "segment_reuse", "resident_state"),
     ],
 )
 def test_submodule_all_names_exist(module: str) -> None:

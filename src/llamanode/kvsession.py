@@ -29,6 +29,7 @@ from .prefix import common_prefix_len
 from .prewarm import Prewarmer, PrewarmHandle
 from .residency import explain_divergence, segment_residency, token_byte_offsets
 from .resident import ProgressFn, Resident, ResidentKV, chunk_sizes
+from .resident_state import resident_from_state, state_from_resident
 from .session import (
     ContextReport,
     DecodeStream,
@@ -214,20 +215,7 @@ class KVSession:
             r = self._r
             if r.manifest is None:
                 raise InvalidInputError("nothing is resident to export; call ensure_prefix first")
-            kv = self._ctx.state_bytes()
-            return SessionState(
-                kv=kv,
-                tokens=tuple(r.tokens),
-                prefix_len=r.prefix_len,
-                stable_len=r.stable_len,
-                generated=r.generated,
-                manifest=r.manifest,
-                prefix_text=r.text,
-                model_digest=self.identity.model_digest,
-                runtime_digest=self.identity.runtime_digest,
-                build_id=self.identity.build_id,
-                approximate_from=r.approx_from,
-            )
+            return state_from_resident(r, self._ctx.state_bytes(), self.identity)
 
     def import_state(self, state: SessionState) -> None:
         """Replace the resident context with an exported one, or refuse and leave it empty.
@@ -247,26 +235,7 @@ class KVSession:
             except LlamaNodeError:
                 self._ctx.trim(0)
                 raise
-            self._adopt(state)
-
-    def _adopt(self, state: SessionState) -> None:
-        raw = state.prefix_text
-        prefix_tokens = list(state.tokens[: state.prefix_len])
-        offsets = token_byte_offsets(prefix_tokens, self._ctx.token_bytes, len(raw), state.manifest.add_bos)
-        self._kv.r = Resident(
-            tokens=list(state.tokens),
-            prefix_len=state.prefix_len,
-            stable_len=state.stable_len,
-            approx_from=state.approximate_from,
-            generated=state.generated,
-            manifest=state.manifest,
-            text=raw,
-            text_hash=byte_hash(raw),
-            token_hash=hash_token_ids(prefix_tokens),
-            offsets=offsets,
-            segments=segment_residency(state.manifest, offsets, state.prefix_len, state.prefix_len),
-            divergence=Divergence("restored", state.prefix_len, None, None, "resident state was restored"),
-        )
+            self._kv.r = resident_from_state(state, self._ctx.token_bytes)
 
     def state_identity(self) -> SnapshotIdentity:
         """What the states this session exports belong to, and what a state must match to be imported."""

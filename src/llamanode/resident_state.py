@@ -1,0 +1,53 @@
+"""Resident bookkeeping to and from a SessionState (what snapshots and forks carry): two conversions
+kept apart from KVSession so its file holds only the contract and its reuse decisions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .backends.base import BackendIdentity
+from .manifest import byte_hash, hash_token_ids
+from .residency import segment_residency, token_byte_offsets
+from .resident import Resident
+from .session import Divergence, SessionState
+
+__all__ = ["resident_from_state", "state_from_resident"]
+
+
+def state_from_resident(r: Resident, kv: bytes, identity: BackendIdentity) -> SessionState:
+    """A state of r's complete prefix (the caller checked one is resident) and the context's KV bytes."""
+    assert r.manifest is not None
+    return SessionState(
+        kv=kv,
+        tokens=tuple(r.tokens),
+        prefix_len=r.prefix_len,
+        stable_len=r.stable_len,
+        generated=r.generated,
+        manifest=r.manifest,
+        prefix_text=r.text,
+        model_digest=identity.model_digest,
+        runtime_digest=identity.runtime_digest,
+        build_id=identity.build_id,
+        approximate_from=r.approx_from,
+    )
+
+
+def resident_from_state(state: SessionState, token_bytes: Callable[[int], bytes]) -> Resident:
+    """The bookkeeping of an imported state; its last divergence says it was restored."""
+    raw = state.prefix_text
+    prefix_tokens = list(state.tokens[: state.prefix_len])
+    offsets = token_byte_offsets(prefix_tokens, token_bytes, len(raw), state.manifest.add_bos)
+    return Resident(
+        tokens=list(state.tokens),
+        prefix_len=state.prefix_len,
+        stable_len=state.stable_len,
+        approx_from=state.approximate_from,
+        generated=state.generated,
+        manifest=state.manifest,
+        text=raw,
+        text_hash=byte_hash(raw),
+        token_hash=hash_token_ids(prefix_tokens),
+        offsets=offsets,
+        segments=segment_residency(state.manifest, offsets, state.prefix_len, state.prefix_len),
+        divergence=Divergence("restored", state.prefix_len, None, None, "resident state was restored"),
+    )
