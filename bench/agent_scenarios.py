@@ -270,7 +270,7 @@ def upstream_server(args: argparse.Namespace, out_dir: Path) -> Iterator[str]:
     if args.serve == "llama-server":
         cmd = llama_server_cmd(model, port, args.threads, args.ctx)
     else:
-        cmd = llamanode_serve_cmd(model, port, args.threads, args.ctx, out_dir / "store")
+        cmd = llamanode_serve_cmd(model, port, args.threads, args.ctx, out_dir / "store", "--alias", MODEL_NAME)
     with Server(args.serve, cmd, port, "/health") as server:
         server.start(out_dir, timeout=600)
         yield server.url

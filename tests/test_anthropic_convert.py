@@ -129,6 +129,19 @@ def test_blocks_become_messages_and_breakpoints_name_segments() -> None:
     ]
 
 
+def test_a_system_message_among_the_messages_is_rendered_where_it_stands() -> None:
+    # Claude Code 2.1.332 sends its environment this way, after the first user turn
+    env = {"role": "system", "content": [{"type": "text", "text": "# Environment"}, {"type": "text", "text": "cwd"}]}
+    body = request(messages=[{"role": "user", "content": "Hi"}, env, {"role": "user", "content": "Go"}])
+    conversation = convert(body)
+    assert [(m.role, m.content) for m in conversation.messages] == [
+        ("user", "Hi"),
+        ("system", "# Environment\ncwd"),
+        ("user", "Go"),
+    ]
+    assert [c.name for c in conversation.cuts] == ["msg0:user", "msg1:system", "msg2:user"]
+
+
 def test_tool_choice_maps_to_the_tool_core() -> None:
     tools = [{"name": name, "input_schema": {"type": "object"}} for name in ("read", "write")]
     for choice, mode, parallel in [
@@ -156,6 +169,8 @@ def test_tool_choice_maps_to_the_tool_core() -> None:
          "messages.0.content.0.content.0: content blocks of type 'image'"),
         ({"messages": [{"role": "assistant", "content": [{"type": "server_tool_use", "id": "s", "name": "x"}]}]},
          "messages.0.content.0: content blocks of type 'server_tool_use'"),
+        ({"messages": [{"role": "system", "content": [{"type": "tool_use", "id": "t", "name": "x", "input": {}}]}]},
+         "messages.0.content.0: content blocks of type 'tool_use'"),
         ({"tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}]},
          "tools.0: server tool 'web_search_20250305' (web_search) is not available"),
         ({"tools": [{"type": "bash_20250124", "name": "bash"}]}, "tools.0: server tool 'bash_20250124' (bash)"),

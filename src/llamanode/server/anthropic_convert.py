@@ -118,6 +118,9 @@ def _message(out: Conversation, index: int, message: MessageIn) -> None:
     if message.role == "assistant":
         _assistant(out, index, base, message.content)
         return
+    if message.role == "system":
+        _system_message(out, index, base, message.content)
+        return
     run: list[tuple[int, TextBlock]] = []  # consecutive text blocks: one user message
     for k, block in enumerate(message.content):
         if isinstance(block, TextBlock):
@@ -133,6 +136,14 @@ def _message(out: Conversation, index: int, message: MessageIn) -> None:
             raise _refused(index, k, block)
     if run:
         _text_message(out, "user", base, run)
+
+
+def _system_message(out: Conversation, index: int, base: str, blocks: Sequence[Any]) -> None:
+    """A system message among the messages: text blocks only, rendered where it stands."""
+    for k, block in enumerate(blocks):
+        if not isinstance(block, TextBlock):
+            raise _refused(index, k, block)
+    _text_message(out, "system", base, list(enumerate(blocks)))
 
 
 def _assistant(out: Conversation, index: int, base: str, blocks: Sequence[Any]) -> None:

@@ -133,7 +133,8 @@ Block = Annotated[
 
 
 class MessageIn(_Strict):
-    role: Literal["user", "assistant"]
+    # Claude Code (2.1.x) sends its environment as a "system" message after the first user turn
+    role: Literal["user", "assistant", "system"]
     content: str | list[Block]
 
 
