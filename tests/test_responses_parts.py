@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from llamanode.chat import ChatMessage
+from llamanode.errors import ToolError
 from llamanode.server.errors import ApiError
 from llamanode.server.reply import Reply
 from llamanode.server.responses_events import InputTokensDetails, OutputTokensDetails, ResponseObject, ResponseUsage
@@ -47,6 +48,28 @@ def test_input_items_become_chat_messages() -> None:
         ChatMessage("assistant", "", None, (ToolCall("c3", "f", "{}"),)),
     ]
     assert read_input(request(input="Hello").input).messages == [ChatMessage("user", "Hello")]
+
+
+def test_what_codex_sends_back_is_rendered_as_sent() -> None:
+    # a call cut by max_output_tokens (its arguments end mid-string), and an output of a namespaced tool
+    cut = '{"questions": [{"id": "r'
+    body = request(
+        input=[
+            {"type": "function_call", "status": "incomplete", "call_id": "c1", "name": "ask", "arguments": cut},
+            {"type": "function_call_output", "call_id": "c1", "output": "unavailable"},
+            {"type": "function_call_output", "name": "goal_objective", "namespace": "agent", "output": "Codex"},
+        ]
+    )
+    call = ToolCall("c1", "ask", cut, complete=False)
+    assert read_input(body.input).messages == [
+        ChatMessage("assistant", "", None, (call,)),
+        ChatMessage("tool", "unavailable", tool_call_id="c1"),
+        ChatMessage("tool", "Codex", name="goal_objective"),
+    ]
+    assert call.as_template_value()["function"]["arguments"] == cut
+    complete = request(input=[{"type": "function_call", "call_id": "c1", "name": "ask", "arguments": cut}])
+    with pytest.raises(ToolError, match="arguments are not valid JSON"):  # the server's 400
+        read_input(complete.input)
 
 
 @pytest.mark.parametrize(

@@ -57,9 +57,11 @@ def read_input(value: str | Sequence[InputItem] | None) -> Conversation:
         if isinstance(item, MessageItem):
             out.messages.append(ChatMessage(item.role, _text(item.content, index)))
         elif isinstance(item, FunctionCallItem):
-            _add_call(out.messages, ToolCall(item.call_id, item.name, item.arguments))
+            complete = item.status != "incomplete"
+            _add_call(out.messages, ToolCall(item.call_id, item.name, item.arguments, complete=complete))
         elif isinstance(item, FunctionCallOutputItem):
-            out.messages.append(ChatMessage("tool", _text(item.output, index), tool_call_id=item.call_id))
+            text = _text(item.output, index)
+            out.messages.append(ChatMessage("tool", text, name=item.name, tool_call_id=item.call_id))
         elif isinstance(item, ReasoningItem):
             out.dropped_reasoning += 1
         else:

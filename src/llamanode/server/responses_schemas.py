@@ -110,11 +110,15 @@ class FunctionCallItem(_Lenient):
     call_id: Annotated[str, Field(min_length=1)]
     name: Annotated[str, Field(min_length=1)]
     arguments: str
+    # "incomplete": cut by max_output_tokens, so its arguments may not parse; rendered as sent back
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
 
 
 class FunctionCallOutputItem(_Lenient):
     type: Literal["function_call_output"]
-    call_id: Annotated[str, Field(min_length=1)]
+    # Codex CLI sends some outputs (its own namespaced tools) with a name and no call_id
+    call_id: Annotated[str | None, Field(min_length=1)] = None
+    name: str | None = None
     output: str | list[ContentPart]
 
 

@@ -66,21 +66,33 @@ class ToolSpec:
 
 @dataclass(frozen=True)
 class ToolCall:
-    """A call the model made (or a client sends back): arguments are JSON text of an object."""
+    """A call the model made (or a client sends back): arguments are JSON text of an object, but for
+    an incomplete call (cut by a token limit, sent back in a history) whose text is kept as it is."""
 
     id: str
     name: str
     arguments: str
+    complete: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ToolError("a tool call needs a function name")
         if not isinstance(self.id, str):
             raise ToolError(f"tool call {self.name}: id must be a string")
-        _arguments_object(self.arguments, self.name)
+        if self.complete or not isinstance(self.arguments, str):
+            _arguments_object(self.arguments, self.name)
 
     def arguments_value(self) -> dict[str, Any]:
         return _arguments_object(self.arguments, self.name)
+
+    def template_arguments(self) -> dict[str, Any] | str:
+        """The arguments object; an incomplete call's text when it does not parse as one."""
+        try:
+            return self.arguments_value()
+        except ToolError:
+            if self.complete:
+                raise
+            return self.arguments
 
     @classmethod
     def from_openai(cls, value: object) -> ToolCall:
@@ -95,7 +107,7 @@ class ToolCall:
         """llama.cpp's shape for templates: arguments parsed to an object, id only when set."""
         value: dict[str, Any] = {
             "type": "function",
-            "function": {"name": self.name, "arguments": self.arguments_value()},
+            "function": {"name": self.name, "arguments": self.template_arguments()},
         }
         if self.id:
             value["id"] = self.id
