@@ -39,8 +39,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from agent_wire import (
+from .agent_wire import (
     Api,
     ReplyObserver,
     api_of,

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from common import md_table, ratio, verdict
+from .common import md_table, ratio, verdict
 
 REUSE_TARGET = 0.90
 TTFT_TARGET = 0.90

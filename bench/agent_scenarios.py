@@ -28,9 +28,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from agent_wire import read_recording
-from common import (
+from .agent_wire import read_recording
+from .common import (
     OUT_DIR,
     REPO,
     Server,
@@ -38,6 +37,7 @@ from common import (
     llama_server_cmd,
     llamanode_serve_cmd,
     log,
+    module_cmd,
 )
 
 AGENTS = ("claude", "codex", "aider")
@@ -188,8 +188,8 @@ def recording_proxy(upstream: str, recording: Path, label: str, cap: int | None,
     """bench/agent_proxy.py in a process of its own; yields its base URL. Chat-completion streams are always
     asked for their usage (aider does not ask; a recording without token counts is of no use here)."""
     port = free_port()
-    cmd = [sys.executable, str(Path(__file__).with_name("agent_proxy.py")), "--upstream", upstream,
-           "--port", str(port), "--record", str(recording), "--label", label]  # fmt: skip
+    cmd = module_cmd("agent_proxy", "--upstream", upstream, "--port", str(port), "--record", str(recording),
+                     "--label", label)  # fmt: skip
     cmd += ["--max-output-tokens", str(cap)] if cap is not None else []
     cmd += ["--force-tool-first"] if force_tool else []
     cmd += ["--stream-usage"]

@@ -43,6 +43,7 @@ __all__ = [
     "log",
     "machine_info",
     "md_table",
+    "module_cmd",
     "now",
     "percentile",
     "ratio",
@@ -307,6 +308,7 @@ class Server:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **self.env},
                 stdin=subprocess.DEVNULL,
+                cwd=REPO,  # so that `python -m bench.<name>` finds the package
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -335,6 +337,11 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def module_cmd(name: str, *args: str) -> list[str]:
+    """`python -m bench.<name> args...` with this interpreter; run it with cwd=REPO (Server does)."""
+    return [sys.executable, "-m", f"bench.{name}", *args]
 
 
 def llamanode_serve_cmd(model: Path, port: int, threads: int, ctx: int, store_dir: Path, *extra: str) -> list[str]:

@@ -26,17 +26,15 @@ from typing import Any
 
 import numpy as np
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
 import llamanode
-from approx_quality import ExactReference, measure
-from common import md_table
-from git_trace import load_trace
 from llamanode import ApproxReuse, Config, KVSession
 from llamanode.backends.llamacpp.context import LlamaCppContext, _Batch, context_params
 from llamanode.backends.llamacpp.native import lib
 from llamanode.resident import chunk_sizes
+
+from .approx_quality import ExactReference, measure
+from .common import md_table
+from .git_trace import load_trace
 
 
 class KeyProbe:

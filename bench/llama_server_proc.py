@@ -15,9 +15,10 @@ from pathlib import Path
 
 import httpx
 
-from bench_server import LLAMA_SERVER, Server, free_port
 from llamanode import Config
-from raw_loop import repack_decision
+
+from .common import LLAMA_SERVER, Server, free_port
+from .raw_loop import repack_decision
 
 __all__ = ["LLAMA_SERVER", "Completion", "LlamaServer", "llama_server_missing"]
 

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import md_table, now, ratio, stats
 from llamanode import Config, DecodeConfig, KVSession, SessionPool
+
+from .common import md_table, now, ratio, stats
 
 __all__ = ["fork_sessions", "fork_sessions_table"]
 

@@ -14,18 +14,15 @@ import argparse
 import ctypes
 import json
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from common import chatml_prefix, chatml_suffix, now
 from llamanode.backends.llamacpp.cpu import RepackDecision, decide_weight_repack
+
+from .common import chatml_prefix, chatml_suffix, now
 
 __all__ = ["RawContext", "RawModel", "RawSetting"]
 

@@ -30,10 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import llamanode
-from approx_quality import ExactReference, measure
-from common import now
-from git_trace import Trace, TraceTurn
-from llama_server_proc import LlamaServer, llama_server_missing
 from llamanode import (
     ApproxReuse,
     Config,
@@ -44,6 +40,11 @@ from llamanode import (
     PrefixStatus,
     PrewarmHandle,
 )
+
+from .approx_quality import ExactReference, measure
+from .common import now
+from .git_trace import Trace, TraceTurn
+from .llama_server_proc import LlamaServer, llama_server_missing
 
 __all__ = [
     "STRATEGIES",

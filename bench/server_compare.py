@@ -33,11 +33,12 @@ from typing import Any
 
 import httpx
 
-from common import REPO, machine_info, md_table, stats, write_json
 from llamanode import Config, DecodeConfig
 from llamanode.chat import ChatMessage, ChatTemplate
 from llamanode.pool import SessionPool
 from llamanode.server.schemas import WORKSPACE_HEADER
+
+from .common import REPO, machine_info, md_table, stats, write_json
 
 __all__ = ["LoadResult", "compare", "load_run", "paired_overhead", "revision_tree", "serve_cmd"]
 
@@ -235,8 +236,10 @@ def _one_turn(
 
 def compare(args: argparse.Namespace) -> int:
     """Overhead, warm-turn TTFT and load for the server at args.compare_rev and this tree's."""
-    from bench_server import Server, free_port, model_id_of, run_chat, system_prompt
     from llamanode.session import default_model_path
+
+    from .common import Server, free_port
+    from .server import model_id_of, run_chat, system_prompt
 
     model = default_model_path()
     work = Path(tempfile.mkdtemp(prefix="llamanode-bench-compare-"))

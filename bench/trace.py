@@ -27,14 +27,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
 import llamanode
-from common import machine_info, md_table, ratio, write_json
-from git_trace import Trace, add_trace_options, build_trace, load_trace, options_from_args
 from llamanode import Config
-from replay import NOT_BY_DEFAULT, STRATEGIES, ReplaySetup, TurnResult, replay, unavailable
+
+from .common import machine_info, md_table, ratio, write_json
+from .git_trace import Trace, add_trace_options, build_trace, load_trace, options_from_args
+from .replay import NOT_BY_DEFAULT, STRATEGIES, ReplaySetup, TurnResult, replay, unavailable
 
 BASELINE = "llama"
 

@@ -38,10 +38,9 @@ from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from agent_report import markdown
-from agent_wire import Api, ReplyObserver, api_of, read_recording
-from common import (
+from .agent_report import markdown
+from .agent_wire import Api, ReplyObserver, api_of, read_recording
+from .common import (
     LLAMA_SERVER,
     OUT_DIR,
     Server,

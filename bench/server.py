@@ -32,8 +32,13 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (
+from llamanode import Config, DecodeConfig
+from llamanode.chat import ChatMessage, ChatTemplate, discover_special_tokens
+from llamanode.pool import SessionPool
+from llamanode.server.schemas import WORKSPACE_HEADER
+from llamanode.session import default_model_path
+
+from .common import (
     LLAMA_SERVER,
     OUT_DIR,
     SYSTEM_INTRO,
@@ -47,12 +52,7 @@ from common import (
     verdict,
     write_json,
 )
-from llamanode import Config, DecodeConfig
-from llamanode.chat import ChatMessage, ChatTemplate, discover_special_tokens
-from llamanode.pool import SessionPool
-from llamanode.server.schemas import WORKSPACE_HEADER
-from llamanode.session import default_model_path
-from raw_loop import repack_decision
+from .raw_loop import repack_decision
 
 QUESTIONS = (
     "In one sentence: what does KVSession.ensure_prefix return?",
@@ -402,7 +402,7 @@ def main() -> int:
     if args.overhead_only:
         return overhead_only(args)
     if args.compare:
-        from server_compare import compare
+        from .server_compare import compare
 
         return compare(args)
 

@@ -33,11 +33,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
 import llamanode
-from common import (
+from llamanode import Config, DecodeConfig, KVSession, PrefixInput
+from llamanode.kvsession import common_prefix_len
+
+from .common import (
     OUT_DIR,
     REPO,
     SYSTEM_INTRO,
@@ -50,6 +50,7 @@ from common import (
     log,
     machine_info,
     md_table,
+    module_cmd,
     now,
     ratio,
     source_text,
@@ -57,9 +58,7 @@ from common import (
     verdict,
     write_json,
 )
-from llamanode import Config, DecodeConfig, KVSession, PrefixInput
-from llamanode.kvsession import common_prefix_len
-from raw_loop import RawContext, RawModel, RawSetting
+from .raw_loop import RawContext, RawModel, RawSetting
 
 TARGETS = {
     "warm_ttft_vs_floor_max": 1.05,
@@ -682,7 +681,6 @@ def contention(plan: Plan, results: Results) -> None:
     competitor: tuple[bool, ...] = (False, True)
     if plan.contention_variants == "smoke":  # the code path only: an active-wait run next to a busy core is slow
         variants, competitor = [variants[0], variants[2]], (False,)
-    script = str(REPO / "bench" / "raw_loop.py")
     samples: dict[tuple[bool, str], list[dict[str, Any]]] = {}
     for busy in competitor:
         burner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
@@ -695,10 +693,10 @@ def contention(plan: Plan, results: Results) -> None:
                     args = ["--prefix", str(plan.contention_prefix), "--suffix", str(plan.contention_suffix)]
                     args += ["--reps", "3", "--decode", "32", "--threads", str(threads), "--json"]
                     proc = subprocess.run(
-                        [sys.executable, script, *args], env=env, capture_output=True, text=True, timeout=1800
+                        module_cmd("raw_loop", *args), env=env, cwd=REPO, capture_output=True, text=True, timeout=1800
                     )
                     if proc.returncode != 0:
-                        raise RuntimeError(f"raw_loop.py {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
+                        raise RuntimeError(f"bench.raw_loop {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
                     samples.setdefault((busy, label), []).append(json.loads(proc.stdout.strip().splitlines()[-1]))
                     log(f"contention busy={busy} {label}: {samples[(busy, label)][-1]['warm_ttft_ms']}")
         finally:

@@ -25,10 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from common import OUT_DIR, interleaved, machine_info, md_table, stats, write_json
+from .common import OUT_DIR, interleaved, machine_info, md_table, stats, write_json
 
 # One measurement in a fresh process: prints {"seconds": ...}.
 _CHILD = """

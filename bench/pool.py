@@ -33,10 +33,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from llamanode import Config, DecodeConfig, KVSession, SessionPool, default_model_path, open_session
 
-from common import (
+from .common import (
     OUT_DIR,
     chatml_prefix,
     chatml_suffix,
@@ -49,8 +48,7 @@ from common import (
     verdict,
     write_json,
 )
-from llamanode import Config, DecodeConfig, KVSession, SessionPool, default_model_path, open_session
-from pool_forks import fork_sessions, fork_sessions_table
+from .pool_forks import fork_sessions, fork_sessions_table
 
 TARGETS = {"switch_vs_warm_max": 1.5, "switch_vs_cold_max": 0.05, "restart_warm_vs_prefill_min": 20.0}
 NAMES = ("A", "B", "C")
