@@ -29,16 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .agent_wire import read_recording
-from .common import (
-    OUT_DIR,
-    REPO,
-    Server,
-    free_port,
-    llama_server_cmd,
-    llamanode_serve_cmd,
-    log,
-    module_cmd,
-)
+from .common import OUT_DIR, REPO, log
+from .processes import Server, free_port, llama_server_cmd, llamanode_serve_cmd, module_cmd
 
 AGENTS = ("claude", "codex", "aider")
 SCRATCH_FILES = ("errors.py", "textstream.py", "config.py")

@@ -40,18 +40,8 @@ import httpx
 
 from .agent_report import markdown
 from .agent_wire import Api, ReplyObserver, api_of, read_recording
-from .common import (
-    LLAMA_SERVER,
-    OUT_DIR,
-    Server,
-    free_port,
-    llama_server_cmd,
-    llamanode_serve_cmd,
-    log,
-    machine_info,
-    now,
-    write_json,
-)
+from .common import OUT_DIR, log, machine_info, now, write_json
+from .processes import LLAMA_SERVER, Server, free_port, llama_server_cmd, llamanode_serve_cmd
 
 SERVERS = ("llamanode", "llama-server")
 NOT_RESENT = frozenset({"host", "content-length", "connection", "keep-alive", "transfer-encoding", "accept-encoding"})

@@ -17,7 +17,7 @@ import httpx
 
 from llamanode import Config
 
-from .common import LLAMA_SERVER, Server, free_port
+from .processes import LLAMA_SERVER, Server, free_port
 from .raw_loop import repack_decision
 
 __all__ = ["LLAMA_SERVER", "Completion", "LlamaServer", "llama_server_missing"]

@@ -35,20 +35,9 @@ from typing import Any
 
 from llamanode import Config, DecodeConfig, KVSession, SessionPool, default_model_path, open_session
 
-from .common import (
-    OUT_DIR,
-    chatml_prefix,
-    chatml_suffix,
-    log,
-    machine_info,
-    md_table,
-    now,
-    ratio,
-    stats,
-    verdict,
-    write_json,
-)
+from .common import OUT_DIR, log, machine_info, md_table, now, ratio, stats, verdict, write_json
 from .pool_forks import fork_sessions, fork_sessions_table
+from .prompts import chatml_prefix, chatml_suffix
 
 TARGETS = {"switch_vs_warm_max": 1.5, "switch_vs_cold_max": 0.05, "restart_warm_vs_prefill_min": 20.0}
 NAMES = ("A", "B", "C")

@@ -22,7 +22,8 @@ import numpy as np
 
 from llamanode.backends.llamacpp.cpu import RepackDecision, decide_weight_repack
 
-from .common import chatml_prefix, chatml_suffix, now
+from .common import now
+from .prompts import chatml_prefix, chatml_suffix
 
 __all__ = ["RawContext", "RawModel", "RawSetting"]
 

@@ -38,20 +38,9 @@ from llamanode.pool import SessionPool
 from llamanode.server.schemas import WORKSPACE_HEADER
 from llamanode.session import default_model_path
 
-from .common import (
-    LLAMA_SERVER,
-    OUT_DIR,
-    SYSTEM_INTRO,
-    Server,
-    fit_text,
-    free_port,
-    machine_info,
-    md_table,
-    source_text,
-    stats,
-    verdict,
-    write_json,
-)
+from .common import OUT_DIR, machine_info, md_table, stats, verdict, write_json
+from .processes import LLAMA_SERVER, Server, free_port
+from .prompts import SYSTEM_INTRO, fit_text, source_text
 from .raw_loop import repack_decision
 
 QUESTIONS = (

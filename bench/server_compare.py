@@ -238,7 +238,7 @@ def compare(args: argparse.Namespace) -> int:
     """Overhead, warm-turn TTFT and load for the server at args.compare_rev and this tree's."""
     from llamanode.session import default_model_path
 
-    from .common import Server, free_port
+    from .processes import Server, free_port
     from .server import model_id_of, run_chat, system_prompt
 
     model = default_model_path()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from bench.agent_proxy import Harness, Recorder, apply_harness, make_app
 from bench.agent_wire import (
     ReplyObserver,

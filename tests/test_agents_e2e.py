@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from bench.agent_scenarios import AgentRun, install_agents, run_agent
 from bench.agent_wire import read_recording
-from bench.common import LLAMA_SERVER, Server, free_port, llama_server_cmd, llamanode_serve_cmd
-
+from bench.processes import LLAMA_SERVER, Server, free_port, llama_server_cmd, llamanode_serve_cmd
 from llamanode import default_model_path
 
 pytestmark = [

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from bench.agent_report import markdown, targets, totals
 from bench.agents import interleave, load_agent, recording_files
-from bench.common import LLAMA_SERVER
+from bench.processes import LLAMA_SERVER
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from bench.git_trace import SYSTEM, TraceOptions, build_trace, load_trace
 
 REPO = Path(__file__).resolve().parents[1]
