@@ -6,7 +6,7 @@ its chat between them. Each agent gets its own copy of the scratch repository (a
 source files), its own empty HOME, and its own proxy and recording; no agent needs the network.
 
     scripts/install-agents                                            # once
-    .venv/bin/python bench/agent_scenarios.py --serve llama-server    # or --serve llamanode, --upstream URL
+    .venv/bin/python -m bench.agent_scenarios --serve llama-server    # or --serve llamanode, --upstream URL
     -> bench/out/agents/<time>/{claude,codex,aider}.jsonl, one <agent>-<step>.log per agent run
 
 Recordings hold the agents' prompts; bench/out/ is gitignored and recordings are never committed.

@@ -1,4 +1,4 @@
-"""bench_agents: replay recorded coding-agent sessions against llamanode and llama-server, one server at a time.
+"""bench.agents: replay recorded coding-agent sessions against llamanode and llama-server, one server at a time.
 
 Input: recordings of bench/agent_proxy.py (bench/agent_scenarios.py writes one per agent). Every generation
 request (`/v1/messages`, `/v1/responses`, `/v1/chat/completions`) is sent again exactly as it was forwarded,
@@ -17,9 +17,9 @@ content event, client side) and total time. Targets (PASS/MISS): every request a
 reuses >= 90 % of its prompt on llamanode; llamanode's total TTFT <= 0.9 x llama-server's per agent; a second
 session's first request at least as fast as on llama-server.
 
-    .venv/bin/python bench/agent_scenarios.py --serve llamanode            # record once
-    .venv/bin/python bench/bench_agents.py bench/out/agents/<run>          # -> bench/out/agents.{json,md}
-    .venv/bin/python bench/bench_agents.py --print-md bench/out/agents.json
+    .venv/bin/python -m bench.agent_scenarios --serve llamanode            # record once
+    .venv/bin/python -m bench.agents bench/out/agents/<run>          # -> bench/out/agents.{json,md}
+    .venv/bin/python -m bench.agents --print-md bench/out/agents.json
 """
 
 from __future__ import annotations

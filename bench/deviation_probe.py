@@ -11,7 +11,7 @@ llama.cpp decodes a sequence only at consecutive positions, so scattered tokens 
 Per turn pair of a trace: quality against exact reuse (approx_quality.py) for each selection. Bench only:
 it reaches into the session and the llama.cpp adapter.
 
-    .venv/bin/python bench/deviation_probe.py --trace bench/out/trace.json --turns 6 --share 0.1 --layer 1
+    .venv/bin/python -m bench.deviation_probe --trace bench/out/trace.json --turns 6 --share 0.1 --layer 1
 """
 
 from __future__ import annotations

@@ -279,7 +279,7 @@ def run(plan: PoolPlan) -> PoolResults:
     config = Config(num_ctx=plan.prefix_tokens + 512, num_threads=plan.threads)
     results = PoolResults(plan=asdict(plan), machine=machine_info())
     results.config = {"num_ctx": config.num_ctx, "threads": config.threads, "kv": config.kv_shaping()}
-    with tempfile.TemporaryDirectory(prefix="bench_pool-", dir=os.environ.get("BENCH_TMP")) as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-pool-", dir=os.environ.get("BENCH_TMP")) as tmp:
         root = Path(tmp)
         with open_session(None, Config(num_ctx=256)) as probe:  # open all along: Prompts tokenizes with it
             prompts = Prompts(probe.tokenize, plan)

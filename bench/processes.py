@@ -14,7 +14,15 @@ import httpx
 
 from .common import REPO
 
-__all__ = ["LLAMA_SERVER", "Server", "free_port", "llama_server_cmd", "llamanode_serve_cmd", "module_cmd"]
+__all__ = [
+    "LLAMA_SERVER",
+    "Server",
+    "free_port",
+    "llama_server_cmd",
+    "llamanode_serve_cmd",
+    "model_id_of",
+    "module_cmd",
+]
 
 LLAMA_SERVER = Path(os.environ.get("LLAMA_SERVER", Path.home() / ".cache/llamanode/llama-server/bin/llama-server"))
 """llama.cpp's own server of the vendored revision, built by bench/build_llama_server.sh."""
@@ -81,6 +89,11 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def model_id_of(server: Server) -> str:
+    data = httpx.get(server.url + "/v1/models", timeout=10).json()["data"]
+    return str(data[0]["id"])
 
 
 def module_cmd(name: str, *args: str) -> list[str]:

@@ -5,7 +5,7 @@ through numpy views, greedy sampling by argmax over the live logits. Only llaman
 weight-repack decision is reused, so the floor loads its weights exactly as llamanode does. Whatever llamanode adds
 on top of this is overhead; the fastest setting of this loop is the floor it is held to.
 
-Run alone for a quick look: `.venv/bin/python bench/raw_loop.py [--prefix 4096 --suffix 92]`.
+Run alone for a quick look: `.venv/bin/python -m bench.raw_loop [--prefix 4096 --suffix 92]`.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Every measurement runs in a fresh process, so nothing is remembered in memory:
 - digest, remembered: the digest cache holds the file's entry;
 - open_session cold / remembered: model load + digests + context, with the digest cache empty or filled.
 
-Run: .venv/bin/python bench/bench_startup.py [--size-gb 4 --reps 3 --dir /var/tmp]
+Run: .venv/bin/python -m bench.startup [--size-gb 4 --reps 3 --dir /var/tmp]
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Real-history replay (issue 12): review turns built from git commits, replayed through every strategy.
 
-    .venv/bin/python bench/bench_trace.py --turns 12 --json bench/out/trace-replay.json
-    .venv/bin/python bench/bench_trace.py --repo ~/src/other-project --turns 12     # any local clone
-    .venv/bin/python bench/bench_trace.py --trace bench/out/trace.json               # a saved trace
+    .venv/bin/python -m bench.trace --turns 12 --json bench/out/trace-replay.json
+    .venv/bin/python -m bench.trace --repo ~/src/other-project --turns 12     # any local clone
+    .venv/bin/python -m bench.trace --trace bench/out/trace.json               # a saved trace
 
 Per turn and strategy: prefix tokens, reused, recomputed, suffix tokens and time to first token;
 totals, and ratios against `Llama` (same prompt text, same model and settings, same run, turns

@@ -2,7 +2,7 @@
 
 Prefill is skipped (the hit path never decodes), so a 28k-token prefix needs no minutes of compute;
 tokenization, hashing, residency and the session's bookkeeping are all real.
-Run: .venv/bin/python bench/bench_unchanged_prefix.py
+Run: .venv/bin/python -m bench.unchanged_prefix
 """
 
 from __future__ import annotations
