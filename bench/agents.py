@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     pair = [a for a in args.interleave.split(",") if a in agents] if args.interleave else []
     log_dir = args.json.parent / "agents-logs"
     results: dict[str, Any] = {
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(["python -m bench.agents", *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine_info(),
         "settings": {"threads": args.threads, "ctx": args.ctx, "repack": args.repack_on, "interleaved": pair},
         "recordings": {f.stem: str(f) for f in files},

@@ -30,15 +30,12 @@ from typing import Any
 import llamanode
 from llamanode import Config
 
-from .common import machine_info, md_table, ratio, write_json
+from .common import log, machine_info, md_table, ratio, write_json
 from .git_trace import Trace, add_trace_options, build_trace, load_trace, options_from_args
-from .replay import NOT_BY_DEFAULT, STRATEGIES, ReplaySetup, TurnResult, replay, unavailable
+from .replay import ReplaySetup, TurnResult, replay
+from .strategies import NOT_BY_DEFAULT, STRATEGIES, unavailable
 
 BASELINE = "llama"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def vocab(model_path: str) -> Any:
@@ -248,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_json(
             args.json,
             {
-                "command": " ".join(sys.argv),
+                "command": " ".join(["python -m bench.trace", *sys.argv[1:]]),
                 "machine": machine_info(),
                 "args": {k: str(v) for k, v in vars(args).items()},
                 "trace": {
