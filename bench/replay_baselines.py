@@ -13,13 +13,41 @@ from .replay import ReplaySetup, TurnResult
 __all__ = ["LlamaServerReuseStrategy", "LlamaServerStrategy", "LlamaStrategy"]
 
 
-class LlamaStrategy:
+class _PromptBaseline:
+    """A system that sees only prompt text: it reuses a cached prompt prefix and does nothing between requests."""
+
+    name: str
+
+    def __init__(self, setup: ReplaySetup) -> None:
+        self.setup = setup
+
+    def think(self, index: int, upcoming: TraceTurn, seconds: float) -> None:
+        """Nothing happens between requests."""
+
+    def result(
+        self, index: int, turn: TraceTurn, prefix_tokens: int, kept: int, prompt_tokens: int, ttft: float, first: str
+    ) -> TurnResult:
+        reused = min(kept, prefix_tokens)  # prompt-level reuse, counted against the prefix
+        return TurnResult(
+            strategy=self.name,
+            turn=index,
+            commit=turn.commit,
+            prefix_tokens=prefix_tokens,
+            reused_tokens=reused,
+            recomputed_tokens=prefix_tokens - reused,
+            suffix_tokens=prompt_tokens - prefix_tokens,
+            ttft_s=ttft,
+            first_token=first,
+        )
+
+
+class LlamaStrategy(_PromptBaseline):
     """llama-cpp-python's `Llama` on the same prompt text: the baseline users have today."""
 
     name = "llama"
 
     def __init__(self, setup: ReplaySetup) -> None:
-        self.setup = setup
+        super().__init__(setup)
         self._llm: Any = None
 
     def start(self) -> None:
@@ -30,9 +58,6 @@ class LlamaStrategy:
         if self._llm is not None:
             self._llm.close()
 
-    def think(self, index: int, upcoming: TraceTurn, seconds: float) -> None:
-        """Llama does nothing between requests."""
-
     def turn(self, index: int, turn: TraceTurn) -> TurnResult:
         llm = self._llm
         tokens = llm.tokenize((turn.prefix_text + turn.suffix).encode(), add_bos=False, special=True)
@@ -41,28 +66,17 @@ class LlamaStrategy:
         started = now()
         out = llm.create_completion(turn.prefix_text + turn.suffix, max_tokens=1, temperature=0.0)
         ttft = now() - started
-        reused = min(kept, prefix_tokens)  # prompt-level reuse, counted against the prefix
-        return TurnResult(
-            strategy=self.name,
-            turn=index,
-            commit=turn.commit,
-            prefix_tokens=prefix_tokens,
-            reused_tokens=reused,
-            recomputed_tokens=prefix_tokens - reused,
-            suffix_tokens=len(tokens) - prefix_tokens,
-            ttft_s=ttft,
-            first_token=out["choices"][0]["text"],
-        )
+        return self.result(index, turn, prefix_tokens, kept, len(tokens), ttft, out["choices"][0]["text"])
 
 
-class LlamaServerStrategy:
+class LlamaServerStrategy(_PromptBaseline):
     """llama.cpp's llama-server on the same prompt text (one slot, cache_prompt), optionally --cache-reuse."""
 
     name = "llama-server"
     cache_reuse = 0
 
     def __init__(self, setup: ReplaySetup) -> None:
-        self.setup = setup
+        super().__init__(setup)
         self._server: LlamaServer | None = None
 
     def start(self) -> None:
@@ -76,27 +90,15 @@ class LlamaServerStrategy:
         if self._server is not None:
             self._server.stop()
 
-    def think(self, index: int, upcoming: TraceTurn, seconds: float) -> None:
-        """llama-server does nothing between requests."""
-
     def turn(self, index: int, turn: TraceTurn) -> TurnResult:
         server = self._server
         assert server is not None, "start() first"
         prefix_tokens = server.count(turn.prefix_text)
         done = server.complete_one(turn.prefix_text + turn.suffix)
-        reused = min(done.cached, prefix_tokens)  # prompt-level reuse, counted against the prefix
-        return TurnResult(
-            strategy=self.name,
-            turn=index,
-            commit=turn.commit,
-            prefix_tokens=prefix_tokens,
-            reused_tokens=reused,
-            recomputed_tokens=prefix_tokens - reused,
-            suffix_tokens=done.cached + done.processed - prefix_tokens,
-            ttft_s=done.seconds,
-            first_token=done.text,
-            detail={"cache_n": done.cached, "prompt_n": done.processed},
-        )
+        prompt_tokens = done.cached + done.processed
+        result = self.result(index, turn, prefix_tokens, done.cached, prompt_tokens, done.seconds, done.text)
+        result.detail.update(cache_n=done.cached, prompt_n=done.processed)
+        return result
 
 
 class LlamaServerReuseStrategy(LlamaServerStrategy):

@@ -56,6 +56,10 @@ QUESTIONS = (
 )
 
 
+CHAT_HEADERS = ["server", "cold TTFT ms", "warm TTFT p50 ms", "warm TTFT p90 ms", "decode tok/s p50"]
+CHAT_HEADERS += ["cached tokens (warm turns)"]  # the chat table's columns (also in the --compare report)
+
+
 @dataclass
 class Turn:
     ttft_s: float
@@ -229,17 +233,7 @@ def report(
         "prefix, as an unmodified OpenAI client would; with warm-next on (its default) it prefills each answer "
         "during that pause.",
         "",
-        md_table(
-            [
-                "server",
-                "cold TTFT ms",
-                "warm TTFT p50 ms",
-                "warm TTFT p90 ms",
-                "decode tok/s p50",
-                "cached tokens (warm turns)",
-            ],
-            rows,
-        ),
+        md_table(CHAT_HEADERS, rows),
         "",
         "Per turn TTFT (ms):",
         "",

@@ -38,7 +38,8 @@ from llamanode.pool import SessionPool
 from llamanode.server.schemas import WORKSPACE_HEADER
 
 from .common import REPO, machine_info, md_table, stats, write_json
-from .server_overhead import paired_overhead
+from .server import CHAT_HEADERS, run_chat, system_prompt
+from .server_overhead import paired_diffs, paired_overhead
 
 __all__ = ["LoadResult", "compare", "load_run", "revision_tree", "serve_cmd"]
 
@@ -175,7 +176,6 @@ def compare(args: argparse.Namespace) -> int:
     from llamanode.session import default_model_path
 
     from .processes import Server, free_port, model_id_of
-    from .server import run_chat, system_prompt
 
     model = default_model_path()
     work = Path(tempfile.mkdtemp(prefix="llamanode-bench-compare-"))
@@ -256,7 +256,7 @@ def compare_report(
     ms = 1000.0
     overhead_rows = []
     for name, (http_times, local_times) in overhead.items():
-        diffs = stats([h - loc for h, loc in zip(http_times, local_times, strict=True)])
+        diffs = stats(paired_diffs(http_times, local_times))
         http, local = stats(http_times), stats(local_times)
         overhead_rows.append(
             [name, http.median * ms, http.p99 * ms, local.median * ms, diffs.median * ms, diffs.p99 * ms]
@@ -295,17 +295,7 @@ def compare_report(
         f"Warm-turn TTFT: a {args.context_tokens}-token system prompt, then {args.turns - 1} short user turns "
         f"(streamed, max_tokens {args.max_tokens}, turn 0 cold, {args.think_s} s pause after each answer).",
         "",
-        md_table(
-            [
-                "server",
-                "cold TTFT ms",
-                "warm TTFT p50 ms",
-                "warm TTFT p90 ms",
-                "decode tok/s p50",
-                "cached tokens (warm turns)",
-            ],
-            ttft_rows,
-        ),
+        md_table(CHAT_HEADERS, ttft_rows),
         "",
         f"Load: {first.clients} clients over {first.workspaces} workspaces for {args.load_seconds:g} s (streamed chat "
         f"turns, max_tokens {args.load_max_tokens}; --parallel 2 --max-queue 16, one thread each; a 429 is retried "
