@@ -103,8 +103,8 @@ def stream_chat(client: httpx.Client, model: str, messages: list[dict[str, str]]
                     last = now
                     chunks += 1
                     parts.append(text)
-            usage = event.get("usage") or {}
-            details = usage.get("prompt_tokens_details") or {}
+            reported = event.get("usage") or {}
+            details = reported.get("prompt_tokens_details") or {}
             if "cached_tokens" in details:
                 cached = int(details["cached_tokens"])
     done = time.perf_counter()
