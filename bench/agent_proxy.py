@@ -6,7 +6,7 @@ forwarded, arrival time, time to the response headers, to the first body byte an
 content event, status, and what the answer said about itself (prompt and cached tokens from the server's
 usage, tool calls, stop reason; see agent_wire.py).
 
-    .venv/bin/python bench/agent_proxy.py --upstream http://127.0.0.1:8080 --port 8090 \\
+    .venv/bin/python -m bench.agent_proxy --upstream http://127.0.0.1:8080 --port 8090 \\
         --record bench/out/agents/claude.jsonl --label claude
 
 Recordings hold the agents' own prompts: keep them under bench/out/ (gitignored); never commit them.
@@ -39,8 +39,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from agent_wire import (
+from .agent_wire import (
     Api,
     ReplyObserver,
     api_of,

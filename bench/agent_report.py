@@ -1,5 +1,5 @@
 """The agent replay's report: per-agent totals, targets (PASS/MISS) and markdown tables, from the results
-that bench/bench_agents.py writes (so `bench_agents.py --print-md results.json` re-renders a past run).
+that bench/agents.py writes (so `bench/agents.py --print-md results.json` re-renders a past run).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from common import md_table, ratio, verdict
+from .common import md_table, ratio, verdict
 
 REUSE_TARGET = 0.90
 TTFT_TARGET = 0.90

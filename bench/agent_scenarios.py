@@ -6,7 +6,7 @@ its chat between them. Each agent gets its own copy of the scratch repository (a
 source files), its own empty HOME, and its own proxy and recording; no agent needs the network.
 
     scripts/install-agents                                            # once
-    .venv/bin/python bench/agent_scenarios.py --serve llama-server    # or --serve llamanode, --upstream URL
+    .venv/bin/python -m bench.agent_scenarios --serve llama-server    # or --serve llamanode, --upstream URL
     -> bench/out/agents/<time>/{claude,codex,aider}.jsonl, one <agent>-<step>.log per agent run
 
 Recordings hold the agents' prompts; bench/out/ is gitignored and recordings are never committed.
@@ -28,17 +28,9 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from agent_wire import read_recording
-from common import (
-    OUT_DIR,
-    REPO,
-    Server,
-    free_port,
-    llama_server_cmd,
-    llamanode_serve_cmd,
-    log,
-)
+from .agent_wire import read_recording
+from .common import OUT_DIR, REPO, log
+from .processes import Server, free_port, llama_server_cmd, llamanode_serve_cmd, module_cmd
 
 AGENTS = ("claude", "codex", "aider")
 SCRATCH_FILES = ("errors.py", "textstream.py", "config.py")
@@ -188,8 +180,8 @@ def recording_proxy(upstream: str, recording: Path, label: str, cap: int | None,
     """bench/agent_proxy.py in a process of its own; yields its base URL. Chat-completion streams are always
     asked for their usage (aider does not ask; a recording without token counts is of no use here)."""
     port = free_port()
-    cmd = [sys.executable, str(Path(__file__).with_name("agent_proxy.py")), "--upstream", upstream,
-           "--port", str(port), "--record", str(recording), "--label", label]  # fmt: skip
+    cmd = module_cmd("agent_proxy", "--upstream", upstream, "--port", str(port), "--record", str(recording),
+                     "--label", label)  # fmt: skip
     cmd += ["--max-output-tokens", str(cap)] if cap is not None else []
     cmd += ["--force-tool-first"] if force_tool else []
     cmd += ["--stream-usage"]

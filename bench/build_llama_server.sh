@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build llama.cpp's own llama-server from the llama-cpp-python 0.3.36 sdist's vendor/llama.cpp,
-# so bench/bench_server.py compares llamanode against the very llama.cpp revision it runs on.
+# so bench/server.py compares llamanode against the very llama.cpp revision it runs on.
 #
 #   bench/build_llama_server.sh            # -> ~/.cache/llamanode/llama-server/bin/llama-server
 #
@@ -8,7 +8,7 @@
 #
 # The build is native (like the llama-cpp-python wheel), so on an AMX CPU it carries the AMX kernel
 # that crashes on long prefills (llama.cpp#20824). Whoever launches it must pass llamanode's
-# weight-repack choice: bench/bench_server.py adds --no-repack when llamanode turns repacking off.
+# weight-repack choice: bench/server.py adds --no-repack when llamanode turns repacking off.
 set -euo pipefail
 
 VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"

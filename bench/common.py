@@ -1,8 +1,8 @@
-"""Shared benchmark helpers: timing and statistics, interleaving, prompts, machine facts, tables.
+"""Shared benchmark helpers: timing and statistics, interleaving, timed turns, machine facts, tables.
 
-Used by bench_core.py and by the pool and server benchmarks. The machine these run on is
-shared and noisy, so every comparison runs its cases interleaved in one process
-(A, B, C, then C, B, A, ...) and reports medians and ratios, never a lone absolute time.
+Used by every benchmark in this package (prompt texts: prompts.py; server processes: processes.py).
+The machine these run on is shared and noisy, so every comparison runs its cases interleaved in one
+process (A, B, C, then C, B, A, ...) and reports medians and ratios, never a lone absolute time.
 """
 
 from __future__ import annotations
@@ -12,55 +12,40 @@ import json
 import math
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+from llamanode import Config, DecodeConfig, KVSession
 
 __all__ = [
-    "LLAMA_SERVER",
     "OUT_DIR",
     "REPO",
-    "SYSTEM_INTRO",
-    "Server",
+    "RunResults",
+    "SessionTurn",
     "Stats",
-    "Tokenize",
-    "chatml_prefix",
-    "chatml_suffix",
-    "file_segments",
-    "fit_text",
-    "free_port",
     "interleaved",
-    "llama_server_cmd",
-    "llamanode_serve_cmd",
+    "llama_turn",
     "log",
     "machine_info",
     "md_table",
     "now",
+    "open_llama",
     "percentile",
     "ratio",
-    "source_files",
-    "source_text",
+    "session_turn",
     "stats",
     "verdict",
     "write_json",
 ]
 
 REPO = Path(__file__).resolve().parents[1]
-SRC = REPO / "src" / "llamanode"
 OUT_DIR = REPO / "bench" / "out"
-LLAMA_SERVER = Path(os.environ.get("LLAMA_SERVER", Path.home() / ".cache/llamanode/llama-server/bin/llama-server"))
-"""llama.cpp's own server of the vendored revision, built by bench/build_llama_server.sh."""
-
-Tokenize = Callable[[str], list[int]]
-"""text -> token ids, special tokens parsed (ChatML markers become control tokens), no BOS added."""
 
 now = time.perf_counter
 _T0 = now()
@@ -143,222 +128,76 @@ def interleaved(
     return out
 
 
-# -- prompts -----------------------------------------------------------------------------------
-
-SYSTEM_INTRO = (
-    "You are a careful coding assistant working in the llamanode repository: a Python runtime that keeps "
-    "a coding agent's prompt-prefix KV cache hot in a local LLM. Answer with short, correct code edits. "
-    "The repository's source follows, one file after another.\n\n"
-)
-OPENERS = (
-    "Explain",
-    "Refactor",
-    "Why does",
-    "Summarize",
-    "Find the bug in",
-    "Rename the variables of",
-    "Describe",
-    "List the callers of",
-    "Check",
-    "Document",
-    "Which tests cover",
-    "Simplify",
-    "Review",
-    "Optimize",
-    "Translate to plain English",
-    "Add type hints to",
-)
-ASSISTANT_TAIL = "<|im_end|>\n<|im_start|>assistant\n"
+# -- timed turns of the systems under test ------------------------------------------------------
 
 
-def source_files() -> list[tuple[str, str]]:
-    """(relative path, text) of every llamanode source file, in a stable order."""
-    files = sorted(SRC.rglob("*.py"))
-    return [(str(p.relative_to(REPO)), p.read_text(encoding="utf-8")) for p in files]
+@dataclass(frozen=True)
+class SessionTurn:
+    """One llamanode turn up to its first token, in parts (seconds), and what ensure_prefix reported."""
+
+    ensure_s: float
+    suffix_s: float
+    first_s: float
+    byte_hash_hit: bool
+    reused: int
+    prefilled: int
+
+    @property
+    def ttft(self) -> float:
+        return self.ensure_s + self.suffix_s + self.first_s
 
 
-def source_text() -> str:
-    """llamanode's own source tree, concatenated with a file marker before each file."""
-    return "".join(f"# file: {name}\n{text}\n" for name, text in source_files())
+def session_turn(session: KVSession, segments: Sequence[tuple[str, str]], suffix: str) -> SessionTurn:
+    """One agent turn up to its first token: build the prefix, ensure it, prefill the suffix, sample."""
+    t0 = now()
+    status = session.ensure_prefix(session.prefix(segments))
+    t1 = now()
+    session.prefill_suffix(session.suffix(suffix))
+    t2 = now()
+    stream = session.decode(DecodeConfig(max_tokens=1))
+    next(stream)  # the first chunk carries the first token (max_tokens=1: it is not decoded)
+    t3 = now()
+    for _ in stream:
+        pass
+    return SessionTurn(t1 - t0, t2 - t1, t3 - t2, status.byte_hash_hit, status.reused_tokens, status.prefilled_tokens)
 
 
-def file_segments(text: str, marker: str = "# file: ") -> list[tuple[str, str]]:
-    """Split a prompt into manifest segments at file markers: (name, text) pairs that tile it exactly.
+def llama_turn(llm: Any, prompt: str) -> float:
+    """`Llama`'s own path: full prompt text in, its prefix-match reuse, one greedy token out (seconds)."""
+    t0 = now()
+    llm.create_completion(prompt, max_tokens=1, temperature=0.0)
+    return now() - t0
 
-    The part before the first marker is "head"; a repeated file name gets a "#2" suffix.
+
+def open_llama(model_path: str, config: Config, threads: int | None = None) -> Any:
+    """llama-cpp-python's `Llama` with llamanode's settings: window, batch sizes, threads, flash attention.
+
+    threads: config.threads when None; 0 leaves Llama its own default.
     """
-    segments: list[tuple[str, str]] = []
-    seen: dict[str, int] = {}
-    start = 0
-    name = "head"
-    at = text.find(marker)
-    while at != -1:
-        segments.append((name, text[start:at]))
-        line_end = text.find("\n", at)
-        file_name = text[at + len(marker) : line_end if line_end != -1 else len(text)]
-        seen[file_name] = seen.get(file_name, 0) + 1
-        name = file_name if seen[file_name] == 1 else f"{file_name}#{seen[file_name]}"
-        start = at
-        at = text.find(marker, at + 1)
-    segments.append((name, text[start:]))
-    return [(n, t) for n, t in segments if t]
+    from llama_cpp import Llama
 
-
-def fit_text(tokenize: Tokenize, make: Callable[[str], str], body: str, n_tokens: int) -> str:
-    """make(body[:cut]) with exactly n_tokens tokens; body is repeated when it is too short.
-
-    If no cut near the boundary gives exactly n_tokens (a long token such as an indentation run
-    can jump the count by more than one), the body's start is shifted by a few characters and
-    the search repeated.
-    """
-    if len(tokenize(make(""))) > n_tokens:
-        raise ValueError(f"the frame alone is longer than {n_tokens} tokens")
-    while len(tokenize(make(body))) < n_tokens:
-        body = body + "\n" + body
-    for shift in range(0, 400, 13):
-        text = _exact_cut(tokenize, make, body[shift:], n_tokens)
-        if text is not None:
-            return text
-    raise ValueError(f"no cut of the body gives exactly {n_tokens} tokens")
-
-
-def _exact_cut(tokenize: Tokenize, make: Callable[[str], str], body: str, n_tokens: int) -> str | None:
-    lo, hi = 0, len(body)
-    while lo < hi:  # smallest cut whose text has >= n_tokens tokens
-        mid = (lo + hi) // 2
-        if len(tokenize(make(body[:mid]))) >= n_tokens:
-            hi = mid
-        else:
-            lo = mid + 1
-    for cut in sorted(range(max(0, lo - 64), min(len(body), lo + 64) + 1), key=lambda c: abs(c - lo)):
-        text = make(body[:cut])
-        if len(tokenize(text)) == n_tokens:
-            return text
-    return None
-
-
-def chatml_prefix(tokenize: Tokenize, n_tokens: int, body: str | None = None, intro: str = SYSTEM_INTRO) -> str:
-    """A ChatML system turn holding the source tree, then an opened user turn: exactly n_tokens tokens.
-
-    A different intro gives a prefix that shares only `<|im_start|>system\\n` with the default one.
-    """
-    text = source_text() if body is None else body
-
-    def make(b: str) -> str:
-        return f"<|im_start|>system\n{intro}{b}<|im_end|>\n<|im_start|>user\n"
-
-    return fit_text(tokenize, make, text, n_tokens)
-
-
-def chatml_suffix(tokenize: Tokenize, n_tokens: int, variant: int) -> str:
-    """The rest of a user turn ending in `<|im_start|>assistant\\n`: exactly n_tokens tokens.
-
-    Consecutive variants start with different words and quote different code, so a
-    prefix-matching cache cannot reuse any of the previous suffix.
-    """
-    opener = OPENERS[variant % len(OPENERS)]
-    src = source_text()
-    start = (variant * 1733) % max(1, len(src) - 4096)
-    snippet = src[start : start + 8192]
-
-    frames = (f"{opener} this code:\n```python\n{{}}", f"{opener}: {{}}", f"{opener.split()[0]} {{}}")
-    for frame in frames:  # short suffixes get a shorter frame
-
-        def make(b: str, frame: str = frame) -> str:
-            return frame.format(b) + ASSISTANT_TAIL
-
-        if len(tokenize(make(""))) < n_tokens:
-            return fit_text(tokenize, make, snippet, n_tokens)
-    raise ValueError(f"a suffix needs more than {n_tokens} tokens")
-
-
-# -- server processes --------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    n_threads = config.threads if threads is None else threads
+    return Llama(
+        model_path=model_path,
+        n_ctx=config.num_ctx,
+        n_batch=config.num_batch,
+        n_ubatch=config.num_ubatch,
+        n_threads=n_threads or None,
+        n_threads_batch=n_threads or None,
+        flash_attn=config.flash_attn,
+        verbose=False,
+    )
 
 
 @dataclass
-class Server:
-    """A server process on 127.0.0.1: started, polled on ready_path until it answers 200, stopped."""
+class RunResults:
+    """The part every benchmark's results share: its plan and the machine (load average at start and end)."""
 
-    name: str
-    cmd: list[str]
-    port: int
-    ready_path: str
-    env: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen[bytes] | None = None
-    log: Path | None = None
+    plan: dict[str, Any]
+    machine: dict[str, Any]
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, log_dir: Path, timeout: float = 300.0) -> None:
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.log = log_dir / f"{self.name}.log"
-        with self.log.open("wb") as sink:
-            self.proc = subprocess.Popen(
-                self.cmd,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **self.env},
-                stdin=subprocess.DEVNULL,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self.log.read_text(errors='replace')[-3000:]}")
-            try:
-                if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-    def __enter__(self) -> Server:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def llamanode_serve_cmd(model: Path, port: int, threads: int, ctx: int, store_dir: Path, *extra: str) -> list[str]:
-    """`llamanode serve` of this checkout's interpreter, one workspace at a time, quiet."""
-    return [sys.executable, "-m", "llamanode.cli", "serve", "--port", str(port), "--model", str(model),
-            "--ctx", str(ctx), "--threads", str(threads), "--parallel", "1", "--store-dir", str(store_dir),
-            "--quiet", *extra]  # fmt: skip
-
-
-def llama_server_cmd(
-    model: Path, port: int, threads: int, ctx: int, *extra: str, train_ctx: int = 8192, repack: bool = True
-) -> list[str]:
-    """llama-server with the Jinja templates, flash attention off (llamanode's default), one slot.
-
-    A window beyond the model's training context is reached by YaRN, as llamanode does:
-    `--rope-scaling yarn --rope-scale ctx/train_ctx --yarn-orig-ctx train_ctx`.
-    """
-    cmd = [str(LLAMA_SERVER), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-c", str(ctx),
-           "-t", str(threads), "-tb", str(threads), "-np", "1", "-fa", "off", "--jinja", "--no-webui"]  # fmt: skip
-    if ctx > train_ctx:
-        cmd += ["--rope-scaling", "yarn", "--rope-scale", f"{ctx / train_ctx:g}", "--yarn-orig-ctx", str(train_ctx)]
-    if not repack:
-        cmd.append("--no-repack")
-    return [*cmd, *extra]
+    def finish(self) -> None:
+        self.machine["loadavg_end"] = list(os.getloadavg())
 
 
 # -- machine and output ----------------------------------------------------------------------

@@ -11,7 +11,7 @@ llama.cpp decodes a sequence only at consecutive positions, so scattered tokens 
 Per turn pair of a trace: quality against exact reuse (approx_quality.py) for each selection. Bench only:
 it reaches into the session and the llama.cpp adapter.
 
-    .venv/bin/python bench/deviation_probe.py --trace bench/out/trace.json --turns 6 --share 0.1 --layer 1
+    .venv/bin/python -m bench.deviation_probe --trace bench/out/trace.json --turns 6 --share 0.1 --layer 1
 """
 
 from __future__ import annotations
@@ -26,17 +26,15 @@ from typing import Any
 
 import numpy as np
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
 import llamanode
-from approx_quality import ExactReference, measure
-from common import md_table
-from git_trace import load_trace
 from llamanode import ApproxReuse, Config, KVSession
 from llamanode.backends.llamacpp.context import LlamaCppContext, _Batch, context_params
 from llamanode.backends.llamacpp.native import lib
 from llamanode.resident import chunk_sizes
+
+from .approx_quality import ExactReference, measure
+from .common import md_table
+from .git_trace import load_trace
 
 
 class KeyProbe:

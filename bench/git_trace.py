@@ -6,8 +6,8 @@ they stood before the commit, in path order; its suffix is the commit's Python d
 files the commit changes (most lines changed first), then the files changed most recently before it.
 Nothing is downloaded: the repository is a local clone (default: llamanode's own history).
 
-    .venv/bin/python bench/git_trace.py --turns 12 --out bench/out/trace.json    # build and save a trace
-    .venv/bin/python bench/bench_trace.py --trace bench/out/trace.json       # replay it
+    .venv/bin/python -m bench.git_trace --turns 12 --out bench/out/trace.json    # build and save a trace
+    .venv/bin/python -m bench.trace --trace bench/out/trace.json       # replay it
 
 A file that does not fit the turn's --max-files-bytes is skipped and an oversized diff is cut; each
 turn's notes say so. Same repository, revision and options: the same trace, byte for byte.

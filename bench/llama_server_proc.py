@@ -1,6 +1,6 @@
 """llama.cpp's own llama-server as a replay system: one process, one slot, `/completion` with `cache_prompt`.
 
-Launched like bench_server.py launches it (the vendored revision, built by bench/build_llama_server.sh):
+Launched like bench/server.py launches it (the vendored revision, built by bench/build_llama_server.sh):
 same context, batch sizes and threads as llamanode, `-fa off`, and llamanode's weight-repack choice
 (`--no-repack` where llamanode turns repacking off). `cache_reuse` adds `--cache-reuse N`: llama-server
 then also keeps chunks of at least N matching tokens after the first divergence by shifting their KV.
@@ -15,9 +15,10 @@ from pathlib import Path
 
 import httpx
 
-from bench_server import LLAMA_SERVER, Server, free_port
 from llamanode import Config
-from raw_loop import repack_decision
+
+from .processes import LLAMA_SERVER, Server, free_port
+from .raw_loop import repack_decision
 
 __all__ = ["LLAMA_SERVER", "Completion", "LlamaServer", "llama_server_missing"]
 

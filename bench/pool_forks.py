@@ -1,4 +1,4 @@
-"""bench_pool's fork phase: N new sessions started from one long-lived workspace, as the server starts a new
+"""bench.pool's fork phase: N new sessions started from one long-lived workspace, as the server starts a new
 session key (SessionPool.fork_nearest), against the cold prefill each would cost without it.
 
 Per fork: the time of fork_nearest (tokenize, route, export from the live base, import) and of the forked
@@ -13,8 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import md_table, now, ratio, stats
-from llamanode import Config, DecodeConfig, KVSession, SessionPool
+from llamanode import Config, KVSession, SessionPool
+
+from .common import md_table, now, ratio, session_turn, stats
 
 __all__ = ["fork_sessions", "fork_sessions_table"]
 
@@ -23,14 +24,8 @@ MIN_SHARED = 256  # the server's --fork-min-tokens default
 
 def _turn(session: KVSession, prefix: str, suffix: str) -> tuple[float, int]:
     """(seconds to the first token, prefix tokens reused)."""
-    t0 = now()
-    status = session.ensure_prefix(session.prefix((("prefix", prefix),)))
-    session.prefill_suffix(session.suffix(suffix))
-    stream = session.decode(DecodeConfig(max_tokens=1))
-    next(stream)
-    elapsed = now() - t0
-    stream.close()
-    return elapsed, status.reused_tokens
+    turn = session_turn(session, (("prefix", prefix),), suffix)
+    return turn.ttft, turn.reused
 
 
 def fork_sessions(config: Config, prefix: str, suffix: Callable[[], str], n: int, root: Path) -> dict[str, Any]:

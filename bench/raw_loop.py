@@ -5,7 +5,7 @@ through numpy views, greedy sampling by argmax over the live logits. Only llaman
 weight-repack decision is reused, so the floor loads its weights exactly as llamanode does. Whatever llamanode adds
 on top of this is overhead; the fastest setting of this loop is the floor it is held to.
 
-Run alone for a quick look: `.venv/bin/python bench/raw_loop.py [--prefix 4096 --suffix 92]`.
+Run alone for a quick look: `.venv/bin/python -m bench.raw_loop [--prefix 4096 --suffix 92]`.
 """
 
 from __future__ import annotations
@@ -14,18 +14,16 @@ import argparse
 import ctypes
 import json
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from common import chatml_prefix, chatml_suffix, now
 from llamanode.backends.llamacpp.cpu import RepackDecision, decide_weight_repack
+
+from .common import now
+from .prompts import chatml_prefix, chatml_suffix
 
 __all__ = ["RawContext", "RawModel", "RawSetting"]
 

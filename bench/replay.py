@@ -1,7 +1,7 @@
 """Replaying a trace through the systems under test: the strategy interface, built-in strategies, the driver.
 
 A strategy owns one system (its own context) and answers each turn up to its first token. Add one by
-subclassing and registering it in STRATEGIES:
+subclassing and registering it in strategies.STRATEGIES:
 
 - `exact`      llamanode, segments in the trace's order, ordinary longest-common-prefix reuse
 - `assembler`  llamanode, segments ordered by a ContextAssembler learning this trace's volatility
@@ -14,6 +14,9 @@ subclassing and registering it in STRATEGIES:
                noise floor of the figures above (same math, other kernels); not run by default
 - `llama-server`, `llama-server-reuse64`  llama.cpp's llama-server (`/completion`, `cache_prompt`), plain
                and with `--cache-reuse 64` (llama_server_proc.py); only where the binary is built
+
+The llamanode strategies live here, the `Llama` and llama-server baselines in replay_baselines.py, and the
+registry of names (STRATEGIES) in strategies.py.
 
 Hooks for what comes next: `think(index, upcoming, seconds)` runs between two turns with the agent's
 think time and may look at the upcoming turn's segments (an agent knows which files changed before it
@@ -30,10 +33,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import llamanode
-from approx_quality import ExactReference, measure
-from common import now
-from git_trace import Trace, TraceTurn
-from llama_server_proc import LlamaServer, llama_server_missing
 from llamanode import (
     ApproxReuse,
     Config,
@@ -45,12 +44,14 @@ from llamanode import (
     PrewarmHandle,
 )
 
+from .approx_quality import ExactReference, measure
+from .common import now
+from .git_trace import Trace, TraceTurn
+
 __all__ = [
-    "STRATEGIES",
     "ApproxStrategy",
     "AssemblerStrategy",
-    "LlamaServerStrategy",
-    "LlamaStrategy",
+    "FlashAttnStrategy",
     "LlamanodeStrategy",
     "PrewarmStrategy",
     "ReplaySetup",
@@ -270,140 +271,6 @@ class PrewarmStrategy(LlamanodeStrategy):
         report = handle.wait()  # ended: the turn's ensure_prefix joined it, or it had completed
         prewarm = {"outcome": report.outcome, "prefilled_tokens": report.prefilled_tokens, "s": report.elapsed_s}
         return {**super().detail(index, status), "prewarm": prewarm}
-
-
-class LlamaStrategy:
-    """llama-cpp-python's `Llama` on the same prompt text: the baseline users have today."""
-
-    name = "llama"
-
-    def __init__(self, setup: ReplaySetup) -> None:
-        self.setup = setup
-        self._llm: Any = None
-
-    def start(self) -> None:
-        from llama_cpp import Llama
-
-        cfg = self.setup.config
-        self._llm = Llama(
-            model_path=self.setup.model_path,
-            n_ctx=cfg.num_ctx,
-            n_batch=cfg.num_batch,
-            n_ubatch=cfg.num_ubatch,
-            n_threads=cfg.num_threads or None,
-            n_threads_batch=cfg.num_threads or None,
-            flash_attn=cfg.flash_attn,
-            verbose=False,
-        )
-
-    def close(self) -> None:
-        if self._llm is not None:
-            self._llm.close()
-
-    def think(self, index: int, upcoming: TraceTurn, seconds: float) -> None:
-        """Llama does nothing between requests."""
-
-    def turn(self, index: int, turn: TraceTurn) -> TurnResult:
-        llm = self._llm
-        tokens = llm.tokenize((turn.prefix_text + turn.suffix).encode(), add_bos=False, special=True)
-        prefix_tokens = len(llm.tokenize(turn.prefix_text.encode(), add_bos=False, special=True))
-        kept = _reused_by_llama(list(llm.input_ids[: llm.n_tokens]), tokens)
-        started = now()
-        out = llm.create_completion(turn.prefix_text + turn.suffix, max_tokens=1, temperature=0.0)
-        ttft = now() - started
-        reused = min(kept, prefix_tokens)  # prompt-level reuse, counted against the prefix
-        return TurnResult(
-            strategy=self.name,
-            turn=index,
-            commit=turn.commit,
-            prefix_tokens=prefix_tokens,
-            reused_tokens=reused,
-            recomputed_tokens=prefix_tokens - reused,
-            suffix_tokens=len(tokens) - prefix_tokens,
-            ttft_s=ttft,
-            first_token=out["choices"][0]["text"],
-        )
-
-
-class LlamaServerStrategy:
-    """llama.cpp's llama-server on the same prompt text (one slot, cache_prompt), optionally --cache-reuse."""
-
-    name = "llama-server"
-    cache_reuse = 0
-
-    def __init__(self, setup: ReplaySetup) -> None:
-        self.setup = setup
-        self._server: LlamaServer | None = None
-
-    def start(self) -> None:
-        why = llama_server_missing()
-        if why is not None:
-            raise RuntimeError(f"{self.name}: {why}")
-        self._server = LlamaServer(self.setup.model_path, self.setup.config, self.cache_reuse)
-        self._server.start()
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-
-    def think(self, index: int, upcoming: TraceTurn, seconds: float) -> None:
-        """llama-server does nothing between requests."""
-
-    def turn(self, index: int, turn: TraceTurn) -> TurnResult:
-        server = self._server
-        assert server is not None, "start() first"
-        prefix_tokens = server.count(turn.prefix_text)
-        done = server.complete_one(turn.prefix_text + turn.suffix)
-        reused = min(done.cached, prefix_tokens)  # prompt-level reuse, counted against the prefix
-        return TurnResult(
-            strategy=self.name,
-            turn=index,
-            commit=turn.commit,
-            prefix_tokens=prefix_tokens,
-            reused_tokens=reused,
-            recomputed_tokens=prefix_tokens - reused,
-            suffix_tokens=done.cached + done.processed - prefix_tokens,
-            ttft_s=done.seconds,
-            first_token=done.text,
-            detail={"cache_n": done.cached, "prompt_n": done.processed},
-        )
-
-
-class LlamaServerReuseStrategy(LlamaServerStrategy):
-    name = "llama-server-reuse64"
-    cache_reuse = 64
-
-
-def _reused_by_llama(resident: Sequence[int], tokens: Sequence[int]) -> int:
-    """What Llama.generate keeps: the common prefix, one less when it covers the whole prompt."""
-    n = 0
-    for a, b in zip(resident, tokens, strict=False):
-        if a != b:
-            break
-        n += 1
-    return n - 1 if n == len(tokens) and n > 0 else n
-
-
-StrategyFactory = Callable[[ReplaySetup], Strategy]
-STRATEGIES: dict[str, StrategyFactory] = {
-    "llama": LlamaStrategy,
-    "exact": LlamanodeStrategy,
-    "assembler": AssemblerStrategy,
-    "prewarm": PrewarmStrategy,
-    "approx-boundary": ApproxStrategy,
-    "approx-tail": ApproxTailStrategy,
-    "exact-fa": FlashAttnStrategy,
-    "llama-server": LlamaServerStrategy,
-    "llama-server-reuse64": LlamaServerReuseStrategy,
-}
-
-
-NOT_BY_DEFAULT = ("exact-fa",)
-
-
-def unavailable(name: str) -> str | None:
-    """Why a strategy cannot run on this machine, or None."""
-    return llama_server_missing() if name.startswith("llama-server") else None
 
 
 def replay(

@@ -1,4 +1,4 @@
-"""`bench_server.py --compare`: the HTTP server before and after a change, side by side in one run.
+"""`bench/server.py --compare`: the HTTP server before and after a change, side by side in one run.
 
 The "before" server is another revision of llamanode (default: 55c71c3, the last one on the
 stdlib http.server), checked out into a temporary git worktree and run with its src/ first on
@@ -8,7 +8,7 @@ PYTHONPATH; the "after" server is this tree. Both use the same venv, model and f
   paired with the same library calls in process right before or after it (order alternating); per
   server, percentiles of the paired differences. Servers run with --no-warm-next and one thread.
 - Warm-turn TTFT: a multi-turn streamed chat over a long system prompt, each turn visiting the
-  servers in alternating order (bench_server.run_chat).
+  servers in alternating order (bench.server.run_chat).
 - Load: N clients over W workspaces for a bounded time, streamed chat turns; throughput, TTFT
   p50/p99, 429 refusals (retried after a pause) and every other error (there should be none).
 """
@@ -33,13 +33,15 @@ from typing import Any
 
 import httpx
 
-from common import REPO, machine_info, md_table, stats, write_json
-from llamanode import Config, DecodeConfig
-from llamanode.chat import ChatMessage, ChatTemplate
+from llamanode import Config
 from llamanode.pool import SessionPool
 from llamanode.server.schemas import WORKSPACE_HEADER
 
-__all__ = ["LoadResult", "compare", "load_run", "paired_overhead", "revision_tree", "serve_cmd"]
+from .common import REPO, machine_info, md_table, stats, write_json
+from .server import CHAT_HEADERS, run_chat, system_prompt
+from .server_overhead import paired_diffs, paired_overhead
+
+__all__ = ["LoadResult", "compare", "load_run", "revision_tree", "serve_cmd"]
 
 
 @contextlib.contextmanager
@@ -72,70 +74,6 @@ def revision_env(tree: Path) -> dict[str, str]:
 def serve_cmd(model: Path, port: int, store: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "llamanode.cli", "serve", "--port", str(port), "--model", str(model),
             "--store-dir", str(store), "--quiet", *extra]  # fmt: skip
-
-
-def paired_overhead(
-    urls: dict[str, str], model: Path, model_id: str, reps: int, work: Path
-) -> dict[str, tuple[list[float], list[float]]]:
-    """{server: (HTTP seconds, paired in-process seconds)} for one short warm chat request."""
-    messages = [
-        {"role": "system", "content": "You are a terse coding assistant."},
-        {"role": "user", "content": "Say ok."},
-    ]
-    body = {"model": model_id, "messages": messages, "max_tokens": 1, "temperature": 0}
-    pool = SessionPool(str(model), Config(num_ctx=2048, num_threads=1), store_dir=work / "store-inproc")
-    clients = {name: httpx.Client(base_url=url, timeout=60) for name, url in urls.items()}
-    try:
-        template = template_of(pool)
-        chat = [ChatMessage(m["role"], m["content"]) for m in messages]
-        config = DecodeConfig(max_tokens=1)
-
-        def in_process() -> float:
-            started = time.perf_counter()
-            split = template.split(chat)
-            with pool.session("overhead") as session:
-                session.ensure_prefix(session.prefix((("chat", split.prefix),)))
-                session.prefill_suffix(session.suffix(split.suffix))
-                for _ in session.decode(config):
-                    pass
-            return time.perf_counter() - started
-
-        def over_http(name: str) -> float:
-            started = time.perf_counter()
-            clients[name].post(
-                "/v1/chat/completions", json=body, headers={WORKSPACE_HEADER: "overhead"}
-            ).raise_for_status()
-            return time.perf_counter() - started
-
-        for _ in range(5):  # warm every path
-            for name in urls:
-                over_http(name)
-            in_process()
-        out: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in urls}
-        names = list(urls)
-        for rep in range(reps):
-            for name in names if rep % 2 == 0 else names[::-1]:
-                http_times, local_times = out[name]
-                if rep % 2 == 0:
-                    http_times.append(over_http(name))
-                    local_times.append(in_process())
-                else:
-                    local_times.append(in_process())
-                    http_times.append(over_http(name))
-        return out
-    finally:
-        for client in clients.values():
-            client.close()
-        pool.close()
-
-
-def template_of(pool: SessionPool) -> ChatTemplate:
-    from llamanode.chat import discover_special_tokens
-
-    with pool.session("template-probe") as session:
-        source = session.identity.chat_template
-    specials = discover_special_tokens(source or "", pool.tokenize, ("<|im_start|>", "<|im_end|>"))
-    return ChatTemplate(source, special_tokens=specials)
 
 
 @dataclass
@@ -235,8 +173,9 @@ def _one_turn(
 
 def compare(args: argparse.Namespace) -> int:
     """Overhead, warm-turn TTFT and load for the server at args.compare_rev and this tree's."""
-    from bench_server import Server, free_port, model_id_of, run_chat, system_prompt
     from llamanode.session import default_model_path
+
+    from .processes import Server, free_port, model_id_of
 
     model = default_model_path()
     work = Path(tempfile.mkdtemp(prefix="llamanode-bench-compare-"))
@@ -317,7 +256,7 @@ def compare_report(
     ms = 1000.0
     overhead_rows = []
     for name, (http_times, local_times) in overhead.items():
-        diffs = stats([h - loc for h, loc in zip(http_times, local_times, strict=True)])
+        diffs = stats(paired_diffs(http_times, local_times))
         http, local = stats(http_times), stats(local_times)
         overhead_rows.append(
             [name, http.median * ms, http.p99 * ms, local.median * ms, diffs.median * ms, diffs.p99 * ms]
@@ -331,7 +270,7 @@ def compare_report(
     errors = {name: dict(r.other_errors) for name, r in loads.items() if r.other_errors}
     first = next(iter(loads.values()))
     command = (
-        f".venv/bin/python bench/bench_server.py --compare --compare-rev {args.compare_rev} --overhead-reps "
+        f".venv/bin/python -m bench.server --compare --compare-rev {args.compare_rev} --overhead-reps "
         f"{args.overhead_reps} --turns {args.turns} --context-tokens {args.context_tokens} --max-tokens "
         f"{args.max_tokens} --threads {args.threads} --ctx {args.ctx} --think-s {args.think_s} --load-seconds "
         f"{args.load_seconds} --load-clients {args.load_clients} --load-workspaces {args.load_workspaces} "
@@ -356,17 +295,7 @@ def compare_report(
         f"Warm-turn TTFT: a {args.context_tokens}-token system prompt, then {args.turns - 1} short user turns "
         f"(streamed, max_tokens {args.max_tokens}, turn 0 cold, {args.think_s} s pause after each answer).",
         "",
-        md_table(
-            [
-                "server",
-                "cold TTFT ms",
-                "warm TTFT p50 ms",
-                "warm TTFT p90 ms",
-                "decode tok/s p50",
-                "cached tokens (warm turns)",
-            ],
-            ttft_rows,
-        ),
+        md_table(CHAT_HEADERS, ttft_rows),
         "",
         f"Load: {first.clients} clients over {first.workspaces} workspaces for {args.load_seconds:g} s (streamed chat "
         f"turns, max_tokens {args.load_max_tokens}; --parallel 2 --max-queue 16, one thread each; a 429 is retried "

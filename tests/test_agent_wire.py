@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from agent_proxy import Harness, Recorder, apply_harness, make_app
-from agent_wire import (
+from bench.agent_proxy import Harness, Recorder, apply_harness, make_app
+from bench.agent_wire import (
     ReplyObserver,
     SSEParser,
     api_of,

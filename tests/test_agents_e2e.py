@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from agent_scenarios import AgentRun, install_agents, run_agent
-from agent_wire import read_recording
-from common import LLAMA_SERVER, Server, free_port, llama_server_cmd, llamanode_serve_cmd
+from bench.agent_scenarios import AgentRun, install_agents, run_agent
+from bench.agent_wire import read_recording
+from bench.processes import LLAMA_SERVER, Server, free_port, llama_server_cmd, llamanode_serve_cmd
 from llamanode import default_model_path
 
 pytestmark = [

@@ -1,4 +1,4 @@
-"""The agent replay benchmark's bookkeeping (bench/bench_agents.py, bench/agent_report.py): which recorded
+"""The agent replay benchmark's bookkeeping (bench/agents.py, bench/agent_report.py): which recorded
 requests are replayed and how sessions are numbered, the interleaving, and the targets' verdicts.
 """
 
@@ -13,12 +13,11 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from agent_report import markdown, targets, totals
-from bench_agents import interleave, load_agent, recording_files
-from common import LLAMA_SERVER
+from bench.agent_report import markdown, targets, totals
+from bench.agents import interleave, load_agent, recording_files
+from bench.processes import LLAMA_SERVER
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _record(seq: int, session: str | None, path: str = "/v1/messages?beta=true", **body: Any) -> dict[str, Any]:
@@ -128,9 +127,9 @@ def _mini_recordings(where: Path) -> None:
 def test_replay_against_llama_server_writes_results_and_report(tmp_path: Path) -> None:
     _mini_recordings(tmp_path)
     out = tmp_path / "agents.json"
-    cmd = [sys.executable, str(BENCH / "bench_agents.py"), str(tmp_path), "--servers", "llama-server",
+    cmd = [sys.executable, "-m", "bench.agents", str(tmp_path), "--servers", "llama-server",
            "--threads", "1", "--ctx", "2048", "--repack", "off", "--json", str(out)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
     phases = results["servers"]["llama-server"]

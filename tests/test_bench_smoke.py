@@ -1,4 +1,4 @@
-"""Smoke test of the session-core benchmark: `bench/bench_core.py --quick` runs and writes its results."""
+"""Smoke test of the session-core benchmark: `python -m bench.core --quick` runs and writes its results."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_bench_core_quick(tmp_path: Path) -> None:
     out = tmp_path / "core.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "bench_core.py"), "--quick", "--out", str(out), "--no-plot"],
+        [sys.executable, "-m", "bench.core", "--quick", "--out", str(out), "--no-plot"],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=300,
@@ -43,7 +44,8 @@ def test_bench_startup_smoke(tmp_path: Path) -> None:
     out = tmp_path / "startup.json"
     args = ["--size-gb", "0.2", "--reps", "1", "--dir", str(tmp_path), "--out", str(out)]
     proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "bench_startup.py"), *args],
+        [sys.executable, "-m", "bench.startup", *args],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=300,
@@ -59,11 +61,11 @@ def test_bench_startup_smoke(tmp_path: Path) -> None:
 def test_bench_server_compare_tiny(tmp_path: Path) -> None:
     """The before/after server comparison at tiny sizes: it runs, and the load run saw no error but 429s."""
     proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "bench_server.py"), "--compare", "--overhead-reps", "3",
+        [sys.executable, "-m", "bench.server", "--compare", "--overhead-reps", "3",
          "--turns", "2", "--context-tokens", "256", "--max-tokens", "4", "--threads", "1", "--ctx", "2048",
          "--think-s", "0", "--load-seconds", "5", "--load-clients", "8", "--load-workspaces", "2",
          "--load-max-tokens", "4", "--out", str(tmp_path / "server.md")],
-        capture_output=True, text=True, timeout=900, check=False,
+        cwd=REPO, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((tmp_path / "server-compare.json").read_text())

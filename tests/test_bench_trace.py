@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
+from bench.git_trace import SYSTEM, TraceOptions, build_trace, load_trace
 
-from git_trace import SYSTEM, TraceOptions, build_trace, load_trace  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 UTIL = "def helper():\n    return {}\n\n\nclass Box:\n    pass\n"
 FIRST = {
@@ -115,10 +114,10 @@ def test_a_bad_revision_is_a_clear_error(scratch: tuple[Path, list[str]]) -> Non
 def test_replay_smoke(scratch: tuple[Path, list[str]], tmp_path: Path) -> None:
     repo, _ = scratch
     out = tmp_path / "replay.json"
-    command = [sys.executable, str(REPO / "bench" / "bench_trace.py"), "--repo", str(repo), "--turns", "2"]
+    command = [sys.executable, "-m", "bench.trace", "--repo", str(repo), "--turns", "2"]
     command += ["--threads", "1", "--num-ctx", "2048", "--json", str(out)]
     command += ["--strategies", "llama,exact,assembler,prewarm,approx-boundary,approx-tail", "--approx-min-run", "8"]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads(out.read_text())
     assert set(results["totals"]) == {"llama", "exact", "assembler", "prewarm", "approx-boundary", "approx-tail"}

@@ -5,21 +5,18 @@ Needs the llama-server binary (bench/build_llama_server.sh); skipped when it is 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench.processes import LLAMA_SERVER
 from llamanode import KVSession, default_model_path
 from llamanode.chat import ChatMessage, ChatTemplate, discover_special_tokens
-
-LLAMA_SERVER = Path(os.environ.get("LLAMA_SERVER", Path.home() / ".cache/llamanode/llama-server/bin/llama-server"))
 
 pytestmark = pytest.mark.skipif(not LLAMA_SERVER.exists(), reason=f"{LLAMA_SERVER} not built")
 

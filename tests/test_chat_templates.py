@@ -5,7 +5,6 @@ with the construct named. The templates here are written for these tests."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import tempfile
@@ -16,10 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.processes import LLAMA_SERVER
 from llamanode import default_model_path
 from llamanode.chat import ChatMessage, ChatTemplate, ChatTemplateError
-
-LLAMA_SERVER = Path(os.environ.get("LLAMA_SERVER", Path.home() / ".cache/llamanode/llama-server/bin/llama-server"))
 
 # generation tags around the assistant turns, a macro, a namespace carried out of a loop
 TRAINING = """\

@@ -1,4 +1,4 @@
-"""bench_agents: replay recorded coding-agent sessions against llamanode and llama-server, one server at a time.
+"""bench.agents: replay recorded coding-agent sessions against llamanode and llama-server, one server at a time.
 
 Input: recordings of bench/agent_proxy.py (bench/agent_scenarios.py writes one per agent). Every generation
 request (`/v1/messages`, `/v1/responses`, `/v1/chat/completions`) is sent again exactly as it was forwarded,
@@ -17,9 +17,9 @@ content event, client side) and total time. Targets (PASS/MISS): every request a
 reuses >= 90 % of its prompt on llamanode; llamanode's total TTFT <= 0.9 x llama-server's per agent; a second
 session's first request at least as fast as on llama-server.
 
-    .venv/bin/python bench/agent_scenarios.py --serve llamanode            # record once
-    .venv/bin/python bench/bench_agents.py bench/out/agents/<run>          # -> bench/out/agents.{json,md}
-    .venv/bin/python bench/bench_agents.py --print-md bench/out/agents.json
+    .venv/bin/python -m bench.agent_scenarios --serve llamanode            # record once
+    .venv/bin/python -m bench.agents bench/out/agents/<run>          # -> bench/out/agents.{json,md}
+    .venv/bin/python -m bench.agents --print-md bench/out/agents.json
 """
 
 from __future__ import annotations
@@ -38,21 +38,10 @@ from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from agent_report import markdown
-from agent_wire import Api, ReplyObserver, api_of, read_recording
-from common import (
-    LLAMA_SERVER,
-    OUT_DIR,
-    Server,
-    free_port,
-    llama_server_cmd,
-    llamanode_serve_cmd,
-    log,
-    machine_info,
-    now,
-    write_json,
-)
+from .agent_report import markdown
+from .agent_wire import Api, ReplyObserver, api_of, read_recording
+from .common import OUT_DIR, log, machine_info, now, write_json
+from .processes import LLAMA_SERVER, Server, free_port, llama_server_cmd, llamanode_serve_cmd
 
 SERVERS = ("llamanode", "llama-server")
 NOT_RESENT = frozenset({"host", "content-length", "connection", "keep-alive", "transfer-encoding", "accept-encoding"})
@@ -251,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     pair = [a for a in args.interleave.split(",") if a in agents] if args.interleave else []
     log_dir = args.json.parent / "agents-logs"
     results: dict[str, Any] = {
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(["python -m bench.agents", *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine_info(),
         "settings": {"threads": args.threads, "ctx": args.ctx, "repack": args.repack_on, "interleaved": pair},
         "recordings": {f.stem: str(f) for f in files},

@@ -1,8 +1,8 @@
 """Real-history replay (issue 12): review turns built from git commits, replayed through every strategy.
 
-    .venv/bin/python bench/bench_trace.py --turns 12 --json bench/out/trace-replay.json
-    .venv/bin/python bench/bench_trace.py --repo ~/src/other-project --turns 12     # any local clone
-    .venv/bin/python bench/bench_trace.py --trace bench/out/trace.json               # a saved trace
+    .venv/bin/python -m bench.trace --turns 12 --json bench/out/trace-replay.json
+    .venv/bin/python -m bench.trace --repo ~/src/other-project --turns 12     # any local clone
+    .venv/bin/python -m bench.trace --trace bench/out/trace.json               # a saved trace
 
 Per turn and strategy: prefix tokens, reused, recomputed, suffix tokens and time to first token;
 totals, and ratios against `Llama` (same prompt text, same model and settings, same run, turns
@@ -27,20 +27,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
 import llamanode
-from common import machine_info, md_table, ratio, write_json
-from git_trace import Trace, add_trace_options, build_trace, load_trace, options_from_args
 from llamanode import Config
-from replay import NOT_BY_DEFAULT, STRATEGIES, ReplaySetup, TurnResult, replay, unavailable
+
+from .common import log, machine_info, md_table, ratio, write_json
+from .git_trace import Trace, add_trace_options, build_trace, load_trace, options_from_args
+from .replay import ReplaySetup, TurnResult, replay
+from .strategies import NOT_BY_DEFAULT, STRATEGIES, unavailable
 
 BASELINE = "llama"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def vocab(model_path: str) -> Any:
@@ -250,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_json(
             args.json,
             {
-                "command": " ".join(sys.argv),
+                "command": " ".join(["python -m bench.trace", *sys.argv[1:]]),
                 "machine": machine_info(),
                 "args": {k: str(v) for k, v in vars(args).items()},
                 "trace": {

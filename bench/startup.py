@@ -10,7 +10,7 @@ Every measurement runs in a fresh process, so nothing is remembered in memory:
 - digest, remembered: the digest cache holds the file's entry;
 - open_session cold / remembered: model load + digests + context, with the digest cache empty or filled.
 
-Run: .venv/bin/python bench/bench_startup.py [--size-gb 4 --reps 3 --dir /var/tmp]
+Run: .venv/bin/python -m bench.startup [--size-gb 4 --reps 3 --dir /var/tmp]
 """
 
 from __future__ import annotations
@@ -25,10 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from common import OUT_DIR, interleaved, machine_info, md_table, stats, write_json
+from .common import OUT_DIR, interleaved, machine_info, md_table, stats, write_json
 
 # One measurement in a fresh process: prints {"seconds": ...}.
 _CHILD = """

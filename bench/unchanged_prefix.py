@@ -2,11 +2,12 @@
 
 Prefill is skipped (the hit path never decodes), so a 28k-token prefix needs no minutes of compute;
 tokenization, hashing, residency and the session's bookkeeping are all real.
-Run: .venv/bin/python bench/bench_unchanged_prefix.py
+Run: .venv/bin/python -m bench.unchanged_prefix
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ def _skip_decode(tokens: Sequence[int], start: int) -> None:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None).parse_args()
     session = ln.open_session(None, ln.Config(num_ctx=32768, num_threads=1))
     session._ctx.prefill = _skip_decode  # type: ignore[method-assign]
     prefix = session.prefix(source_segments())

@@ -1,4 +1,4 @@
-"""bench_server: a multi-turn coding chat through `llamanode serve` vs llama.cpp's llama-server vs
+"""bench.server: a multi-turn coding chat through `llamanode serve` vs llama.cpp's llama-server vs
 llama-cpp-python's server, all over HTTP with streaming, as an unmodified OpenAI client talks to them.
 
 The chat: a ~4k-token system prompt holding llamanode's own source, then short user turns; each turn
@@ -14,8 +14,8 @@ and this tree's side by side: HTTP overhead, warm-turn TTFT and a load run (benc
 
     bench/build_llama_server.sh                             # once: ~/.cache/llamanode/llama-server
     .venv/bin/pip install 'llama-cpp-python[server]==0.3.36' # optional: llama-cpp-python's server
-    .venv/bin/python bench/bench_server.py                   # -> bench/out/server.md, server.json
-    .venv/bin/python bench/bench_server.py --compare         # -> bench/out/server-compare.md, .json
+    .venv/bin/python -m bench.server                   # -> bench/out/server.md, server.json
+    .venv/bin/python -m bench.server --compare         # -> bench/out/server-compare.md, .json
 """
 
 from __future__ import annotations
@@ -32,27 +32,15 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (
-    LLAMA_SERVER,
-    OUT_DIR,
-    SYSTEM_INTRO,
-    Server,
-    fit_text,
-    free_port,
-    machine_info,
-    md_table,
-    source_text,
-    stats,
-    verdict,
-    write_json,
-)
-from llamanode import Config, DecodeConfig
-from llamanode.chat import ChatMessage, ChatTemplate, discover_special_tokens
+from llamanode import Config
 from llamanode.pool import SessionPool
-from llamanode.server.schemas import WORKSPACE_HEADER
 from llamanode.session import default_model_path
-from raw_loop import repack_decision
+
+from .common import OUT_DIR, machine_info, md_table, stats, verdict, write_json
+from .processes import LLAMA_SERVER, Server, free_port, llamanode_serve_cmd, model_id_of
+from .prompts import SYSTEM_INTRO, fit_text, source_text
+from .raw_loop import repack_decision
+from .server_overhead import overhead, overhead_only, overhead_table, paired_diffs
 
 QUESTIONS = (
     "In one sentence: what does KVSession.ensure_prefix return?",
@@ -66,6 +54,10 @@ QUESTIONS = (
     "What is SessionState used for?",
     "Where is the BOS policy decided?",
 )
+
+
+CHAT_HEADERS = ["server", "cold TTFT ms", "warm TTFT p50 ms", "warm TTFT p90 ms", "decode tok/s p50"]
+CHAT_HEADERS += ["cached tokens (warm turns)"]  # the chat table's columns (also in the --compare report)
 
 
 @dataclass
@@ -111,8 +103,8 @@ def stream_chat(client: httpx.Client, model: str, messages: list[dict[str, str]]
                     last = now
                     chunks += 1
                     parts.append(text)
-            usage = event.get("usage") or {}
-            details = usage.get("prompt_tokens_details") or {}
+            reported = event.get("usage") or {}
+            details = reported.get("prompt_tokens_details") or {}
             if "cached_tokens" in details:
                 cached = int(details["cached_tokens"])
     done = time.perf_counter()
@@ -125,16 +117,9 @@ def servers(model: Path, args: argparse.Namespace, store: Path) -> list[Server]:
     threads = str(args.threads)
     found: list[Server] = []
     port = free_port()
-    found.append(
-        Server(
-            "llamanode",
-            [sys.executable, "-m", "llamanode.cli", "serve", "--port", str(port), "--model", str(model),
-             "--ctx", str(args.ctx), "--threads", threads, "--parallel", "1", "--store-dir", str(store), "--quiet",
-             *(["--no-warm-next"] if args.no_warm_next else [])],
-            port,
-            "/health",
-        )
-    )  # fmt: skip
+    extra = ["--no-warm-next"] if args.no_warm_next else []
+    cmd = llamanode_serve_cmd(model, port, args.threads, args.ctx, store, *extra)
+    found.append(Server("llamanode", cmd, port, "/health"))
     if LLAMA_SERVER.exists() and not args.skip_llama_server:
         repack = "--repack" if repack_decision().enabled else "--no-repack"  # llamanode's choice (AMX: off)
         for label, fa in (("llama-server (-fa off)", "off"), ("llama-server (-fa auto)", "auto")):
@@ -208,83 +193,6 @@ def run_chat(
     return results
 
 
-def overhead(model: Path, args: argparse.Namespace, reps: int, work: Path) -> tuple[list[float], list[float]]:
-    """One short warm request (max_tokens 1): HTTP vs the same calls in process, back to back.
-
-    A dedicated llamanode server and the in-process pool both use one thread (so the two never
-    fight over spinning llama.cpp threads); the pairs alternate their order. The server runs with
-    --no-warm-next: warming the next turn after each answer is extra work after the response (the
-    chat benchmark measures it), not part of serving this request.
-    """
-    port = free_port()
-    server = Server(
-        "llamanode-overhead",
-        [sys.executable, "-m", "llamanode.cli", "serve", "--port", str(port), "--model", str(model), "--ctx", "2048",
-         "--threads", "1", "--parallel", "1", "--store-dir", str(work / "store-overhead"), "--quiet",
-         "--no-warm-next"],
-        port,
-        "/health",
-    )  # fmt: skip
-    server.start(work)
-    messages = [
-        {"role": "system", "content": "You are a terse coding assistant."},
-        {"role": "user", "content": "Say ok."},
-    ]
-    headers = {WORKSPACE_HEADER: "overhead"}
-    pool = SessionPool(str(model), Config(num_ctx=2048, num_threads=1), store_dir=work / "store-inproc")
-    try:
-        body = {"model": model_id_of(server), "messages": messages, "max_tokens": 1, "temperature": 0}
-        template = _template(pool)
-        chat = [ChatMessage(m["role"], m["content"]) for m in messages]
-        config = DecodeConfig(max_tokens=1)
-
-        def in_process() -> float:
-            started = time.perf_counter()
-            split = template.split(chat)
-            with pool.session("overhead") as session:
-                session.ensure_prefix(session.prefix((("chat", split.prefix),)))
-                session.prefill_suffix(session.suffix(split.suffix))
-                for _ in session.decode(config):
-                    pass
-            return time.perf_counter() - started
-
-        http_times: list[float] = []
-        local_times: list[float] = []
-        with httpx.Client(base_url=server.url, timeout=60) as client:
-
-            def over_http() -> float:
-                started = time.perf_counter()
-                client.post("/v1/chat/completions", json=body, headers=headers).raise_for_status()
-                return time.perf_counter() - started
-
-            for _ in range(5):  # warm both paths
-                over_http()
-                in_process()
-            for rep in range(reps):
-                if rep % 2 == 0:
-                    http_times.append(over_http())
-                    local_times.append(in_process())
-                else:
-                    local_times.append(in_process())
-                    http_times.append(over_http())
-        return http_times, local_times
-    finally:
-        pool.close()
-        server.stop()
-
-
-def _template(pool: SessionPool) -> ChatTemplate:
-    with pool.session("template-probe") as session:
-        source = session.identity.chat_template
-    specials = discover_special_tokens(source or "", pool.tokenize, ("<|im_start|>", "<|im_end|>"))
-    return ChatTemplate(source, special_tokens=specials)
-
-
-def model_id_of(server: Server) -> str:
-    data = httpx.get(server.url + "/v1/models", timeout=10).json()["data"]
-    return str(data[0]["id"])
-
-
 def report(
     args: argparse.Namespace,
     found: list[Server],
@@ -312,7 +220,7 @@ def report(
     lines = [
         "# llamanode serve vs llama-server vs llama-cpp-python server",
         "",
-        f"Command: `.venv/bin/python bench/bench_server.py --turns {args.turns} --context-tokens {args.context_tokens}"
+        f"Command: `.venv/bin/python -m bench.server --turns {args.turns} --context-tokens {args.context_tokens}"
         f" --max-tokens {args.max_tokens} --threads {args.threads} --ctx {args.ctx} --think-s {args.think_s}"
         f"{' --no-warm-next' if args.no_warm_next else ''}`",
         "",
@@ -325,17 +233,7 @@ def report(
         "prefix, as an unmodified OpenAI client would; with warm-next on (its default) it prefills each answer "
         "during that pause.",
         "",
-        md_table(
-            [
-                "server",
-                "cold TTFT ms",
-                "warm TTFT p50 ms",
-                "warm TTFT p90 ms",
-                "decode tok/s p50",
-                "cached tokens (warm turns)",
-            ],
-            rows,
-        ),
+        md_table(CHAT_HEADERS, rows),
         "",
         "Per turn TTFT (ms):",
         "",
@@ -350,7 +248,7 @@ def report(
                 theirs = stats([t.ttft_s for t in results[s.name][1:]]).median
                 target_rows.append([f"warm TTFT p50 <= {s.name}", ours * ms, theirs * ms, verdict(ours <= theirs)])
     if http_times:
-        over = stats(_paired_diffs(http_times, local_times)).median * ms
+        over = stats(paired_diffs(http_times, local_times)).median * ms
         target_rows.append(["HTTP overhead p50 <= 5 ms (paired)", over, 5.0, verdict(over <= 5.0)])
         lines += [
             "",
@@ -358,7 +256,7 @@ def report(
             "of (HTTP, the same library calls in process) back to back, one thread each; overhead = median of the "
             "paired differences.",
             "",
-            _overhead_table(http_times, local_times),
+            overhead_table(http_times, local_times),
         ]
     if target_rows:
         lines += ["", "Targets:", "", md_table(["target", "llamanode", "reference", "verdict"], target_rows)]
@@ -367,11 +265,6 @@ def report(
     answers = {s.name: results[s.name][0].text[:80] for s in found}
     lines += ["", "Turn 0 answers (first 80 chars):", "", md_table(["server", "answer"], list(answers.items()))]
     return "\n".join(lines) + "\n"
-
-
-def _pcts(samples: list[float]) -> tuple[float, float, float]:
-    s = stats(samples)
-    return s.median, s.p10, s.p90
 
 
 def main() -> int:
@@ -402,7 +295,7 @@ def main() -> int:
     if args.overhead_only:
         return overhead_only(args)
     if args.compare:
-        from server_compare import compare
+        from .server_compare import compare
 
         return compare(args)
 
@@ -449,54 +342,6 @@ def main() -> int:
         },
     )
     shutil.rmtree(work, ignore_errors=True)
-    print(text)
-    return 0
-
-
-def _paired_diffs(http_times: list[float], local_times: list[float]) -> list[float]:
-    return [h - loc for h, loc in zip(http_times, local_times, strict=True)]
-
-
-def _overhead_table(http_times: list[float], local_times: list[float]) -> str:
-    """Percentiles (ms) of the HTTP path, the in-process path and their paired differences."""
-    rows = [
-        ("HTTP (llamanode serve)", http_times),
-        ("in process (SessionPool + ChatTemplate)", local_times),
-        ("paired difference", _paired_diffs(http_times, local_times)),
-    ]
-    return md_table(
-        ["path", "p50 ms", "p10 ms", "p90 ms"], [[name, *(v * 1000.0 for v in _pcts(t))] for name, t in rows]
-    )
-
-
-def overhead_only(args: argparse.Namespace) -> int:
-    work = Path(tempfile.mkdtemp(prefix="llamanode-bench-overhead-"))
-    try:
-        http_times, local_times = overhead(default_model_path(), args, args.overhead_reps, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    diffs = _paired_diffs(http_times, local_times)
-    ms = 1000.0
-    text = "\n".join(
-        [
-            "# llamanode serve: HTTP overhead vs the in-process call",
-            "",
-            f"Command: `.venv/bin/python bench/bench_server.py --overhead-only --overhead-reps {args.overhead_reps}`",
-            "",
-            f"Machine: {json.dumps(machine_info())}",
-            "",
-            f"One short warm chat request (max_tokens 1, workspace header), {len(diffs)} pairs of (HTTP, the same "
-            "library calls in process) back to back, one thread each, server with --no-warm-next; "
-            "overhead = median of the paired differences.",
-            "",
-            _overhead_table(http_times, local_times),
-            "",
-            f"HTTP overhead p50 <= 5 ms: {verdict(stats(diffs).median * ms <= 5.0)}",
-        ]
-    )
-    out = args.out.with_name("server-overhead.md")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
     print(text)
     return 0
 

@@ -1,7 +1,7 @@
 """Workspace-pool benchmark (issue 3): switching between workspaces, restart to first token, snapshot size.
 
-    .venv/bin/python bench/bench_pool.py            # the full run: 4k-token prefixes (about 10 min on 2 cores)
-    .venv/bin/python bench/bench_pool.py --quick    # a smoke run: 512-token prefixes, 1 repetition
+    .venv/bin/python -m bench.pool            # the full run: 4k-token prefixes (about 10 min on 2 cores)
+    .venv/bin/python -m bench.pool --quick    # a smoke run: 512-token prefixes, 1 repetition
 
 Phases:
   1. seed     three workspaces A, B, C get their prefix cold (one pool) and are snapshotted; the store is
@@ -15,7 +15,7 @@ Phases:
               time per fork and first token vs a cold prefill, live and snapshot bytes per fork
               (bench/pool_forks.py; `--forks-only` runs this phase alone).
 
-Writes bench/out/pool[-quick].json and .md.
+Writes bench/out/pool[-quick].json and .md (verdicts and tables: pool_report.py).
 """
 
 from __future__ import annotations
@@ -33,34 +33,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from llamanode import Config, SessionPool, default_model_path, open_session
 
-from common import (
-    OUT_DIR,
-    chatml_prefix,
-    chatml_suffix,
-    log,
-    machine_info,
-    md_table,
-    now,
-    ratio,
-    stats,
-    verdict,
-    write_json,
-)
-from llamanode import Config, DecodeConfig, KVSession, SessionPool, default_model_path, open_session
-from pool_forks import fork_sessions, fork_sessions_table
+from .common import OUT_DIR, RunResults, llama_turn, log, machine_info, now, open_llama, session_turn, write_json
+from .pool_forks import fork_sessions, fork_sessions_table
+from .pool_report import FROM_DISK, evaluate, report
+from .prompts import chatml_prefix, chatml_suffix
 
-TARGETS = {"switch_vs_warm_max": 1.5, "switch_vs_cold_max": 0.05, "restart_warm_vs_prefill_min": 20.0}
 NAMES = ("A", "B", "C")
-# fits 1 without kept states, the evicted state written before the next turn: every switch reads and
-# verifies a snapshot file (an agent that pauses between turns; the pool's slowest switch path)
-FROM_DISK = "fits 1, from disk"
 
 
 @dataclass(frozen=True)
-class Plan:
+class PoolPlan:
     name: str
     prefix_tokens: int
     suffix_tokens: int
@@ -73,14 +57,14 @@ class Plan:
     forks_only: bool = False
 
 
-FULL = Plan("full", 4096, 92, 3, 2, 1024, 2)
-QUICK = Plan("quick", 512, 32, 1, 1, 256, 2, forks=3)
+FULL = PoolPlan("full", 4096, 92, 3, 2, 1024, 2)
+QUICK = PoolPlan("quick", 512, 32, 1, 1, 256, 2, forks=3)
 
 
 @dataclass
-class Results:
-    plan: dict[str, Any]
-    machine: dict[str, Any]
+class PoolResults(RunResults):
+    """Every phase's figures; written as bench/out/pool.json."""
+
     config: dict[str, Any] = field(default_factory=dict)
     budgets: dict[str, int] = field(default_factory=dict)
     cold_turns: list[dict[str, float]] = field(default_factory=list)
@@ -102,7 +86,7 @@ def intro(name: str) -> str:
 
 
 class Prompts:
-    def __init__(self, tokenize: Any, plan: Plan) -> None:
+    def __init__(self, tokenize: Any, plan: PoolPlan) -> None:
         self.prefixes = {n: chatml_prefix(tokenize, plan.prefix_tokens, intro=intro(n)) for n in NAMES}
         self._tokenize = tokenize
         self._n = plan.suffix_tokens
@@ -119,37 +103,22 @@ class Prompts:
         raise ValueError(f"no suffix variant has exactly {self._n} tokens")
 
 
-def session_turn(session: KVSession, prefix: str, suffix: str) -> dict[str, float]:
-    t0 = now()
-    status = session.ensure_prefix(session.prefix((("prefix", prefix),)))
-    t1 = now()
-    session.prefill_suffix(session.suffix(suffix))
-    t2 = now()
-    stream = session.decode(DecodeConfig(max_tokens=1))
-    next(stream)
-    t3 = now()
-    for _ in stream:
-        pass
-    return {"ensure": t1 - t0, "suffix": t2 - t1, "first": t3 - t2, "reused": status.reused_tokens}
-
-
 def pool_turn(pool: SessionPool, name: str, prefix: str, suffix: str) -> dict[str, float]:
+    """A turn on workspace name, its lease (evict + restore when it is not live) included in the TTFT."""
     t0 = now()
     with pool.session(name) as session:
         lease = now() - t0
-        turn = session_turn(session, prefix, suffix)
-    turn.update(lease=lease, ttft=lease + turn["ensure"] + turn["suffix"] + turn["first"])
-    return turn
+        turn = session_turn(session, (("prefix", prefix),), suffix)
+    return {"ensure": turn.ensure_s, "suffix": turn.suffix_s, "first": turn.first_s, "reused": turn.reused,
+            "lease": lease, "ttft": lease + turn.ttft}  # fmt: skip
 
 
-def llama_turn(llm: Any, prompt: str) -> dict[str, float]:
-    t0 = now()
-    llm.create_completion(prompt, max_tokens=1, temperature=0.0)
-    return {"ttft": now() - t0}
+def llama_row(llm: Any, prompt: str) -> dict[str, float]:
+    return {"ttft": llama_turn(llm, prompt)}
 
 
 # -- phases --------------------------------------------------------------------------------------------
-def seed(plan: Plan, config: Config, prompts: Prompts, root: Path, results: Results) -> Path:
+def seed(plan: PoolPlan, config: Config, prompts: Prompts, root: Path, results: PoolResults) -> Path:
     """Cold turns on A, B, C in one pool, then close it: the store holds their snapshots."""
     store = root / "seed"
     with SessionPool(None, config, store_dir=store) as pool:
@@ -163,7 +132,7 @@ def seed(plan: Plan, config: Config, prompts: Prompts, root: Path, results: Resu
     return store
 
 
-def switch(plan: Plan, config: Config, prompts: Prompts, root: Path, store: Path, results: Results) -> None:
+def switch(plan: PoolPlan, config: Config, prompts: Prompts, root: Path, store: Path, results: PoolResults) -> None:
     """Interleaved rounds A,B,C per pool; each pool opens on its own copy of the seeded store."""
     pools: dict[str, SessionPool] = {}
     variants = {label: (budget, True) for label, budget in results.budgets.items()}
@@ -197,7 +166,7 @@ def switch(plan: Plan, config: Config, prompts: Prompts, root: Path, store: Path
         llama(plan, config, prompts, results)
 
 
-def fork(pool: SessionPool, results: Results) -> None:
+def fork(pool: SessionPool, results: PoolResults) -> None:
     """Fork the live workspace A (export + import into a reused or new context) vs re-prefilling it."""
     for i in range(3):
         t0 = now()
@@ -207,26 +176,15 @@ def fork(pool: SessionPool, results: Results) -> None:
     log(f"fork of A: {min(results.forks) * 1e3:.0f} ms (best of 3)")
 
 
-def llama(plan: Plan, config: Config, prompts: Prompts, results: Results) -> None:
-    from llama_cpp import Llama
-
-    llm = Llama(
-        model_path=str(default_model_path()),
-        n_ctx=config.num_ctx,
-        n_batch=config.num_batch,
-        n_ubatch=config.num_ubatch,
-        n_threads=config.threads,
-        n_threads_batch=config.threads,
-        flash_attn=config.flash_attn,
-        verbose=False,
-    )
+def llama(plan: PoolPlan, config: Config, prompts: Prompts, results: PoolResults) -> None:
+    llm = open_llama(str(default_model_path()), config)
     try:
         same = prompts.prefixes["A"]
-        llama_turn(llm, same + prompts.suffix())  # warm-up, then the same workspace again: its warm turn
-        results.turns.setdefault("Llama, same workspace", []).append(llama_turn(llm, same + prompts.suffix()))
+        llama_row(llm, same + prompts.suffix())  # warm-up, then the same workspace again: its warm turn
+        results.turns.setdefault("Llama, same workspace", []).append(llama_row(llm, same + prompts.suffix()))
         for rnd in range(plan.llama_rounds):
             for name in NAMES:
-                turn = llama_turn(llm, prompts.prefixes[name] + prompts.suffix())
+                turn = llama_row(llm, prompts.prefixes[name] + prompts.suffix())
                 results.turns.setdefault("Llama, one context", []).append(turn)
                 log(f"llama round {rnd} {name}: ttft {turn['ttft'] * 1e3:.0f} ms")
     finally:
@@ -257,7 +215,7 @@ with SessionPool(None, Config(num_ctx=int(ctx), num_threads=int(threads)), store
 """
 
 
-def restart(plan: Plan, config: Config, prompts: Prompts, root: Path, store: Path, results: Results) -> None:
+def restart(plan: PoolPlan, config: Config, prompts: Prompts, root: Path, store: Path, results: PoolResults) -> None:
     """A new process to first token on workspace A: restored from a copy of the seed store vs an empty store."""
     prefix_file, suffix_file = root / "prefix.txt", root / "suffix.txt"
     prefix_file.write_text(prompts.prefixes["A"])
@@ -289,7 +247,7 @@ def restart(plan: Plan, config: Config, prompts: Prompts, root: Path, store: Pat
         shutil.rmtree(target)
 
 
-def sizes(plan: Plan, root: Path, store: Path, results: Results) -> None:
+def sizes(plan: PoolPlan, root: Path, store: Path, results: PoolResults) -> None:
     """Bytes per token of snapshots: the seeded f16 ones, and f16 vs q8_0 (flash attention) on a shorter prefix."""
     from llamanode.store import SnapshotStore
 
@@ -317,161 +275,11 @@ def _plain(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-# -- evaluation and report --------------------------------------------------------------------------------
-def evaluate(results: Results) -> None:
-    med = {label: stats([t["ttft"] for t in turns]).median for label, turns in results.turns.items()}
-    cold = stats([t["ensure"] + t["suffix"] + t["first"] for t in results.cold_turns]).median
-    warm = med.get("pool, fits 3", float("nan"))
-    s = results.summary
-    s["cold_turn_s"], s["warm_turn_s"] = cold, warm
-    for label in ("fits 1", "fits 2"):
-        switch = med.get(f"pool, {label}", float("nan"))
-        s[f"switch_{label}_s"] = switch
-        s[f"switch_{label}_vs_warm"] = ratio(switch, warm)
-        s[f"switch_{label}_vs_cold"] = ratio(switch, cold)
-    s["fork_s"] = stats(results.forks).median
-    s["prefix_prefill_s"] = stats([t["ensure"] for t in results.cold_turns]).median
-    s["fork_vs_prefill"] = ratio(s["prefix_prefill_s"], s["fork_s"])
-    s["llama_switch_s"] = med.get("Llama, one context", float("nan"))
-    s["llama_same_workspace_s"] = med.get("Llama, same workspace", float("nan"))
-    restored, cold_restart = results.restart.get("restored"), results.restart.get("cold")
-    if restored and cold_restart:
-        s["restart_spawn_speedup"] = ratio(cold_restart["spawn_to_first_token"], restored["spawn_to_first_token"])
-        s["restart_warm_vs_prefill"] = ratio(cold_restart["warm_prefix"], restored["warm_prefix"])
-    disk = med.get(f"pool, {FROM_DISK}", float("nan"))
-    s["switch_from_disk_s"], s["switch_from_disk_vs_warm"] = disk, ratio(disk, warm)
-    worst = max(s["switch_fits 1_vs_warm"], s["switch_fits 2_vs_warm"])
-    s["verdicts"] = {
-        "switch <= 1.5x warm": verdict(worst <= TARGETS["switch_vs_warm_max"]),
-        "switch <= 0.05x cold": verdict(max(s["switch_fits 1_vs_cold"], s["switch_fits 2_vs_cold"]) <= 0.05),
-        "restart-to-warm >= 20x re-prefill": (
-            verdict(s["restart_warm_vs_prefill"] >= 20) if "restart_warm_vs_prefill" in s else "not run"
-        ),
-    }
-
-
-def report(results: Results) -> str:
-    plan, machine = results.plan, results.machine
-    budgets = ", ".join(f"{k} = {v / 1e6:.0f} MB" for k, v in results.budgets.items())
-    lines = [
-        f"# Workspace pool benchmark ({plan['name']}): {plan['prefix_tokens']}-token prefixes,"
-        f" {plan['suffix_tokens']}-token suffixes, {plan['threads']} threads",
-        "",
-        f"Machine: {machine['cpu']}, {machine['nproc']} cores, load {machine['loadavg']} -> "
-        f"{machine.get('loadavg_end')}, commit {machine['git_commit']}.",
-        f"Session KV {results.config['session_kv_bytes'] / 1e6:.1f} MB (n_ctx {results.config['num_ctx']}),"
-        f" transfer headroom {results.config['transfer_headroom'] / 1e6:.0f} MB; memory budgets: {budgets}.",
-        "",
-        "## Switching workspaces A,B,C,A,B,C (time to first token, a new suffix every turn)",
-        "",
-        _switch_table(results),
-        "",
-        "Where the switch time goes (pool.stats().transfer_seconds over the whole run, warm-up round included):",
-        "",
-        _transfer_table(results),
-        "",
-        "## Process restart to first token (workspace A)",
-        "",
-        _restart_table(results),
-        "",
-        "## Fork (live workspace A into a new workspace)",
-        "",
-        _fork_table(results.summary),
-        "",
-        f"## {results.plan['forks']} new sessions forked from one workspace (fork_nearest; no memory budget)",
-        "",
-        fork_sessions_table(results.fork_sessions) if results.fork_sessions else "not run",
-        "",
-        "## Snapshot size",
-        "",
-        md_table(
-            ["KV", "tokens", "MB", "bytes/token"],
-            [[k, int(v["tokens"]), v["bytes"] / 1e6, v["bytes_per_token"]] for k, v in results.sizes.items()],
-        ),
-        "",
-        "## Targets",
-        "",
-        _target_table(results.summary),
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def _switch_table(results: Results) -> str:
-    s = results.summary
-    warm, cold = s["warm_turn_s"], s["cold_turn_s"]
-    rows: list[list[object]] = []
-    for label, turns in results.turns.items():
-        ttft = stats([t["ttft"] for t in turns])
-        lease = stats([t["lease"] for t in turns]).median * 1e3 if "lease" in turns[0] else float("nan")
-        rows.append([label, ttft.n, ttft.median * 1e3, ttft.p90 * 1e3, lease])
-        rows[-1] += [ratio(ttft.median, warm), ratio(ttft.median, cold)]
-    n_cold = len(results.cold_turns)
-    rows.append(["cold turn (prefix prefill + suffix)", n_cold, cold * 1e3, "", "", ratio(cold, warm), 1.0])
-    headers = ["system", "n", "median ms", "p90 ms", "lease ms (evict + restore)", "x warm", "x cold"]
-    return md_table(headers, rows)
-
-
-def _transfer_table(results: Results) -> str:
-    rows: list[list[object]] = []
-    for label, st in results.pool_stats.items():
-        sec = st.get("transfer_seconds", {})
-        disk = st["restores"] - st["restores_from_memory"]
-        rows.append([
-            label, st["evictions"], st["restores_from_memory"], disk, st["snapshots_written"],
-            st.get("writes_cancelled", 0),
-            _per(sec.get("export", 0.0), st["evictions"]), _per(sec.get("read", 0.0), disk),
-            _per(sec.get("import", 0.0), st["restores"]), sec.get("wait", 0.0) * 1e3,
-            _per(sec.get("write", 0.0), st["snapshots_written"]),
-        ])  # fmt: skip
-    headers = ["pool", "evictions", "restores from memory", "from disk", "written", "writes cancelled"]
-    headers += ["export ms each", "read+verify ms each", "import ms each", "waited ms total", "write ms each"]
-    return md_table(headers, rows)
-
-
-def _per(seconds: float, n: int) -> float:
-    return seconds * 1e3 / n if n else float("nan")
-
-
-def _restart_table(results: Results) -> str:
-    rows: list[list[object]] = []
-    for kind in ("restored", "cold"):
-        r = results.restart.get(kind)
-        if r:
-            rows.append([kind, r["spawn_to_first_token"], r["import"], r["pool_open"], r["warm_prefix"],
-                         r["suffix_and_first"], int(r["reused"])])  # fmt: skip
-    headers = ["start", "spawn to 1st token s", "import s", "pool open s", "prefix warm s", "suffix + 1st s", "reused"]
-    return md_table(headers, rows)
-
-
-def _fork_table(s: dict[str, Any]) -> str:
-    row = [s["fork_s"] * 1e3, s["prefix_prefill_s"] * 1e3, f"{s['fork_vs_prefill']:.0f}x"]
-    return md_table(["fork median ms", "prefix prefill median ms", "fork is faster by"], [row])
-
-
-def _target_table(s: dict[str, Any]) -> str:
-    v = s["verdicts"]
-    switch_warm = f"fits 1: {s['switch_fits 1_vs_warm']:.2f}x, fits 2: {s['switch_fits 2_vs_warm']:.2f}x"
-    switch_cold = f"fits 1: {s['switch_fits 1_vs_cold']:.3f}x, fits 2: {s['switch_fits 2_vs_cold']:.3f}x"
-    restart = (
-        f"prefix warm {s.get('restart_warm_vs_prefill', float('nan')):.1f}x faster"
-        f" (spawn to first token: {s.get('restart_spawn_speedup', float('nan')):.1f}x)"
-    )
-    return md_table(
-        ["target", "measured", "verdict"],
-        [
-            ["switch <= 1.5x in-memory warm turn", switch_warm, v["switch <= 1.5x warm"]],
-            [f"(info) {FROM_DISK}", f"{s['switch_from_disk_vs_warm']:.2f}x warm", ""],
-            ["switch <= 0.05x cold turn", switch_cold, v["switch <= 0.05x cold"]],
-            ["restart-to-warm >= 20x faster than re-prefill", restart, v["restart-to-warm >= 20x re-prefill"]],
-        ],
-    )
-
-
-def run(plan: Plan) -> Results:
+def run(plan: PoolPlan) -> PoolResults:
     config = Config(num_ctx=plan.prefix_tokens + 512, num_threads=plan.threads)
-    results = Results(plan=asdict(plan), machine=machine_info())
+    results = PoolResults(plan=asdict(plan), machine=machine_info())
     results.config = {"num_ctx": config.num_ctx, "threads": config.threads, "kv": config.kv_shaping()}
-    with tempfile.TemporaryDirectory(prefix="bench_pool-", dir=os.environ.get("BENCH_TMP")) as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-pool-", dir=os.environ.get("BENCH_TMP")) as tmp:
         root = Path(tmp)
         with open_session(None, Config(num_ctx=256)) as probe:  # open all along: Prompts tokenizes with it
             prompts = Prompts(probe.tokenize, plan)
@@ -486,7 +294,7 @@ def run(plan: Plan) -> Results:
                 results.fork_sessions = fork_sessions(config, prompts.prefixes["A"], prompts.suffix, plan.forks, root)
     if not plan.forks_only:
         evaluate(results)
-    results.machine["loadavg_end"] = list(os.getloadavg())
+    results.finish()
     return results
 
 
