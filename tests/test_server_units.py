@@ -191,6 +191,28 @@ def test_router_prefers_the_longest_remembered_prompt_without_tokenizing() -> No
     assert PromptRouter(_FakePool(None), 32).find("x") == (None, "none")  # type: ignore[arg-type]
 
 
+def test_router_sends_an_edited_prompt_to_the_workspace_sharing_the_most_text() -> None:
+    # aider re-sends a changed file mid-prompt, possibly while the first workspace is still busy
+    from llamanode.server.routing import PromptRouter, shared_text_len
+
+    pool = _FakePool("from-pool")
+    router = PromptRouter(pool, 4)  # type: ignore[arg-type]
+    system, file_a = "<sys>" + "rules " * 20, "<file>" + "x = 1\n" * 30
+    router.remember("other", system + "<user>unrelated")
+    router.remember("aider", system + file_a + "<user>q1")
+    edited = system + file_a.replace("x = 1\n", "x = 2\n", 1) + "<user>q2"
+    assert router.find(system + file_a + "<user>q2") == ("aider", "shared_text")
+    assert router.find(edited) == ("aider", "shared_text")
+    assert pool.tokenized == []
+    assert router.find("<sys>short") == ("from-pool", "prefix")  # under min_tokens * 4 bytes: the token check
+    assert [shared_text_len(a, b) for a, b in [("", "x"), ("abc", "abd"), ("abc", "abc"), ("ab", "abc")]] == [
+        0,
+        2,
+        3,
+        2,
+    ]
+
+
 def test_a_full_memory_budget_is_503_not_a_conflict() -> None:
     from llamanode.errors import MemoryBudgetError
     from llamanode.server.errors import from_exception

@@ -1,8 +1,11 @@
 """Routing requests that name no workspace to the one whose resident prompt they continue.
 
 First a byte-level check against the last prompt sent to each workspace (a conversation's next
-request starts with its previous prompt: no tokenization needed), then the pool's token-level
-longest shared prefix. A stale entry only costs warmth, never correctness: ensure_prefix always
+request starts with its previous prompt: no tokenization needed), then the remembered prompt that
+shares the longest text (an edit in the middle: aider re-sends a changed file), then the pool's
+token-level longest shared prefix (workspaces the router does not remember: restored ones). The
+text rules also see a workspace still busy with its last request, whose tokens the pool learns only
+at its release. A stale entry only costs warmth, never correctness: ensure_prefix always
 reuses exactly the tokens that match.
 """
 
@@ -15,7 +18,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .engine import PoolLike
 
-__all__ = ["PromptRouter"]
+__all__ = ["PromptRouter", "shared_text_len"]
+
+BYTES_PER_TOKEN = 4  # the shared-text rule asks min_tokens * this many bytes (code averages 3-4 bytes a token)
 
 
 class PromptRouter:
@@ -27,7 +32,7 @@ class PromptRouter:
         self._lock = threading.Lock()
 
     def find(self, text: str) -> tuple[str | None, str]:
-        """(workspace or None, how): "continues" (byte check), "prefix" (token check) or "none"."""
+        """(workspace or None, how): "continues" (byte check), "shared_text", "prefix" (token check) or "none"."""
         with self._lock:
             entries = list(self._texts.items())
         best: str | None = None
@@ -37,6 +42,12 @@ class PromptRouter:
                 best, best_len = workspace, len(known)
         if best is not None:
             return best, "continues"
+        for workspace, known in entries:
+            shared = shared_text_len(known, text)
+            if shared > best_len:
+                best, best_len = workspace, shared
+        if best is not None and best_len >= self._min_tokens * BYTES_PER_TOKEN:
+            return best, "shared_text"
         found, _ = self._pool.longest_prefix(self._pool.tokenize(text), self._min_tokens)
         return (found, "prefix") if found is not None else (None, "none")
 
@@ -50,3 +61,15 @@ class PromptRouter:
     def forget(self, workspace: str) -> None:
         with self._lock:
             self._texts.pop(workspace, None)
+
+
+def shared_text_len(a: str, b: str) -> int:
+    """Length of the common prefix of a and b, by bisection over slice comparisons (C speed, not a char loop)."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        mid = (low + high + 1) // 2
+        if a[:mid] == b[:mid]:
+            low = mid
+        else:
+            high = mid - 1
+    return low
