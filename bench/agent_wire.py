@@ -234,6 +234,8 @@ class ReplyObserver:
                 self.reply.finished = True
                 if self.reply.error is None:
                     self.reply.first_content_s = at_s
+        if self.reply.first_content_s is None and self.reply.finished and self.reply.error is None:
+            self.reply.first_content_s = at_s  # an empty answer: its first token time is its end
         self.reply.settle()
         return self.reply
 

@@ -96,6 +96,21 @@ def test_chat_stream_without_usage_falls_back_to_timings() -> None:
     assert reply.first_content_s is not None and reply.first_content_s > CHAT_STREAM_WITHOUT_USAGE.index(b"null")
 
 
+def test_an_empty_answer_has_its_first_token_time_at_its_end() -> None:
+    empty = b"".join(
+        f"event: {kind}\ndata: {json.dumps({'type': kind, **extra})}\n\n".encode()
+        for kind, extra in [
+            ("message_start", {"message": {"usage": {"input_tokens": 5, "cache_read_input_tokens": 0}}}),
+            ("message_delta", {"delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 0}}),
+            ("message_stop", {}),
+        ]
+    )
+    reply = observe("anthropic", empty)
+    assert reply.finished and reply.first_content_s == 1e9  # the observer's finish time
+    cut = observe("anthropic", empty[: empty.index(b"event: message_stop")])
+    assert not cut.finished and cut.first_content_s is None
+
+
 def test_a_json_error_body_is_an_error_without_content() -> None:
     reply = observe("anthropic", b'{"type":"error","error":{"type":"invalid_request_error","message":"no"}}', False)
     assert reply.error is not None and "invalid_request_error" in reply.error
