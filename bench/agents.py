@@ -84,9 +84,10 @@ class Replayed:
         return None
 
 
-def load_agent(path: Path, per_session: int | None) -> list[Recorded]:
+def load_agent(path: Path, per_session: int | None, without_tools: bool = False) -> list[Recorded]:
     """The generation requests of one recording, sessions renamed s1, s2, ... in order of appearance; at most
-    `per_session` requests of each session (every session keeps its first)."""
+    `per_session` requests of each session (every session keeps its first); without_tools: their tool
+    definitions left out (so servers that render tools differently prefill the same prompt)."""
     names: dict[str, str] = {}
     turns: dict[str, int] = {}
     out: list[Recorded] = []
@@ -98,9 +99,15 @@ def load_agent(path: Path, per_session: int | None) -> list[Recorded]:
         session = names.setdefault(key, f"s{len(names) + 1}")
         turns[session] = turns.get(session, 0) + 1
         headers = {k: v for k, v in record["headers"].items() if k not in NOT_RESENT}
+        body = _with_usage(api, record["body"])
+        if without_tools:
+            body = {k: v for k, v in body.items() if k not in TOOL_FIELDS}
         out.append(Recorded(record.get("label") or path.stem, session, turns[session], api, record["path"], headers,
-                            _with_usage(api, record["body"])))  # fmt: skip
+                            body))  # fmt: skip
     return [r for r in out if r.turn <= per_session] if per_session else out
+
+
+TOOL_FIELDS = ("tools", "tool_choice", "parallel_tool_calls")
 
 
 def _with_usage(api: Api, body: dict[str, Any]) -> dict[str, Any]:
@@ -211,6 +218,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repack", choices=("auto", "on", "off"), default="auto", help="llama-server's repacking")
     parser.add_argument("--interleave", default="claude,codex", help="two agents interleaved on one server ('' = skip)")
     parser.add_argument("--per-session", type=int, default=None, help="replay at most N requests of each session")
+    parser.add_argument(
+        "--without-tools", action="store_true", help="leave tool definitions out of every request (same prompts)"
+    )
     parser.add_argument("--json", type=Path, default=OUT_DIR / "agents.json", help="results file")
     parser.add_argument("--out", type=Path, default=None, help="markdown report (default: --json with .md)")
     parser.add_argument("--print-md", type=Path, default=None, help="only print the report of a results file")
@@ -236,13 +246,19 @@ def main(argv: list[str] | None = None) -> int:
     if "llama-server" in servers and not LLAMA_SERVER.exists():
         sys.exit(f"{LLAMA_SERVER} not built: run bench/build_llama_server.sh")
     args.repack_on = repack_decision(args.repack)
-    agents = {f.stem: load_agent(f, args.per_session) for f in files}
+    agents = {f.stem: load_agent(f, args.per_session, args.without_tools) for f in files}
     pair = [a for a in args.interleave.split(",") if a in agents] if args.interleave else []
     log_dir = args.json.parent / "agents-logs"
     results: dict[str, Any] = {
         "command": " ".join(["python -m bench.agents", *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine_info(),
-        "settings": {"threads": args.threads, "ctx": args.ctx, "repack": args.repack_on, "interleaved": pair},
+        "settings": {
+            "threads": args.threads,
+            "ctx": args.ctx,
+            "repack": args.repack_on,
+            "interleaved": pair,
+            "without_tools": args.without_tools,
+        },
         "recordings": {f.stem: str(f) for f in files},
         "servers": {kind: run_server(kind, args, agents, pair, log_dir) for kind in servers},
     }

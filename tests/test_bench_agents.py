@@ -52,6 +52,14 @@ def test_load_agent_numbers_sessions_and_turns_and_skips_probes(tmp_path: Path) 
     assert recording_files([tmp_path]) == [path]
 
 
+def test_load_agent_can_leave_the_tool_definitions_out(tmp_path: Path) -> None:
+    tools = {"tools": [{"name": "Bash", "input_schema": {}}], "tool_choice": {"type": "auto"}}
+    path = tmp_path / "claude.jsonl"
+    path.write_text(json.dumps(_record(0, "A", model="m", messages=[], **tools)) + "\n")
+    assert load_agent(path, None)[0].body["tools"] == tools["tools"]
+    assert load_agent(path, None, without_tools=True)[0].body == {"model": "m", "messages": []}
+
+
 def test_interleave_takes_turns() -> None:
     assert interleave([1, 2, 3], ["a"]) == [1, "a", 2, 3]  # type: ignore[list-item]
 
