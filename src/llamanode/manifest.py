@@ -10,8 +10,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
-from .errors import ManifestMismatchError
-
 __all__ = [
     "IDENTITY_FIELDS",
     "RENDERING_FIELDS",
@@ -77,18 +75,6 @@ class ContextManifest:
 
     def with_segments(self, segments: Iterable[ManifestSegment]) -> ContextManifest:
         return replace(self, segments=tuple(segments))
-
-    def check_tiles(self, raw: bytes) -> None:
-        """Segments, when given, must tile the text exactly: same lengths, same hashes."""
-        if not self.segments:
-            return
-        at = 0
-        for seg in self.segments:
-            if byte_hash(raw[at : at + seg.byte_len]) != seg.byte_hash:
-                raise ManifestMismatchError(f"segment {seg.name!r} does not match the text at byte {at}", "segments")
-            at += seg.byte_len
-        if at != len(raw):
-            raise ManifestMismatchError(f"segments cover {at} bytes, the text has {len(raw)}", "segments")
 
     def first_difference(self, other: ContextManifest) -> str | None:
         """Name of the first identity or rendering field that differs, or None."""
