@@ -5,8 +5,6 @@ Needs the llama-server binary (bench/build_llama_server.sh); skipped when it is 
 
 from __future__ import annotations
 
-import subprocess
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -14,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench.processes import LLAMA_SERVER
+from bench.processes import LLAMA_SERVER, Server, free_port
 from llamanode import KVSession, default_model_path
 from llamanode.chat import ChatMessage, ChatTemplate, discover_special_tokens
 
@@ -22,30 +20,13 @@ pytestmark = pytest.mark.skipif(not LLAMA_SERVER.exists(), reason=f"{LLAMA_SERVE
 
 
 @pytest.fixture(scope="module")
-def llama_server() -> Iterator[httpx.Client]:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    port = free_port()
     cmd = [str(LLAMA_SERVER), "-m", str(default_model_path()), "--port", str(port), "-c", "512", "-t", "1", "-np", "1"]
-    proc = subprocess.Popen([*cmd, "--jinja", "--no-webui"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if client.get("/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, "llama-server did not start"
-            time.sleep(0.2)
-        yield client
-    finally:
-        client.close()
-        proc.terminate()
-        proc.wait(20)
+    with Server("llama-server", [*cmd, "--jinja", "--no-webui"], port, "/health") as server:
+        server.start(tmp_path_factory.mktemp("llama-server"), timeout=60)
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            yield client
 
 
 @pytest.fixture(scope="module")

@@ -5,17 +5,12 @@ with the construct named. The templates here are written for these tests."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from bench.processes import LLAMA_SERVER
+from bench.processes import LLAMA_SERVER, Server, free_port
 from llamanode import default_model_path
 from llamanode.chat import ChatMessage, ChatTemplate, ChatTemplateError
 
@@ -116,35 +111,24 @@ def test_a_template_that_refuses_conversations_itself_still_loads() -> None:
 
 
 @pytest.fixture(scope="module", params=[("training", TRAINING), ("filters", FILTERS)], ids=lambda p: p[0])
-def llama_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, httpx.Client]]:
+def llama_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, httpx.Client]]:
     if not LLAMA_SERVER.exists():
         pytest.skip(f"{LLAMA_SERVER} not built (bench/build_llama_server.sh)")
     name, source = request.param
-    with tempfile.TemporaryDirectory() as tmp:
-        template = Path(tmp) / f"{name}.jinja"
-        template.write_text(source, encoding="utf-8")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd = [str(LLAMA_SERVER), "-m", str(default_model_path()), "--port", str(port), "-c", "512", "-t", "1"]
-        cmd += ["-np", "1", "--jinja", "--no-webui", "--chat-template-file", str(template)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if client.get("/health").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline and proc.poll() is None, "llama-server did not start"
-                time.sleep(0.2)
-            yield source, client
-        finally:
-            client.close()
-            proc.terminate()
-            proc.wait(20)
+    tmp = tmp_path_factory.mktemp(name)
+    template = tmp / f"{name}.jinja"
+    template.write_text(source, encoding="utf-8")
+    port = free_port()
+    cmd = [str(LLAMA_SERVER), "-m", str(default_model_path()), "--port", str(port), "-c", "512", "-t", "1"]
+    cmd += ["-np", "1", "--jinja", "--no-webui", "--chat-template-file", str(template)]
+    with (
+        Server("llama-server", cmd, port, "/health") as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
+        server.start(tmp, timeout=60)
+        yield source, client
 
 
 @pytest.mark.parametrize("pairs", CONVERSATIONS, ids=[str(i) for i in range(len(CONVERSATIONS))])
