@@ -211,6 +211,10 @@ def test_router_sends_an_edited_prompt_to_the_workspace_sharing_the_most_text() 
         3,
         2,
     ]
+    long = "".join(chr(97 + (i * 7) % 26) for i in range(10_000))  # several blocks
+    for cut in (0, 1, 4095, 4096, 4097, 9_999):
+        assert shared_text_len(long, long[:cut] + "#" + long[cut + 1 :]) == cut
+    assert shared_text_len(long, long + "tail") == len(long)
 
 
 def test_a_full_memory_budget_is_503_not_a_conflict() -> None:

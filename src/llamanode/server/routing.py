@@ -64,12 +64,23 @@ class PromptRouter:
 
 
 def shared_text_len(a: str, b: str) -> int:
-    """Length of the common prefix of a and b, by bisection over slice comparisons (C speed, not a char loop)."""
-    low, high = 0, min(len(a), len(b))
-    while low < high:
-        mid = (low + high + 1) // 2
-        if a[:mid] == b[:mid]:
-            low = mid
-        else:
-            high = mid - 1
-    return low
+    """Length of the common prefix of a and b: block by block (C-speed compares, each char of a copied
+    once), then a bisection inside the first block that differs."""
+    n = min(len(a), len(b))
+    at = 0
+    while at < n:
+        end = min(at + _BLOCK, n)
+        if not b.startswith(a[at:end], at):
+            low, high = at, end - 1  # b[at:] does not start with a[at:end]: the answer is below end
+            while low < high:
+                mid = (low + high + 1) // 2
+                if b.startswith(a[at:mid], at):
+                    low = mid
+                else:
+                    high = mid - 1
+            return low
+        at = end
+    return n
+
+
+_BLOCK = 4096
