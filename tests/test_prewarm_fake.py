@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from fakes import FakeContext, fake_session
 from gates import PREWARM_THREAD, Call, ChunkGate, stop_after, stop_asked, wait_until
 from llamanode import (
+    Config,
     ContextManifest,
     ContextOverflowError,
     DecodeConfig,
@@ -331,3 +332,14 @@ def test_wherever_a_prewarm_stops_the_session_answers_like_a_cold_one(
     assert handle.wait(10).outcome in ("joined", "completed", "cancelled", "superseded")
     assert answer(session) == cold(final)
     exact(ctx)
+
+
+def test_a_prewarm_prefills_in_chunks_of_prewarm_batch_and_calls_in_chunks_of_num_batch() -> None:
+    ctx = FakeContext(n_ctx=256, n_batch=BATCH, n_ubatch=BATCH)
+    session = KVSession(ctx, Config(num_ctx=256, num_batch=BATCH, num_ubatch=BATCH, prewarm_batch=4))
+    session.prewarm(session.prefix(P)).wait(10)
+    assert {b.size for b in ctx.batches} == {4}  # 96 tokens: 24 chunks a call waits for at most one of
+    ctx.batches.clear()
+    session.ensure_prefix(session.prefix(Q))
+    assert {b.size for b in ctx.batches} == {BATCH}
+    assert answer(session) == cold(Q)

@@ -3,6 +3,7 @@ a lease joins or cancels it between chunks, eviction cancels it first, and the s
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from fakes import FakeBackend, fake_session
-from gates import Call, ChunkGate, stop_after, stop_asked, wait_until
+from gates import ChunkGate, stop_after, stop_asked, wait_until
 from llamanode import Config, DecodeConfig, InvalidInputError, KVSession, SessionPool
 
 MODEL = "/fake/model.gguf"
@@ -41,10 +42,8 @@ def budget(backends: list[FakeBackend], tmp_path: Path) -> int:
         return probe.budget_for(1)
 
 
-@pytest.fixture
-def gated_pool(backends: list[FakeBackend], tmp_path: Path, budget: int) -> Iterator[tuple[SessionPool, ChunkGate]]:
-    """A pool with room for one live workspace; every context it opens goes through one chunk gate."""
-    pool = SessionPool(MODEL, CFG, store_dir=tmp_path / "store", memory_budget_bytes=budget)
+def gated(pool: SessionPool) -> Iterator[tuple[SessionPool, ChunkGate]]:
+    """Every context the pool opens goes through one chunk gate."""
     gate = ChunkGate()
     backend: Any = pool.backend
     inner = backend.open_context
@@ -52,6 +51,48 @@ def gated_pool(backends: list[FakeBackend], tmp_path: Path, budget: int) -> Iter
     yield pool, gate
     gate.open()
     pool.close()
+
+
+@pytest.fixture
+def gated_pool(backends: list[FakeBackend], tmp_path: Path, budget: int) -> Iterator[tuple[SessionPool, ChunkGate]]:
+    """A pool with room for one live workspace."""
+    yield from gated(SessionPool(MODEL, CFG, store_dir=tmp_path / "store", memory_budget_bytes=budget))
+
+
+@pytest.fixture
+def roomy_pool(backends: list[FakeBackend], tmp_path: Path) -> Iterator[tuple[SessionPool, ChunkGate]]:
+    """A pool without a memory budget: every workspace stays live."""
+    yield from gated(SessionPool(MODEL, CFG, store_dir=tmp_path / "store"))
+
+
+def test_a_prewarm_waits_while_another_workspace_is_leased(roomy_pool: tuple[SessionPool, ChunkGate]) -> None:
+    pool, gate = roomy_pool
+    gate.open()
+    leased_turn(pool, "a", OLD)
+    with pool.session("b") as b:
+        handle = pool.prewarm("a", NEW)
+        time.sleep(0.2)  # ample for the whole prewarm, were it not waiting
+        assert gate.prewarm_chunks() == 0 and not handle.done
+        turn(b, OLD)
+    assert handle.wait(10).outcome == "completed"
+    assert leased_turn(pool, "a", NEW) == cold(NEW)
+
+
+def test_a_running_prewarm_pauses_between_chunks_while_another_workspace_is_leased(
+    roomy_pool: tuple[SessionPool, ChunkGate],
+) -> None:
+    pool, gate = roomy_pool
+    leased_turn(pool, "a", OLD)
+    handle = pool.prewarm("a", NEW)
+    gate.run_chunks(1)  # one chunk done, the next in flight
+    with pool.session("b") as b:
+        gate.open()
+        wait_until(lambda: gate.prewarm_chunks() == 2)  # the chunk in flight ends; the next waits for the lease
+        time.sleep(0.2)
+        assert gate.prewarm_chunks() == 2 and not handle.done
+        assert turn(b, OLD) == cold(OLD)
+    assert handle.wait(10).outcome == "completed"
+    assert leased_turn(pool, "a", NEW) == cold(NEW)
 
 
 def test_an_evicted_workspace_is_restored_prewarmed_and_joined_by_its_next_lease(
@@ -158,9 +199,8 @@ def test_checkpoint_and_fork_cancel_a_prewarm_first(gated_pool: tuple[SessionPoo
     assert pool.stats().snapshots_written == 0  # an unfinished prefill is no state to write
     leased_turn(pool, "a", NEW)
     second = pool.prewarm("a", OLD)
-    call = Call(lambda: pool.fork("a", "a2"))
-    wait_until(lambda: stop_asked(second))
-    gate.allow(1)
+    # the fork comes while the first chunk is in flight (before it, the prewarm would end having done nothing)
+    call = stop_after(gate, second, 0, lambda: pool.fork("a", "a2"))
     with pytest.raises(InvalidInputError, match="unfinished prefill: nothing to fork"):
         call.outcome()
     assert (second.wait(1).outcome, second.wait(1).by) == ("cancelled", "fork")

@@ -100,6 +100,8 @@ class Config(_Options):
     num_ctx: int = 8192  # the default model's n_ctx_train; f16 KV costs ~23 KB/token (188 MB)
     num_batch: int = 512  # prefill chunk; measured fastest for cold prefill on 2 cores
     num_ubatch: int = 512  # physical batch; = num_batch measured fastest
+    # a background prewarm's chunk: a call that arrives waits for one at most (64 prefill as fast as 512 here)
+    prewarm_batch: int = 64
     num_threads: int = 0  # 0 = all cores (os.cpu_count())
     num_gpu_layers: int = 0  # CPU only unless asked
     tensor_split: tuple[float, ...] = ()
@@ -125,6 +127,7 @@ class Config(_Options):
         # >= 3: a chunk of one token is never exact, and odd lengths cannot be tiled by 2s
         _require_int("num_batch", self.num_batch, 3)
         _require_int("num_ubatch", self.num_ubatch, 3, self.num_batch)
+        _require_int("prewarm_batch", self.prewarm_batch, 3)
         _require_int("num_threads", self.num_threads, 0, 1024)
         _require_int("num_gpu_layers", self.num_gpu_layers, -1)
         try:

@@ -26,7 +26,7 @@ from .identity import SnapshotIdentity, require_identity
 from .input_checks import check_segments, utf8_of
 from .manifest import IDENTITY_FIELDS, ContextManifest, byte_hash, hash_token_ids, join_segments
 from .prefix import common_prefix_len
-from .prewarm import Prewarmer, PrewarmHandle
+from .prewarm import Gate, Prewarmer, PrewarmHandle
 from .residency import explain_divergence, segment_residency, token_byte_offsets
 from .resident import ProgressFn, Resident, ResidentKV, chunk_sizes
 from .resident_state import resident_from_state, state_from_resident
@@ -50,7 +50,10 @@ __all__ = ["KVSession", "chunk_sizes", "common_prefix_len"]
 class KVSession:
     """A persistent session: keeps the prefix's KV hot and prefills only what changed."""
 
-    def __init__(self, context: KVContext, config: Config, on_close: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, context: KVContext, config: Config, on_close: Callable[[], None] | None = None, gate: Gate | None = None
+    ) -> None:
+        """gate: where a prewarm waits before each chunk while foreground work runs (the pool's leases)."""
         self._ctx = context
         self.config = config
         self.identity = context.identity
@@ -64,7 +67,7 @@ class KVSession:
         approx.refuse_at_open(config, context, on_close)
         self._kv = ResidentKV(context, config)
         self._lock = SessionLock()
-        self._prewarms = Prewarmer(self._kv, self.ensure_prefix)
+        self._prewarms = Prewarmer(self._kv, self.ensure_prefix, gate)
         self._closed = False
         self._on_close = on_close
         self._cold_note = ""  # why this session started cold, carried into the first cold divergence

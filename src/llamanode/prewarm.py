@@ -36,6 +36,8 @@ from .session_lock import SessionLock
 __all__ = ["PrewarmHandle", "Prewarmer"]
 
 PrefillFn = Callable[[PrefixInput, ProgressFn], PrefixStatus]  # the session's ensure_prefix
+# Waits while foreground work runs (a pool's leases); returns early once its argument says "stop now".
+Gate = Callable[[Callable[[], bool]], None]
 DoneFn = Callable[[PrewarmReport], None]
 _log = logging.getLogger(__name__)
 
@@ -102,9 +104,10 @@ class PrewarmHandle:
 class Prewarmer:
     """A session's prewarms: at most one runs; a newer one supersedes it between chunks."""
 
-    def __init__(self, kv: ResidentKV, prefill: PrefillFn) -> None:
+    def __init__(self, kv: ResidentKV, prefill: PrefillFn, gate: Gate | None = None) -> None:
         self._kv = kv
         self._prefill = prefill
+        self._gate = gate
         self._cv = threading.Condition(threading.RLock())
         self._last: _Run | None = None
         self._threads: list[threading.Thread] = []
@@ -214,7 +217,8 @@ class Prewarmer:
                 raise _Stopped
             run.phase = "running"
         try:
-            yield
+            with self._kv.background_chunks():
+                yield
         except _Stopped:
             raise
         except LlamaNodeError as exc:
@@ -234,6 +238,7 @@ class Prewarmer:
             with self._cv:  # calls that asked for the session before this prewarm began go first
                 self._cv.wait_for(lambda: self._waiting_calls == 0 or run.phase == "ended")
                 stopped = run.phase == "ended"
+            self._wait_turn(run)
             if not stopped:
                 with contextlib.suppress(Exception):  # recorded by turn(): never raised into another thread
                     self._prefill(run.prefix, partial(self._progress, run))
@@ -245,15 +250,22 @@ class Prewarmer:
             self._settle(run)  # the session is free again: callbacks and waiters may use it
 
     def _progress(self, run: _Run, progress: PrefillProgress) -> None:
-        """After each chunk of the prewarm's prefill: count it, and stop here if asked."""
+        """After each chunk of the prewarm's prefill: count it, let foreground work go first, stop here if asked."""
         with self._cv:
             run.prefilled = progress.done_tokens
             run.reused_tokens = len(self._kv.r.tokens) - progress.done_tokens
             run.prefix_tokens = run.reused_tokens + progress.total_tokens
+        self._wait_turn(run)
+        with self._cv:
             stop = run.stop
         if stop is not None:
             self._end(run, *stop)
             raise _Stopped
+
+    def _wait_turn(self, run: _Run) -> None:
+        """Before the next chunk: wait while the gate says foreground work runs, unless run is asked to stop."""
+        if self._gate is not None:
+            self._gate(lambda: run.stop is not None or run.phase == "ended")
 
     # -- ending a run (recorded under the condition), then settling it (callbacks, waiters) outside -------
     def _ask(self, run: _Run | None, outcome: str, by: str) -> _Run | None:

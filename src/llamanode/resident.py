@@ -9,7 +9,8 @@ predecessor along.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .backends.base import KVContext
@@ -98,6 +99,16 @@ class ResidentKV:
         self.r = Resident()
         self.fatal: str | None = None
         self.batch_size = min(config.num_batch, config.num_ubatch)  # llama.cpp would split a longer chunk
+        self.background_batch = min(self.batch_size, config.prewarm_batch)
+
+    @contextmanager
+    def background_chunks(self) -> Iterator[None]:
+        """Prefill in chunks of background_batch meanwhile (a prewarm: whoever asks it to stop waits for one)."""
+        foreground, self.batch_size = self.batch_size, self.background_batch
+        try:
+            yield
+        finally:
+            self.batch_size = foreground
 
     def clear(self) -> None:
         """Drop every cell and all bookkeeping."""

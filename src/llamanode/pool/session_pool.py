@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -318,7 +318,14 @@ class SessionPool:
         self.close()
 
     def _open(self) -> KVSession:
-        return KVSession(self._backend.open_context(self.config), self.config)
+        return KVSession(self._backend.open_context(self.config), self.config, gate=self._background_turn)
+
+    def _background_turn(self, stopping: Callable[[], bool]) -> None:
+        """A prewarm's next chunk waits while any workspace is leased: requests go first, and two
+        computations never share the cores (OpenMP threads spinning against each other)."""
+        with self._cv:
+            while self._workspaces.any_leased() and not stopping():
+                self._cv.wait(0.02)  # polled: a stop is asked under the prewarm's own lock
 
 
 def _holds_state(session: KVSession) -> bool:
