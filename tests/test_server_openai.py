@@ -61,12 +61,14 @@ def test_second_turn_is_warm_and_answers_like_a_cold_server(
 ) -> None:
     convo = conversation("median")
     mark = server.mark()
+    warmed = server.warm_next_done()
     first = chat(server, convo[:2], workspace="oa-warm", max_tokens=24)
+    server.wait_warm_next(warmed)  # the answer was prefilled in the background after the first response...
     turn2 = [*convo[:2], {"role": "assistant", "content": first.choices[0].message.content}, convo[3]]
     warm = chat(server, turn2, workspace="oa-warm", max_tokens=24)
     assert warm.usage.prompt_tokens_details.cached_tokens > 0  # type: ignore[union-attr]
     logs = server.wait_logs(mark, 2, "/v1/chat/completions")
-    assert logs[0]["warm_next_tokens"] > 0  # the answer was prefilled after the first response...
+    assert logs[0]["warm_next"] == "started"
     assert logs[1]["prefilled_tokens"] == 0  # ...so the whole second prefix (answer included) was warm
     cold = chat(locked_server, turn2, workspace="oa-warm-cold", max_tokens=24)
     assert cold.usage.prompt_tokens_details.cached_tokens == 0  # type: ignore[union-attr]

@@ -83,6 +83,18 @@ class ServerProcess:
                 return found
             time.sleep(0.05)
 
+    def warm_next_done(self, outcome: str = "completed") -> float:
+        """How many warm-next prewarms (the answer prefilled for the next turn) ended with outcome."""
+        return self.metrics().get(f'llamanode_warm_next_total{{outcome="{outcome}"}}', 0.0)
+
+    def wait_warm_next(self, before: float, timeout: float = 60.0) -> None:
+        """Wait until another warm-next prewarm has completed since warm_next_done() gave `before`."""
+        deadline = time.monotonic() + timeout
+        while self.warm_next_done() <= before:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no warm-next prewarm completed within {timeout} s")
+            time.sleep(0.05)
+
     def metrics(self) -> dict[str, float]:
         """Every sample of /metrics as {'name{labels}': value}, parsed by prometheus-client's parser."""
         return {key: value for key, (_, value) in self.metric_samples().items()}

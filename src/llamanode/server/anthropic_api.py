@@ -20,6 +20,7 @@ from starlette.responses import Response
 from ..chat import ChatMessage, SplitPrompt
 from ..chat_segments import Cut, Segments
 from ..kvsession import KVSession
+from ..session import PrefixInput
 from ..tools import ToolPlan
 from .anthropic_convert import Conversation, convert
 from .anthropic_responses import AnthropicError, MessageOut, MessageStreamEvent, TokenCount
@@ -145,17 +146,16 @@ def _message(generation: Generation, blocks: Blocks, ident: str, model: str) -> 
     return message_out(ident, model, blocks.content, reason, usage(generation))
 
 
-def _warm_next(prompt: Prompt, blocks: Blocks, session: KVSession) -> int:
-    """Prefill this answer as the next request will send it back (see openai_api._warm_next)."""
+def _warm_next(prompt: Prompt, blocks: Blocks, session: KVSession) -> PrefixInput | None:
+    """The next request's prefix with this answer as it will be sent back (see reply.warm_next)."""
     conversation = prompt.conversation
     if conversation.messages[-1].role == "assistant":
-        return 0
+        return None
     expected = [*conversation.messages, blocks.assistant_message(), ChatMessage("user", "")]
     turn = conversation.turns  # the answer's index among the next request's messages
     cuts = [*conversation.cuts, Cut(len(expected) - 2, f"msg{turn}:assistant"), Cut(len(expected) - 1, "next")]
     split = prompt.plan.split(expected)
-    status = session.ensure_prefix(session.prefix(prompt.plan.segments(expected, split, cuts)))
-    return status.prefilled_tokens
+    return session.prefix(prompt.plan.segments(expected, split, cuts))
 
 
 @router.post(

@@ -20,7 +20,16 @@ from ..config import DecodeConfig
 from ..errors import ContextOverflowError, LlamaNodeError
 from ..kvsession import KVSession
 from ..prewarm import PrewarmHandle
-from ..session import DecodeReport, ForkOrigin, PrefillProgress, PrefixStatus, StreamChunk, SuffixStatus
+from ..session import (
+    DecodeReport,
+    ForkOrigin,
+    PrefillProgress,
+    PrefixInput,
+    PrefixStatus,
+    PrewarmReport,
+    StreamChunk,
+    SuffixStatus,
+)
 from .admission import Admission, Ticket
 from .bridge import Bridge
 from .call import Call, Cancelled
@@ -81,15 +90,16 @@ class Plan:
     config.max_tokens None means "up to the end of the context": it becomes the room left. With
     max_tokens_is_cap (agent APIs, which ask for far more than any window), a larger max_tokens is cut to
     the room left too, and Generation.window_capped says so (the API reports the window as the stop).
-    after(session, answer) runs once the whole answer reached the client, still holding the lease;
-    it returns the tokens it prefilled.
+    after(session, answer) runs once the whole answer reached the client, still holding the lease; the
+    prefix it returns (the next request's, as far as it can be told) is prewarmed in the background from
+    the lease's end: any request comes first, and one for this workspace joins or stops it between chunks.
     """
 
     workspace: str
     segments: tuple[tuple[str, str], ...] | None
     suffix: str | None
     config: DecodeConfig
-    after: Callable[[KVSession, str], int] | None = None
+    after: Callable[[KVSession, str], PrefixInput | None] | None = None
     max_tokens_is_cap: bool = False
 
 
@@ -220,13 +230,14 @@ class Generation:
             self.finish_reason = chunk.finish_reason
             self.error = chunk.error
 
-    def _after(self, after: Callable[[KVSession, str], int], session: KVSession) -> None:
-        started = time.perf_counter()
+    def _after(self, after: Callable[[KVSession, str], PrefixInput | None], session: KVSession) -> None:
         try:
-            self.call.log["warm_next_tokens"] = after(session, self.text)
+            prefix = after(session, self.text)
+            if prefix is not None:
+                session.prewarm(prefix).add_done_callback(self.engine.warm_next_ended)
+                self.call.log["warm_next"] = "started"
         except LlamaNodeError as exc:  # only a warm-up: the answer is already out
             self.call.log["after_error"] = type(exc).__name__
-        self.call.log["after_ms"] = round((time.perf_counter() - started) * 1000, 2)
 
     @property
     def ttft_s(self) -> float | None:
@@ -263,6 +274,11 @@ class Engine:
 
         call.log["workspace"] = workspace
         return await self.run(call, workspace, leased)
+
+    def warm_next_ended(self, report: PrewarmReport) -> None:
+        """A warm-next prewarm ended (in its own thread): completed, joined by the next request, or stopped."""
+        self.metrics.warm_next.labels(outcome=report.outcome).inc()
+        self.metrics.warm_next_tokens.inc(report.prefilled_tokens or 0)
 
     def record_wait(self, call: Call, waited_s: float) -> None:
         self.metrics.queue_wait.observe(waited_s)

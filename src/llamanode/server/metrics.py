@@ -73,6 +73,13 @@ class Metrics:
         self.warm_next_tokens = Counter(
             "llamanode_warm_next_tokens", "Answer tokens prefilled ahead of the next turn", registry=r
         )
+        self.warm_next = Counter(
+            "llamanode_warm_next",
+            "Answers prewarmed for the next turn, by how the prewarm ended (completed, joined by the next request,"
+            " cancelled...)",
+            ["outcome"],
+            registry=r,
+        )
         self.prompt_tokens_reused = Counter(
             "llamanode_prompt_tokens_reused", "Prompt tokens reused from a warm prefix", registry=r
         )

@@ -3,8 +3,8 @@
 `tool_decode_options` gives the DecodeConfig fields of a request's ToolPlan. A `Reply` feeds decoded
 text through the plan's parser (all of it is content when the request has no callable tools), keeps
 what it read, names the finish reason, and gives the assistant message as the next request will send
-it back. `warm_next` prefills that message after the response
-is out, so the next turn's prefix is warm up to its new message.
+it back. `warm_next` gives the next turn's prefix with that message, prewarmed once the response is
+out, so the next turn's prefix is warm up to its new message.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from ..chat import ChatMessage, SplitPrompt
 from ..chat_segments import chat_segments, message_cuts
 from ..errors import UnsupportedFeatureError
 from ..kvsession import KVSession
+from ..session import PrefixInput
 from ..tools import CallFinished, ContentDelta, ToolCall, ToolCallParser, ToolEvent, ToolPlan
 from .runtime import Runtime
 
@@ -102,15 +103,15 @@ def prompt_segments(
 
 def warm_next(
     rt: Runtime, session: KVSession, plan: ToolPlan | None, messages: Sequence[ChatMessage], reply: Reply
-) -> int:
-    """Prefill this answer as the next request will send it back, once the response is out.
+) -> PrefixInput | None:
+    """The next turn's prefix up to its new message (a tool result after calls): prewarmed once the response is out.
 
     The generated tokens' KV came from one-token decode steps and is never reused (it differs
     from a batched prefill); re-prefilling the answer in a batch while the client reads it
-    makes the next turn's prefix warm up to its new message (a tool result after calls), exactly.
+    makes the next turn's prefix warm up to its new message, exactly.
     """
     if messages[-1].role == "assistant":
-        return 0
+        return None
     answer = reply.message()
     if answer.tool_calls:
         following = ChatMessage("tool", "", tool_call_id=answer.tool_calls[0].id)
@@ -118,6 +119,4 @@ def warm_next(
         following = ChatMessage("user", "")
     expected_messages = [*messages, answer, following]
     expected = split_prompt(rt, plan, expected_messages)
-    status = session.ensure_prefix(session.prefix(prompt_segments(rt, plan, expected_messages, expected)))
-    rt.metrics.warm_next_tokens.inc(status.prefilled_tokens)
-    return status.prefilled_tokens
+    return session.prefix(prompt_segments(rt, plan, expected_messages, expected))

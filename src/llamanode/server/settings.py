@@ -21,7 +21,7 @@ class ServerSettings:
     route_min_tokens: int = 32
     fork_min_tokens: int = 256  # a new named session forks the workspace sharing this many tokens (0: never)
     aliases: tuple[str, ...] = ()
-    warm_next: bool = True  # after a chat answer, prefill it as the next request will send it back
+    warm_next: bool = True  # after a chat answer, prewarm it as the next request will send it back
     log_requests: bool = True
     keep_billing_header: bool = False  # /v1/messages: render Claude Code's per-session billing line (anthropic_convert)
     # Connections: limits and timeouts.
