@@ -4,6 +4,8 @@ Each turn reviews one commit that touches Python files. Its prefix is named segm
 prompt (pinned), a repo map (paths and top-level symbols) and the K most relevant Python files as
 they stood before the commit, in path order; its suffix is the commit's Python diff. Relevance: the
 files the commit changes (most lines changed first), then the files changed most recently before it.
+With --working-set the K files are the same every turn instead: those the window's commits change most
+often, as an agent keeps the files it works on open while it edits them (an edit is then mid-prefix).
 Nothing is downloaded: the repository is a local clone (default: llamanode's own history).
 
     .venv/bin/python -m bench.git_trace --turns 12 --out bench/out/trace.json    # build and save a trace
@@ -49,6 +51,7 @@ class TraceOptions:
     max_map_bytes: int = 2500
     max_diff_bytes: int = 4000
     lookback: int = 20  # earlier commits whose changed files count as relevant
+    working_set: bool = False  # the same K files every turn: the ones the window changes most often
 
 
 @dataclass(frozen=True)
@@ -117,17 +120,44 @@ def build_trace(repo: Path, options: TraceOptions) -> Trace:
     git = Git(repo)
     head = git("rev-parse", options.rev).strip()
     listed = git("rev-list", "--first-parent", "--no-merges", f"-n{options.turns}", head, *PYTHON).split()
-    turns = [_turn(git, commit, options) for commit in reversed(listed)]
-    return Trace(str(repo), head, options, tuple(t for t in turns if t is not None))
+    commits = [(commit, parent) for commit in reversed(listed) if (parent := _parent(git, commit)) is not None]
+    working_set = _working_set(git, commits) if options.working_set else None
+    turns = tuple(_turn(git, commit, parent, options, working_set) for commit, parent in commits)
+    return Trace(str(repo), head, options, turns)
 
 
-def _turn(git: Git, commit: str, options: TraceOptions) -> TraceTurn | None:
+def _parent(git: Git, commit: str) -> str | None:
+    """The first parent (None for a root commit: nothing before it to review against)."""
     parents = git("rev-list", "--parents", "-n1", commit).split()[1:]
-    if not parents:
-        return None  # a root commit has nothing before it to review against
-    parent = parents[0]
+    return parents[0] if parents else None
+
+
+def _churn(git: Git, parent: str, commit: str) -> Counter[str]:
+    """Lines added and removed per Python file the commit changes."""
+    churn: Counter[str] = Counter()
+    for line in git("diff", "--numstat", "--no-renames", parent, commit, *PYTHON).splitlines():
+        added, removed, path = line.split("\t", 2)
+        churn[path] = int(added) + int(removed) if added.isdigit() and removed.isdigit() else 0
+    return churn
+
+
+def _working_set(git: Git, commits: Sequence[tuple[str, str]]) -> list[str]:
+    """Every file the window changes, most often changed first (then most lines, then path)."""
+    touches: Counter[str] = Counter()
+    lines: Counter[str] = Counter()
+    for commit, parent in commits:
+        churn = _churn(git, parent, commit)
+        touches.update(churn.keys())
+        lines.update(churn)
+    return sorted(touches, key=lambda p: (-touches[p], -lines[p], p))
+
+
+def _turn(git: Git, commit: str, parent: str, options: TraceOptions, working_set: Sequence[str] | None) -> TraceTurn:
     sizes = _python_sizes(git, parent)
-    chosen, notes = _relevant_files(git, parent, commit, sizes, options)
+    if working_set is None:
+        chosen, notes = _relevant_files(git, parent, commit, sizes, options)
+    else:
+        chosen, notes = _fitting(working_set, sizes, options)
     files = tuple((f"file {path}", _file_segment(path, git.text(parent, path))) for path in sorted(chosen))
     segments = (("system", SYSTEM), ("repo map", _repo_map(git, parent, options.max_map_bytes)), *files)
     diff = git("diff", "--no-color", "--no-renames", parent, commit, *PYTHON)
@@ -153,13 +183,14 @@ def _relevant_files(
     git: Git, parent: str, commit: str, sizes: dict[str, int], options: TraceOptions
 ) -> tuple[list[str], list[str]]:
     """The commit's changed files (most lines first), then recently changed ones, while they fit the budget."""
-    churn: Counter[str] = Counter()
-    for line in git("diff", "--numstat", "--no-renames", parent, commit, *PYTHON).splitlines():
-        added, removed, path = line.split("\t", 2)
-        churn[path] = int(added) + int(removed) if added.isdigit() and removed.isdigit() else 0
+    churn = _churn(git, parent, commit)
     log = git("log", "--first-parent", "--format=", "--name-only", f"-n{options.lookback}", parent, *PYTHON)
     recent = [path for path in log.splitlines() if path]  # newest first
-    ranked = dict.fromkeys(sorted(churn, key=lambda p: (-churn[p], p)) + recent)
+    return _fitting(list(dict.fromkeys(sorted(churn, key=lambda p: (-churn[p], p)) + recent)), sizes, options)
+
+
+def _fitting(ranked: Sequence[str], sizes: dict[str, int], options: TraceOptions) -> tuple[list[str], list[str]]:
+    """The first options.files of ranked that exist at this revision and fit the byte budget together."""
     chosen: list[str] = []
     notes: list[str] = []
     room = options.max_files_bytes
@@ -229,6 +260,11 @@ def add_trace_options(parser: argparse.ArgumentParser) -> None:
         ("--lookback", d.lookback, "earlier commits for relevance"),
     ):
         parser.add_argument(flag, type=int, metavar="N", default=default, help=f"{what} (default: %(default)s)")
+    parser.add_argument(
+        "--working-set",
+        action="store_true",
+        help="the same files every turn: those the window's commits change most often (edits land mid-prefix)",
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> TraceOptions:
@@ -240,6 +276,7 @@ def options_from_args(args: argparse.Namespace) -> TraceOptions:
         max_map_bytes=args.max_map_bytes,
         max_diff_bytes=args.max_diff_bytes,
         lookback=args.lookback,
+        working_set=args.working_set,
     )
 
 

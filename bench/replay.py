@@ -50,6 +50,7 @@ from .git_trace import Trace, TraceTurn
 
 __all__ = [
     "ApproxStrategy",
+    "AssemblerPrewarmStrategy",
     "AssemblerStrategy",
     "FlashAttnStrategy",
     "LlamanodeStrategy",
@@ -271,6 +272,12 @@ class PrewarmStrategy(LlamanodeStrategy):
         report = handle.wait()  # ended: the turn's ensure_prefix joined it, or it had completed
         prewarm = {"outcome": report.outcome, "prefilled_tokens": report.prefilled_tokens, "s": report.elapsed_s}
         return {**super().detail(index, status), "prewarm": prewarm}
+
+
+class AssemblerPrewarmStrategy(PrewarmStrategy, AssemblerStrategy):
+    """Both exact strategies: the assembler orders the upcoming turn, prewarmed while the agent thinks."""
+
+    name = "assembler+prewarm"
 
 
 def replay(

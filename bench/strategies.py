@@ -8,6 +8,7 @@ from .llama_server_proc import llama_server_missing
 from .replay import (
     ApproxStrategy,
     ApproxTailStrategy,
+    AssemblerPrewarmStrategy,
     AssemblerStrategy,
     FlashAttnStrategy,
     LlamanodeStrategy,
@@ -25,6 +26,7 @@ STRATEGIES: dict[str, StrategyFactory] = {
     "exact": LlamanodeStrategy,
     "assembler": AssemblerStrategy,
     "prewarm": PrewarmStrategy,
+    "assembler+prewarm": AssemblerPrewarmStrategy,
     "approx-boundary": ApproxStrategy,
     "approx-tail": ApproxTailStrategy,
     "exact-fa": FlashAttnStrategy,

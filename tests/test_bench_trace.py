@@ -83,6 +83,16 @@ def test_relevance_budget_and_notes(scratch: tuple[Path, list[str]]) -> None:
     assert any(note.startswith("diff cut from") for note in last.notes) and "[... diff cut]" in last.suffix
 
 
+def test_a_working_set_keeps_the_most_often_changed_files_every_turn(scratch: tuple[Path, list[str]]) -> None:
+    repo, _ = scratch
+    turns = build_trace(repo, TraceOptions(turns=3, files=2, max_files_bytes=1000, working_set=True)).turns
+    # util.py changes twice in the window, app.py once with the most lines: the same two files every turn
+    assert [[n for n, _ in t.segments[2:]] for t in turns] == [["file app.py", "file util.py"]] * 3
+    assert "return 1" in dict(turns[0].segments)["file util.py"]  # as they stood before each commit
+    assert "return 2" in dict(turns[2].segments)["file util.py"]
+    assert "print(helper())" in dict(turns[2].segments)["file app.py"]
+
+
 def test_repo_map_lists_paths_and_top_level_symbols(scratch: tuple[Path, list[str]]) -> None:
     repo, _ = scratch
     turn = build_trace(repo, TraceOptions(turns=1)).turns[0]
@@ -116,12 +126,13 @@ def test_replay_smoke(scratch: tuple[Path, list[str]], tmp_path: Path) -> None:
     out = tmp_path / "replay.json"
     command = [sys.executable, "-m", "bench.trace", "--repo", str(repo), "--turns", "2"]
     command += ["--threads", "1", "--num-ctx", "2048", "--json", str(out)]
-    command += ["--strategies", "llama,exact,assembler,prewarm,approx-boundary,approx-tail", "--approx-min-run", "8"]
+    names = ["llama", "exact", "assembler", "prewarm", "assembler+prewarm", "approx-boundary", "approx-tail"]
+    command += ["--strategies", ",".join(names), "--approx-min-run", "8"]
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads(out.read_text())
-    assert set(results["totals"]) == {"llama", "exact", "assembler", "prewarm", "approx-boundary", "approx-tail"}
-    assert len(results["turns"]) == 12 and len(results["oracle"]) == 2
+    assert set(results["totals"]) == set(names)
+    assert len(results["turns"]) == 14 and len(results["oracle"]) == 2
     for name in ("approx-boundary", "approx-tail"):
         cold, warm = (next(r for r in results["turns"] if (r["strategy"], r["turn"]) == (name, i)) for i in (0, 1))
         assert (cold["detail"]["kl"], cold["detail"]["agree_forced"]) == (0.0, 1.0)  # a cold turn is exact
@@ -137,4 +148,7 @@ def test_replay_smoke(scratch: tuple[Path, list[str]], tmp_path: Path) -> None:
     prewarm = by["prewarm", 1]["detail"]["prewarm"]
     assert prewarm["outcome"] in ("joined", "completed")
     assert prewarm["prefilled_tokens"] + by["prewarm", 1]["recomputed_tokens"] == by["exact", 1]["recomputed_tokens"]
+    both = by["assembler+prewarm", 1]["detail"]  # the assembler's order, prewarmed
+    assert both["order"] == by["assembler", 1]["detail"]["order"]
+    assert both["prewarm"]["outcome"] in ("joined", "completed")
     assert "### Totals" in proc.stdout
