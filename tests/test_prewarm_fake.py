@@ -343,3 +343,19 @@ def test_a_prewarm_prefills_in_chunks_of_prewarm_batch_and_calls_in_chunks_of_nu
     session.ensure_prefix(session.prefix(Q))
     assert {b.size for b in ctx.batches} == {BATCH}
     assert answer(session) == cold(Q)
+
+
+def test_settle_finishes_a_finish_prewarm_and_cancels_any_other() -> None:
+    session, ctx, gate = gated(P)
+    handle = session.prewarm(session.prefix(Q), finish=True)
+    call = stop_after(gate, handle, 1, lambda: session.settle_prewarm("fork"))
+    report = call.outcome()
+    assert report is not None and (report.outcome, report.by) == ("joined", "ensure_prefix")
+    context = session.explain_context()
+    assert context.manifest is not None and context.prefix_tokens == 96  # Q is resident, complete
+    assert answer(session) == cold(Q)
+    plain = session.prewarm(session.prefix(P))
+    report = stop_after(gate, plain, 1, lambda: session.settle_prewarm("fork")).outcome()
+    assert report is not None and (report.outcome, report.by) == ("cancelled", "fork")
+    assert session.explain_context().manifest is None  # an unfinished prefill, as a cancel leaves it
+    exact(ctx)

@@ -225,3 +225,25 @@ def test_closing_the_pool_cancels_a_prewarm_and_keeps_the_last_complete_state(
     with SessionPool(MODEL, CFG, store_dir=store) as reopened, reopened.session("a") as s:
         assert s.ensure_prefix(s.prefix(OLD)).byte_hash_hit
         assert turn(s, NEW) == cold(NEW)
+
+
+def test_a_fork_or_eviction_finishes_a_finish_prewarm_so_no_state_is_lost(
+    gated_pool: tuple[SessionPool, ChunkGate],
+) -> None:
+    """The server's warm-next: a prewarm started inside a lease with finish=True; what needs a complete
+    state finishes it instead of leaving an unfinished prefill (nothing to fork, nothing to write)."""
+    pool, gate = gated_pool
+    with pool.session("a") as s:
+        turn(s, OLD)
+        handle = s.prewarm(s.prefix(NEW), finish=True)
+    origin = stop_after(gate, handle, 1, lambda: pool.fork("a", "a2")).outcome()
+    assert handle.wait(1).outcome == "joined" and origin.copied_tokens == 84
+    assert leased_turn(pool, "a2", NEW) == cold(NEW)
+    with pool.session("a") as s:  # a was evicted for a2: its written state is the finished prefix
+        assert s.explain_context().prefix_tokens == 84
+        handle = s.prewarm(s.prefix(OLD), finish=True)
+    stop_after(gate, handle, 1, lambda: leased_turn(pool, "b", OLD)).outcome()  # evicts a
+    assert handle.wait(1).outcome == "joined"
+    with pool.session("a") as s:
+        status = s.ensure_prefix(s.prefix(OLD))
+        assert status.reused_tokens == 84 and status.prefilled_tokens == 0

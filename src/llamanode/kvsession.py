@@ -29,7 +29,7 @@ from .prefix import common_prefix_len
 from .prewarm import Gate, Prewarmer, PrewarmHandle
 from .residency import explain_divergence, segment_residency, token_byte_offsets
 from .resident import ProgressFn, Resident, ResidentKV, chunk_sizes
-from .resident_state import resident_from_state, state_from_resident
+from .resident_state import base_manifest, resident_from_state, state_from_resident
 from .session import (
     ContextReport,
     DecodeStream,
@@ -57,13 +57,7 @@ class KVSession:
         self._ctx = context
         self.config = config
         self.identity = context.identity
-        self._base = ContextManifest(
-            model_digest=self.identity.model_digest,
-            tokenizer_digest=self.identity.tokenizer_digest,
-            runtime_digest=self.identity.runtime_digest,
-            template_digest=self.identity.template_digest,
-            add_bos=self.identity.add_bos,
-        )
+        self._base = base_manifest(self.identity)
         approx.refuse_at_open(config, context, on_close)
         self._kv = ResidentKV(context, config)
         self._lock = SessionLock()
@@ -183,17 +177,22 @@ class KVSession:
         self._prewarms.join()
 
     # -- prewarming (prewarm.py) ---------------------------------------------------------------
-    def prewarm(self, prefix: PrefixInput) -> PrewarmHandle:
+    def prewarm(self, prefix: PrefixInput, finish: bool = False) -> PrewarmHandle:
         """Start ensure_prefix(prefix) in a background thread and return at once. The next ensure_prefix of
-        this prefix takes over where it stands; any other call stops it at its next chunk boundary."""
+        this prefix takes over where it stands; any other call stops it at its next chunk boundary.
+        finish: settle_prewarm() finishes it rather than stopping it (a short prefix that is nearly sure)."""
         self._check_usable()
         self._check_identity(prefix.manifest)
         check_segments(prefix.manifest, utf8_of(prefix.text, "prefix"))
-        return self._prewarms.start(prefix)
+        return self._prewarms.start(prefix, finish)
 
     def cancel_prewarm(self, by: str = "cancel") -> PrewarmReport | None:
         """Stop a running prewarm at its next chunk boundary and wait for that; the last prewarm's report."""
         return self._prewarms.cancel(by)
+
+    def settle_prewarm(self, by: str) -> PrewarmReport | None:
+        """Before work that needs a complete state (fork, eviction): finish a finish=True prewarm, else cancel."""
+        return self._prewarms.settle(by)
 
     @property
     def prewarming(self) -> bool:

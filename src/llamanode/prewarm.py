@@ -51,6 +51,7 @@ class _Run:
     """One prewarm; guarded by its Prewarmer's condition."""
 
     prefix: PrefixInput
+    finish: bool = False  # settle() finishes it instead of stopping it
     began: float = field(default_factory=time.perf_counter)
     phase: str = "waiting"  # waiting (for the session) | running (holds it) | ended
     stop: tuple[str, str] | None = None  # (outcome, by) asked for while it runs
@@ -115,8 +116,8 @@ class Prewarmer:
         self._waiting_calls = 0  # calls that asked for the session and do not hold it yet
 
     # -- asked by the session's callers ------------------------------------------------------------
-    def start(self, prefix: PrefixInput) -> PrewarmHandle:
-        run = _Run(prefix)
+    def start(self, prefix: PrefixInput, finish: bool = False) -> PrewarmHandle:
+        run = _Run(prefix, finish)
         thread = threading.Thread(target=self._main, args=(run,), name="llamanode-prewarm", daemon=True)
         with self._cv:
             ended = self._ask(self._last, "superseded", "prewarm")
@@ -148,6 +149,18 @@ class Prewarmer:
         with self._cv:
             run = self._last
         return None if run is None else self.cancel_run(run, by)
+
+    def settle(self, by: str) -> PrewarmReport | None:
+        """Before work that needs a complete state: a running prewarm started with finish=True is finished in
+        this thread (its prefix's ensure_prefix joins it); any other is cancelled. The latest report, if any."""
+        with self._cv:
+            run = self._last
+            finish = run is not None and run.finish and run.phase != "ended"
+        if run is None or not finish:
+            return self.cancel(by)
+        with contextlib.suppress(LlamaNodeError):  # a failed prefill is reported by the session like any other
+            self._prefill(run.prefix, lambda _: None)
+        return self.report_of(run)
 
     def cancel_run(self, run: _Run, by: str) -> PrewarmReport:
         with self._cv:

@@ -6,12 +6,23 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .backends.base import BackendIdentity
-from .manifest import byte_hash, hash_token_ids
+from .manifest import ContextManifest, byte_hash, hash_token_ids
 from .residency import segment_residency, token_byte_offsets
 from .resident import Resident
 from .session import Divergence, SessionState
 
-__all__ = ["resident_from_state", "state_from_resident"]
+__all__ = ["base_manifest", "resident_from_state", "state_from_resident"]
+
+
+def base_manifest(identity: BackendIdentity) -> ContextManifest:
+    """The manifest fields a context fixes (model, tokenizer, runtime, template, BOS), no segments yet."""
+    return ContextManifest(
+        model_digest=identity.model_digest,
+        tokenizer_digest=identity.tokenizer_digest,
+        runtime_digest=identity.runtime_digest,
+        template_digest=identity.template_digest,
+        add_bos=identity.add_bos,
+    )
 
 
 def state_from_resident(r: Resident, kv: bytes, identity: BackendIdentity) -> SessionState:

@@ -91,7 +91,7 @@ class Forks:
 
     def _copy(self, source: Workspace, target: Workspace, shared: int | None) -> ForkOrigin:
         if source.session is not None:
-            source.session.cancel_prewarm("fork")
+            source.session.settle_prewarm("fork")
             if source.session.explain_context().manifest is None and source.session.resident_tokens():
                 raise InvalidInputError(f"workspace {source.id!r} holds an unfinished prefill: nothing to fork")
         if self._room.source_goes_first(source):

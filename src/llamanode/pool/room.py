@@ -84,11 +84,11 @@ class Room:
 
     def evict(self, ws: Workspace) -> None:
         """Hand ws's live state to the writer (unless it is written or queued already) and keep its context
-        as the spare. A prewarm is cancelled first; an unfinished prefill is no state: ws keeps its last
+        as the spare. A prewarm is settled first (settle_prewarm); an unfinished prefill is no state: ws keeps its last
         written or queued one, if any. The caller holds ws's lease."""
         session = ws.session
         assert session is not None
-        session.cancel_prewarm("eviction")
+        session.settle_prewarm("eviction")
         report = session.explain_context()
         healthy, unfinished = not report.fatal, report.manifest is None and report.resident_tokens > 0
         if unfinished:

@@ -223,7 +223,7 @@ class SessionPool:
         try:
             session = ws.session
             if session is not None:
-                session.cancel_prewarm("checkpoint")
+                session.settle_prewarm("checkpoint")
             if session is not None and _holds_state(session):
                 self._mover.write_now(ws, session)
             else:  # nothing live, or an unfinished prefill (no state): the last state on its way is made durable
@@ -305,7 +305,7 @@ class SessionPool:
                 return
             try:
                 session = ws.session
-                session.cancel_prewarm("pool close")
+                session.settle_prewarm("pool close")
                 if _holds_state(session) and not session.explain_context().fatal:
                     self._mover.write_now(ws, session)
             finally:

@@ -234,7 +234,7 @@ class Generation:
         try:
             prefix = after(session, self.text)
             if prefix is not None:
-                session.prewarm(prefix).add_done_callback(self.engine.warm_next_ended)
+                session.prewarm(prefix, finish=True).add_done_callback(self.engine.warm_next_ended)
                 self.call.log["warm_next"] = "started"
         except LlamaNodeError as exc:  # only a warm-up: the answer is already out
             self.call.log["after_error"] = type(exc).__name__
