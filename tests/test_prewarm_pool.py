@@ -247,3 +247,14 @@ def test_a_fork_or_eviction_finishes_a_finish_prewarm_so_no_state_is_lost(
     with pool.session("a") as s:
         status = s.ensure_prefix(s.prefix(OLD))
         assert status.reused_tokens == 84 and status.prefilled_tokens == 0
+
+
+def test_a_lease_that_starts_a_prewarm_still_records_its_state_for_routing(
+    roomy_pool: tuple[SessionPool, ChunkGate],
+) -> None:
+    pool, _ = roomy_pool
+    with pool.session("a") as s:
+        turn(s, OLD)
+        tokens, report = list(s.resident_tokens()), s.explain_context()
+        s.prewarm(s.prefix(NEW), finish=True)  # waits for the lease's end: nothing changed yet
+    assert pool.longest_prefix(tokens, 8) == ("a", report.resident_tokens - report.generated_tokens)

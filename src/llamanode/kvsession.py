@@ -198,6 +198,10 @@ class KVSession:
     def prewarming(self) -> bool:
         return self._prewarms.running
 
+    @property
+    def prewarm_in_session(self) -> bool:
+        return self._prewarms.in_session
+
     def __enter__(self) -> KVSession:
         return self
 

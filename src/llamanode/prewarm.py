@@ -192,6 +192,12 @@ class Prewarmer:
         with self._cv:
             return self._last is not None and self._last.phase != "ended"
 
+    @property
+    def in_session(self) -> bool:
+        """A prewarm holds the session (in a chunk or between two); a waiting one has changed nothing yet."""
+        with self._cv:
+            return self._last is not None and self._last.phase == "running"
+
     def join(self) -> None:
         """Wait for every prewarm thread to end (after close(): they end without touching the context)."""
         with self._cv:

@@ -164,7 +164,9 @@ class SessionPool:
         session = ws.session
         if session is not None and session.explain_context().closed:
             self._room.discard(ws)
-        elif session is not None and not session.prewarming:  # a prewarm's state is read once it has ended
+        elif session is not None and not session.prewarm_in_session:
+            # a prewarm holding the session is read once it has ended; one that waits (started in this lease, or
+            # kept waiting by it: the gate) has changed nothing
             ws.remember(session)
         with self._cv:
             self._workspaces.touch(ws)
