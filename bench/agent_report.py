@@ -134,6 +134,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"{machine.get('date_utc', '')}; threads {settings.get('threads')}, window {settings.get('ctx')}, "
         f"llama-server repack {'on' if settings.get('repack') else 'off'}.",
     ]
+    rounds = len(next(iter(results.get("repetitions", {}).values()), [None]))
+    if rounds > 1:
+        parts.append(f"{rounds} rounds, servers in alternating order: each request's median TTFT and total.")
     phases = dict.fromkeys(p for phases in results["servers"].values() for p in phases)
     for phase in phases:
         parts += [f"### Totals per agent ({phase})", totals_table(results, phase)]

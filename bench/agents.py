@@ -15,7 +15,9 @@ Per request: prompt tokens and reused tokens from each server's usage (Anthropic
 OpenAI `cached_tokens`; llama-server also sends `timings.cache_n`), TTFT (request sent to the first streamed
 content event, client side) and total time. Targets (PASS/MISS): every request after a session's first
 reuses >= 90 % of its prompt on llamanode; llamanode's total TTFT <= 0.9 x llama-server's per agent; a second
-session's first request at least as fast as on llama-server.
+session's first request at least as fast as on llama-server. With --repeat N every server replays N times,
+their order reversed every other round (against drift on a noisy machine), and each request's TTFT and total
+are the medians of its N replays.
 
     .venv/bin/python -m bench.agent_scenarios --serve llamanode            # record once
     .venv/bin/python -m bench.agents bench/out/agents/<run>          # -> bench/out/agents.{json,md}
@@ -27,10 +29,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +47,7 @@ from .common import OUT_DIR, log, machine_info, now, write_json
 from .processes import LLAMA_SERVER, Server, free_port, llama_server_cmd, llamanode_serve_cmd
 
 SERVERS = ("llamanode", "llama-server")
+Phases = dict[str, list[dict[str, Any]]]  # phase (sequential, interleaved) -> one row per request
 NOT_RESENT = frozenset({"host", "content-length", "connection", "keep-alive", "transfer-encoding", "accept-encoding"})
 
 
@@ -197,7 +201,7 @@ def started(kind: str, args: argparse.Namespace, aliases: list[str], log_dir: Pa
 
 def run_server(
     kind: str, args: argparse.Namespace, agents: dict[str, list[Recorded]], pair: list[str], log_dir: Path
-) -> dict[str, list[dict[str, Any]]]:
+) -> Phases:
     aliases = sorted({str(r.body.get("model")) for seq in agents.values() for r in seq if r.body.get("model")})
     phases: dict[str, list[Replayed]] = {"sequential": []}
     with started(kind, args, aliases, log_dir) as url:
@@ -207,6 +211,28 @@ def run_server(
         with started(kind, args, aliases, log_dir) as url:
             phases["interleaved"] = replay_all(url, interleave(agents[pair[0]], agents[pair[1]]), kind, "interleaved")
     return {phase: [{**asdict(r), "reuse": r.reuse} for r in results] for phase, results in phases.items()}
+
+
+def repeated(servers: list[str], times: int, run: Callable[[str], Phases]) -> dict[str, list[Phases]]:
+    """Every server's results, `times` times, the servers' order reversed every other time (against drift)."""
+    out: dict[str, list[Phases]] = {kind: [] for kind in servers}
+    for rep in range(times):
+        for kind in servers if rep % 2 == 0 else servers[::-1]:
+            out[kind].append(run(kind))
+    return out
+
+
+def median_phases(reps: list[Phases]) -> Phases:
+    """The first repetition's rows with each request's median TTFT and total over every repetition."""
+    merged: Phases = {}
+    for phase, rows in reps[0].items():
+        merged[phase] = []
+        for i, row in enumerate(rows):
+            same = [rep[phase][i] for rep in reps]
+            ttfts = [r["ttft_s"] for r in same if r["ttft_s"] is not None]
+            ttft = statistics.median(ttfts) if len(ttfts) == len(same) else None
+            merged[phase].append({**row, "ttft_s": ttft, "total_s": statistics.median(r["total_s"] for r in same)})
+    return merged
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -220,6 +246,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--per-session", type=int, default=None, help="replay at most N requests of each session")
     parser.add_argument(
         "--without-tools", action="store_true", help="leave tool definitions out of every request (same prompts)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="replay N times, servers in alternating order; report median TTFTs"
     )
     parser.add_argument("--json", type=Path, default=OUT_DIR / "agents.json", help="results file")
     parser.add_argument("--out", type=Path, default=None, help="markdown report (default: --json with .md)")
@@ -260,8 +289,9 @@ def main(argv: list[str] | None = None) -> int:
             "without_tools": args.without_tools,
         },
         "recordings": {f.stem: str(f) for f in files},
-        "servers": {kind: run_server(kind, args, agents, pair, log_dir) for kind in servers},
+        "repetitions": repeated(servers, args.repeat, lambda kind: run_server(kind, args, agents, pair, log_dir)),
     }
+    results["servers"] = {kind: median_phases(reps) for kind, reps in results["repetitions"].items()}
     write_json(args.json, results)
     report = markdown(results)
     (args.out or args.json.with_suffix(".md")).write_text(report + "\n", encoding="utf-8")

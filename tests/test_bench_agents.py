@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from bench.agent_report import markdown, targets, totals
-from bench.agents import interleave, load_agent, recording_files
+from bench.agents import interleave, load_agent, median_phases, recording_files, repeated
 from bench.processes import LLAMA_SERVER
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,6 +84,23 @@ def _row(agent: str, session: str, turn: int, prompt: int, cached: int, ttft: fl
 
 def _results(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"servers": {"llamanode": {"sequential": ours}, "llama-server": {"sequential": theirs}}}
+
+
+def test_repeated_rounds_alternate_the_servers_and_report_medians() -> None:
+    order: list[str] = []
+    ttfts = iter([1.0, 9.0, 3.0, 4.0, 2.0, 5.0])
+
+    def run(kind: str) -> dict[str, list[dict[str, Any]]]:
+        order.append(kind)
+        return {"sequential": [_row("claude", "s1", 1, 100, 0, next(ttfts))]}
+
+    reps = repeated(["llamanode", "llama-server"], 3, run)
+    assert order == ["llamanode", "llama-server", "llama-server", "llamanode", "llamanode", "llama-server"]
+    (ours,) = median_phases(reps["llamanode"])["sequential"]
+    (theirs,) = median_phases(reps["llama-server"])["sequential"]
+    assert (ours["ttft_s"], theirs["ttft_s"]) == (2.0, 5.0)  # medians of (1, 4, 2) and (9, 3, 5)
+    failed = median_phases([{"sequential": [_row("claude", "s1", 1, 100, 0, None)]}, reps["llamanode"][0]])
+    assert failed["sequential"][0]["ttft_s"] is None  # a request that failed once has no median
 
 
 def test_targets_pass_when_llamanode_is_warm_and_faster() -> None:
