@@ -49,6 +49,7 @@ from .common import now
 from .git_trace import Trace, TraceTurn
 
 __all__ = [
+    "ApproxPrewarmStrategy",
     "ApproxStrategy",
     "AssemblerPrewarmStrategy",
     "AssemblerStrategy",
@@ -278,6 +279,22 @@ class AssemblerPrewarmStrategy(PrewarmStrategy, AssemblerStrategy):
     """Both exact strategies: the assembler orders the upcoming turn, prewarmed while the agent thinks."""
 
     name = "assembler+prewarm"
+
+
+class ApproxPrewarmStrategy(PrewarmStrategy, ApproxStrategy):
+    """Approximate reuse as the session's default, so the prewarm in the think time reuses approximately too."""
+
+    name = "approx+prewarm"
+
+    def __init__(self, setup: ReplaySetup) -> None:
+        super().__init__(setup)
+        self.config = setup.config.replace(approximate_reuse=self.selection, approximate_share=setup.approx_share)
+        approximation = self.config.approximation()
+        assert approximation is not None
+        self.policy = approximation  # the prewarm's and the turn's: the same, so the turn finds the prewarm's work
+
+    def start(self) -> None:
+        self._session = llamanode.open_session(self.setup.model_path, self.config)
 
 
 def replay(

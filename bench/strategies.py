@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from .llama_server_proc import llama_server_missing
 from .replay import (
+    ApproxPrewarmStrategy,
     ApproxStrategy,
     ApproxTailStrategy,
     AssemblerPrewarmStrategy,
@@ -29,6 +30,7 @@ STRATEGIES: dict[str, StrategyFactory] = {
     "assembler+prewarm": AssemblerPrewarmStrategy,
     "approx-boundary": ApproxStrategy,
     "approx-tail": ApproxTailStrategy,
+    "approx+prewarm": ApproxPrewarmStrategy,
     "exact-fa": FlashAttnStrategy,
     "llama-server": LlamaServerStrategy,
     "llama-server-reuse64": LlamaServerReuseStrategy,

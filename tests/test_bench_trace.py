@@ -127,12 +127,13 @@ def test_replay_smoke(scratch: tuple[Path, list[str]], tmp_path: Path) -> None:
     command = [sys.executable, "-m", "bench.trace", "--repo", str(repo), "--turns", "2"]
     command += ["--threads", "1", "--num-ctx", "2048", "--json", str(out)]
     names = ["llama", "exact", "assembler", "prewarm", "assembler+prewarm", "approx-boundary", "approx-tail"]
+    names += ["approx+prewarm"]
     command += ["--strategies", ",".join(names), "--approx-min-run", "8"]
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads(out.read_text())
     assert set(results["totals"]) == set(names)
-    assert len(results["turns"]) == 14 and len(results["oracle"]) == 2
+    assert len(results["turns"]) == 2 * len(names) and len(results["oracle"]) == 2
     for name in ("approx-boundary", "approx-tail"):
         cold, warm = (next(r for r in results["turns"] if (r["strategy"], r["turn"]) == (name, i)) for i in (0, 1))
         assert (cold["detail"]["kl"], cold["detail"]["agree_forced"]) == (0.0, 1.0)  # a cold turn is exact
@@ -151,4 +152,6 @@ def test_replay_smoke(scratch: tuple[Path, list[str]], tmp_path: Path) -> None:
     both = by["assembler+prewarm", 1]["detail"]  # the assembler's order, prewarmed
     assert both["order"] == by["assembler", 1]["detail"]["order"]
     assert both["prewarm"]["outcome"] in ("joined", "completed")
+    approx_warmed = by["approx+prewarm", 1]["detail"]
+    assert approx_warmed["prewarm"]["outcome"] in ("joined", "completed") and approx_warmed["kl"] >= 0
     assert "### Totals" in proc.stdout
