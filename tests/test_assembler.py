@@ -149,8 +149,8 @@ def test_a_returning_segment_keeps_its_history_and_group() -> None:
 
 def test_a_quiet_tail_segment_waits_until_moving_it_costs_nothing() -> None:
     asm = ContextAssembler()
-    history = [BASE] + [{**BASE, "b": f"B{t}"} for t in range(1, 4)]  # b: volatile, last
-    history += [{**BASE, "a": f"A{t}", "b": f"B{t}"} for t in range(4, 7)]  # a joins the tail after b
+    history = [BASE] + [{**BASE, "a": f"A{t}"} for t in range(1, 4)]  # a: volatile, last
+    history += [{**BASE, "a": f"A{t}", "b": f"B{t}"} for t in range(4, 7)]  # b joins the tail, ahead of a (rarer)
     history += [{**BASE, "a": "A6", "b": "B7"}]  # a goes quiet
     reports = [asm.assemble(seg, ["system"]).report for seg in history]
     assert reports[-1].order == ("system", "map", "c", "b", "a")
@@ -161,9 +161,28 @@ def test_a_quiet_tail_segment_waits_until_moving_it_costs_nothing() -> None:
     # b changes: everything from b on is recomputed anyway, so a settles ahead of it for free
     free = asm.assemble({**BASE, "a": "A6", "b": "B8"}, ["system"]).report
     assert free.order == ("system", "map", "c", "a", "b") and free.kept_segments == 3
-    assert [(m.name, m.reason, m.before, m.after) for m in free.moves] == [("a", "settled", 4, 3)]
-    assert "text changed in 3 of 11 turns; score 0.05 <= 0.20" in free.moves[0].detail
+    moves = [(m.name, m.reason, m.before, m.after) for m in free.moves]  # quieter first in the tail, then settled
+    assert moves == [("a", "reordered", 4, 3), ("a", "settled", 4, 3), ("b", "reordered", 3, 4)]
+    assert "text changed in 6 of 11 turns; score 0.06 <= 0.20" in free.moves[1].detail
     assert free.waiting == () and not free.segments[3].volatile
+
+
+def test_the_tail_orders_itself_by_change_rate_only_when_that_costs_nothing() -> None:
+    joined = [BASE] + [{**BASE, "a": f"A{t}", "b": f"B{t}"} for t in range(1, 4)]  # both join the tail together
+    quiet_a = [{**BASE, "a": "A3", "b": f"B{t}"} for t in range(4, 8)]  # then only b (already last) changes
+    asm = ContextAssembler()
+    reports = [asm.assemble(seg, ["system"]).report for seg in joined + quiet_a]
+    assert reports[3].order == ("system", "map", "c", "a", "b")  # promoted together: equal rates, their order
+    assert all(r.order == reports[3].order and r.kept_segments == 4 for r in reports[4:])  # a stays ahead
+    assert not [m for r in reports for m in r.moves if m.reason == "reordered"]
+    quiet_b = [{**BASE, "a": f"A{t}", "b": "B3"} for t in range(4, 8)]  # only a changes: a and b recomputed anyway
+    asm = ContextAssembler()
+    reports = [asm.assemble(seg, ["system"]).report for seg in joined + quiet_b]
+    assert reports[4].order == ("system", "map", "c", "b", "a") and reports[4].kept_segments == 3
+    moved = [(m.name, m.reason, m.before, m.after) for m in reports[4].moves]
+    assert moved == [("b", "reordered", 4, 3), ("a", "reordered", 3, 4)]
+    assert "changes 1.00/turn" in reports[4].moves[1].detail
+    assert all(r.order == reports[4].order and r.kept_segments == 4 for r in reports[5:])  # then it stays
 
 
 def test_a_quiet_segment_alone_in_the_tail_settles_in_place() -> None:

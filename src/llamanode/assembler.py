@@ -77,7 +77,7 @@ class SegmentMove:
     name: str
     before: int | None  # index in the previous order; None: it was not there
     after: int | None  # index in this order; None: it was removed
-    reason: str  # new | returned | removed | volatile | settled | pinned | unpinned
+    reason: str  # new | returned | removed | volatile | settled | reordered | pinned | unpinned
     detail: str
 
 
@@ -242,9 +242,10 @@ class ContextAssembler:
         stable = [n for n in kept if not self._tracks[n].volatile]
         promoted = {m.name for m in moves if m.reason == "volatile"}  # they go last, behind the older tail
         tail = [n for n in kept if self._tracks[n].volatile and n not in promoted]
-        tail += [n for n in kept if n in promoted]
+        tail += sorted((n for n in kept if n in promoted), key=self._rate_key)
         stable += [n for n in arrivals if not self._tracks[n].volatile]
         tail += [n for n in arrivals if self._tracks[n].volatile]
+        tail = self._free_sort(before, head + stable, tail, moves)
         settling = [n for n in tail if n not in changed and self._tracks[n].score <= self.policy.stable_at]
         base = head + stable + tail
         if not settling:
@@ -256,6 +257,24 @@ class ContextAssembler:
             self._tracks[name].volatile = False
             moves.append(SegmentMove(name, None, None, "settled", self._evidence(self._tracks[name], "<=")))
         return moved, []
+
+    def _rate_key(self, name: str) -> float:
+        return self._tracks[name].rate
+
+    def _free_sort(
+        self, before: list[tuple[str, str]], lead: list[str], tail: list[str], moves: list[SegmentMove]
+    ) -> list[str]:
+        """The tail, most often changed last, when that costs nothing this turn (the segments it moves are
+        recomputed anyway): otherwise as it stands."""
+        ranked = sorted(tail, key=self._rate_key)  # stable: equal rates keep their order
+        if ranked == tail or _common_lead(before, self._keyed(lead + ranked)) < _common_lead(
+            before, self._keyed(lead + tail)
+        ):
+            return tail
+        for name in (n for i, n in enumerate(ranked) if tail[i] != n):
+            detail = f"changes {self._tracks[name].rate:.2f}/turn: the tail goes most often changed last (free now)"
+            moves.append(SegmentMove(name, None, None, "reordered", detail))
+        return ranked
 
     def _pin_moves(self, head: list[str], present: Mapping[str, str]) -> list[SegmentMove]:
         """Segments of the last turn that the caller pinned or unpinned."""
