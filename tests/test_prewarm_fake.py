@@ -359,3 +359,25 @@ def test_settle_finishes_a_finish_prewarm_and_cancels_any_other() -> None:
     assert report is not None and (report.outcome, report.by) == ("cancelled", "fork")
     assert session.explain_context().manifest is None  # an unfinished prefill, as a cancel leaves it
     exact(ctx)
+
+
+def test_an_approximate_prewarm_joined_halfway_runs_to_its_end_and_keeps_what_it_reused() -> None:
+    """Stopped halfway an approximate prefill keeps only the exact prefix; so the call waits for its end."""
+    ctx = FakeContext(n_ctx=256, n_batch=BATCH, n_ubatch=BATCH)
+    config = Config(num_ctx=256, num_batch=BATCH, num_ubatch=BATCH, approximate_reuse="boundary", approximate_share=0.5)
+    session = KVSession(ctx, config)  # recomputes half of what it keeps: several chunks
+    before = (("system", "s" * 20), ("file", "abcdefgh" * 8), ("tail", "t" * 40))
+    edited = (("system", "s" * 20), ("file", "abcdefgh" * 4 + "abcdXfgh" + "abcdefgh" * 3), ("tail", "t" * 40))
+    session.ensure_prefix(session.prefix(before))
+    gate = ChunkGate(ctx)
+    handle = session.prewarm(session.prefix(edited))
+    gate.run_chunks(1)
+    call = Call(lambda: session.ensure_prefix(session.prefix(edited)))
+    wait_until(lambda: handle.report().by == "ensure_prefix")  # the call waits for the prewarm's end
+    gate.open()
+    status = call.outcome()
+    report = handle.wait(10)
+    assert (report.outcome, report.by) == ("completed", "ensure_prefix")
+    assert report.status is not None and report.status.approximation is not None
+    assert report.status.approximation.reused_tokens > 0  # the edit's tail kept its KV, shifted
+    assert status.byte_hash_hit and status.prefilled_tokens == 0

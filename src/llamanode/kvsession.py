@@ -180,11 +180,12 @@ class KVSession:
     def prewarm(self, prefix: PrefixInput, finish: bool = False) -> PrewarmHandle:
         """Start ensure_prefix(prefix) in a background thread and return at once. The next ensure_prefix of
         this prefix takes over where it stands; any other call stops it at its next chunk boundary.
-        finish: settle_prewarm() finishes it rather than stopping it (a short prefix that is nearly sure)."""
+        finish: settle_prewarm() finishes it rather than stopping it (a short prefix that is nearly sure).
+        Under an approximate Config an ensure_prefix of this prefix waits for its end (halfway, it keeps nothing)."""
         self._check_usable()
         self._check_identity(prefix.manifest)
         check_segments(prefix.manifest, utf8_of(prefix.text, "prefix"))
-        return self._prewarms.start(prefix, finish)
+        return self._prewarms.start(prefix, finish, carry_on=self.config.approximation() is not None)
 
     def cancel_prewarm(self, by: str = "cancel") -> PrewarmReport | None:
         """Stop a running prewarm at its next chunk boundary and wait for that; the last prewarm's report."""

@@ -52,6 +52,8 @@ class _Run:
 
     prefix: PrefixInput
     finish: bool = False  # settle() finishes it instead of stopping it
+    carry_on: bool = False  # an ensure_prefix of its prefix waits for its end instead of stopping it
+    hurried: bool = False  # such a call is waiting: the gate no longer holds it back
     began: float = field(default_factory=time.perf_counter)
     phase: str = "waiting"  # waiting (for the session) | running (holds it) | ended
     stop: tuple[str, str] | None = None  # (outcome, by) asked for while it runs
@@ -116,8 +118,8 @@ class Prewarmer:
         self._waiting_calls = 0  # calls that asked for the session and do not hold it yet
 
     # -- asked by the session's callers ------------------------------------------------------------
-    def start(self, prefix: PrefixInput, finish: bool = False) -> PrewarmHandle:
-        run = _Run(prefix, finish)
+    def start(self, prefix: PrefixInput, finish: bool = False, carry_on: bool = False) -> PrewarmHandle:
+        run = _Run(prefix, finish, carry_on)
         thread = threading.Thread(target=self._main, args=(run,), name="llamanode-prewarm", daemon=True)
         with self._cv:
             ended = self._ask(self._last, "superseded", "prewarm")
@@ -133,8 +135,12 @@ class Prewarmer:
             self._waiting_calls += 1
             run = self._last
             same = run is not None and call == "ensure_prefix" and prefix == run.prefix
-            outcome = "joined" if same else "interrupted" if call == "close" else "cancelled"
-            ended = self._ask(run, outcome, call)
+            if same and run is not None and run.carry_on and run.phase == "running":
+                run.hurried = True  # an approximate prefill stopped halfway keeps nothing: let it end
+                ended = None
+            else:
+                outcome = "joined" if same else "interrupted" if call == "close" else "cancelled"
+                ended = self._ask(run, outcome, call)
         self._settle(ended)
 
     def _served(self) -> bool:
@@ -184,8 +190,9 @@ class Prewarmer:
         _call(fn, run)
 
     def report_of(self, run: _Run) -> PrewarmReport:
-        with self._cv:  # while it runs, `by` names a call that asked it to stop (at its next chunk boundary)
-            return run.report or run.now("running", run.stop[1] if run.stop else None)
+        with self._cv:  # while it runs, `by` names a call that asked it to stop (or waits for its end)
+            waiting_call = "ensure_prefix" if run.hurried else None
+            return run.report or run.now("running", run.stop[1] if run.stop else waiting_call)
 
     @property
     def running(self) -> bool:
@@ -248,7 +255,7 @@ class Prewarmer:
             self._end(run, "failed", _describe(exc))
             raise
         else:
-            self._end(run, "completed", None, self._kv.r.last_prefix)
+            self._end(run, "completed", "ensure_prefix" if run.hurried else None, self._kv.r.last_prefix)
 
     # -- the prewarm's own thread ------------------------------------------------------------------------
     def _main(self, run: _Run) -> None:
@@ -284,7 +291,7 @@ class Prewarmer:
     def _wait_turn(self, run: _Run) -> None:
         """Before the next chunk: wait while the gate says foreground work runs, unless run is asked to stop."""
         if self._gate is not None:
-            self._gate(lambda: run.stop is not None or run.phase == "ended")
+            self._gate(lambda: run.stop is not None or run.phase == "ended" or run.hurried)
 
     # -- ending a run (recorded under the condition), then settling it (callbacks, waiters) outside -------
     def _ask(self, run: _Run | None, outcome: str, by: str) -> _Run | None:
