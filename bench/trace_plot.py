@@ -31,8 +31,9 @@ def curves(paths: list[Path]) -> tuple[dict[str, list[float]], dict[str, Any]]:
         for row in data["turns"]:
             by_strategy.setdefault(row["strategy"], {})[row["turn"]] = row["ttft_s"]
         for name, turns in by_strategy.items():
-            if name not in out:
-                out[name] = list(accumulate(turns[i] for i in sorted(turns)))
+            label = f"{name} ({path.stem})" if len(paths) > 1 else name
+            if not any(key.split(" (")[0] == name for key in out):
+                out[label] = list(accumulate(turns[i] for i in sorted(turns)))
     return out, machine
 
 
@@ -49,7 +50,7 @@ def plot(paths: list[Path], png: Path) -> bool:
     series, machine = curves(paths)
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
     for name, values in sorted(series.items(), key=lambda item: -item[1][-1]):
-        color, style = STYLES.get(name, (None, "-"))
+        color, style = STYLES.get(name.split(" (")[0], (None, "-"))
         turns = range(1, len(values) + 1)
         ax.plot(turns, values, color=color, linestyle=style, marker="o", markersize=3, label=name)
     ax.set_xlabel("turn")
