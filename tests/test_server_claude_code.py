@@ -147,6 +147,7 @@ def test_a_claude_code_request_streams_and_the_next_session_shares_its_opening(s
     assert message.usage.cache_read_input_tokens >= first_log["prefix_tokens"]
     assert message.usage.cache_read_input_tokens >= 0.9 * total_prompt(message.usage)
 
+    server.settle_warm_next()  # the answer, prefilled for the next turn in the background
     with server.http() as http:
         segments = http.get("/v1/llamanode/sessions/cc-sessions/context").json()["segments"]
     named = ["system[billing line dropped]@cache", "system.2@cache", "tools", "msg0:user@cache"]

@@ -54,6 +54,7 @@ def test_malformed_bodies_answer_400_and_leave_the_workspace_alone(
     server: ServerProcess, name: str, body: bytes, code: str | None
 ) -> None:
     chat(server, [{"role": "user", "content": "Say yes."}], workspace=WS, max_tokens=4)
+    server.settle_warm_next()  # the answer, prefilled for the next turn in the background
     before = _context(server, WS)
     with server.http() as http:
         response = http.post(
@@ -92,6 +93,7 @@ def test_invalid_requests_answer_400_and_leave_the_workspace_alone(
     server: ServerProcess, name: str, body: dict[str, Any], code: str
 ) -> None:
     chat(server, [{"role": "user", "content": "Say yes."}], workspace=WS, max_tokens=4)
+    server.settle_warm_next()  # the answer, prefilled for the next turn in the background
     before = _context(server, WS)
     header = "../../etc/passwd" if name == "bad workspace header" else WS
     with server.http() as http:

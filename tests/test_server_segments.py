@@ -24,6 +24,7 @@ def test_chat_completions_name_the_message_where_reuse_stopped(server: ServerPro
     first, second = server.wait_logs(mark, 2, "/v1/chat/completions")
     assert first["divergence"]["cause"] == "cold"
     assert (second["divergence"]["cause"], second["divergence"]["segment"]) == ("edited", "msg1:user")
+    server.settle_warm_next()
     with server.http() as http:
         context = http.get("/v1/llamanode/sessions/seg-chat/context").json()
     names = [s["name"] for s in context["segments"]]  # after the answer was prefilled for the next turn

@@ -57,15 +57,17 @@ class ServerProcess:
     def mark(self, timeout: float = 60.0) -> int:
         """A position in the log after every earlier request has finished and been logged.
 
-        A request's line is written when all its work is done, and work may go on after the client
-        has its answer (warming the next turn); so wait until nothing runs, then send a probe whose
-        line comes after every earlier one (lines are written in order).
+        A request's line is written when all its work is done, and a warm-next prewarm may go on after
+        it; so wait until nothing runs and every warm-next has ended, then send a probe whose line comes
+        after every earlier one (lines are written in order).
         """
         probe = f"/__mark__/{uuid.uuid4().hex}"
         deadline = time.monotonic() + timeout
         with self.http() as http:
             while http.get("/health").json()["active"] > 0 and time.monotonic() < deadline:
                 time.sleep(0.05)
+        self.settle_warm_next(max(deadline - time.monotonic(), 1.0))
+        with self.http() as http:
             http.get(probe)
         while time.monotonic() < deadline:
             for index, line in enumerate(list(self.lines)):
@@ -81,6 +83,19 @@ class ServerProcess:
             found = [line for line in self.lines[mark:] if "method" in line and line["path"] == path]
             if len(found) >= count or time.monotonic() > deadline:
                 return found
+            time.sleep(0.05)
+
+    def settle_warm_next(self, timeout: float = 60.0) -> None:
+        """Wait until every warm-next prewarm the server started has ended: the workspaces hold their final state."""
+        deadline = time.monotonic() + timeout
+        while True:
+            samples = self.metrics()
+            started = samples.get("llamanode_warm_next_started_total", 0.0)
+            ended = sum(v for k, v in samples.items() if k.startswith("llamanode_warm_next_total"))
+            if ended >= started:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{started - ended:g} warm-next prewarms still running after {timeout} s")
             time.sleep(0.05)
 
     def warm_next_done(self, outcome: str = "completed") -> float:

@@ -234,7 +234,9 @@ class Generation:
         try:
             prefix = after(session, self.text)
             if prefix is not None:
-                session.prewarm(prefix, finish=True).add_done_callback(self.engine.warm_next_ended)
+                handle = session.prewarm(prefix, finish=True)
+                self.engine.metrics.warm_next_started.inc()  # before its end can be counted
+                handle.add_done_callback(self.engine.warm_next_ended)
                 self.call.log["warm_next"] = "started"
         except LlamaNodeError as exc:  # only a warm-up: the answer is already out
             self.call.log["after_error"] = type(exc).__name__

@@ -73,6 +73,9 @@ class Metrics:
         self.warm_next_tokens = Counter(
             "llamanode_warm_next_tokens", "Answer tokens prefilled ahead of the next turn", registry=r
         )
+        self.warm_next_started = Counter(
+            "llamanode_warm_next_started", "Answers whose warm-next prewarm started", registry=r
+        )
         self.warm_next = Counter(
             "llamanode_warm_next",
             "Answers prewarmed for the next turn, by how the prewarm ended (completed, joined by the next request,"
