@@ -37,6 +37,7 @@ __all__ = [
     "now",
     "open_llama",
     "percentile",
+    "pyplot",
     "ratio",
     "session_turn",
     "stats",
@@ -258,6 +259,19 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def pyplot() -> Any | None:
+    """matplotlib.pyplot drawing to files (Agg), or None and a note when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        log("matplotlib is not installed (pip install -e '.[bench]'): no plot")
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:

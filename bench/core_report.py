@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .common import log, md_table, ratio, stats, verdict
+from .common import md_table, pyplot, ratio, stats, verdict
 from .core_plan import TARGETS, CoreResults
 
 __all__ = ["evaluate", "plot", "report"]
@@ -205,14 +205,9 @@ def _targets(results: CoreResults) -> list[str]:
 
 def plot(results: CoreResults, path: Path) -> bool:
     """Render warm TTFT against suffix length; False (and a note) when matplotlib is missing."""
-    try:
-        import matplotlib
-    except ImportError:
-        log("matplotlib is not installed (pip install -e '.[bench]'): no plot")
+    plt = pyplot()
+    if plt is None:
         return False
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     cv = results.curve
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)

@@ -15,14 +15,15 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-from .common import log
+from .common import pyplot
 
 STYLES = {"llama": ("black", "--"), "llama-server": ("gray", "--"), "llama-server-reuse64": ("gray", ":")}
 
 
-def curves(paths: list[Path]) -> tuple[dict[str, list[float]], dict[str, Any]]:
-    """Per strategy, the cumulative TTFT (s) after each turn; and the first file's machine facts."""
-    out: dict[str, list[float]] = {}
+def curves(paths: list[Path]) -> tuple[list[tuple[str, str, list[float]]], dict[str, Any]]:
+    """(strategy, label, cumulative TTFT in s after each turn) per strategy; and the first file's machine facts.
+    With several files each label names its run."""
+    out: list[tuple[str, str, list[float]]] = []
     machine: dict[str, Any] = {}
     for path in paths:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -30,29 +31,25 @@ def curves(paths: list[Path]) -> tuple[dict[str, list[float]], dict[str, Any]]:
         by_strategy: dict[str, dict[int, float]] = {}
         for row in data["turns"]:
             by_strategy.setdefault(row["strategy"], {})[row["turn"]] = row["ttft_s"]
+        drawn = {name for name, _, _ in out}
         for name, turns in by_strategy.items():
-            label = f"{name} ({path.stem})" if len(paths) > 1 else name
-            if not any(key.split(" (")[0] == name for key in out):
-                out[label] = list(accumulate(turns[i] for i in sorted(turns)))
+            if name not in drawn:
+                label = f"{name} ({path.stem})" if len(paths) > 1 else name
+                out.append((name, label, list(accumulate(turns[i] for i in sorted(turns)))))
     return out, machine
 
 
 def plot(paths: list[Path], png: Path) -> bool:
     """Write the figure; False (and a note) when matplotlib is missing."""
-    try:
-        import matplotlib
-    except ImportError:
-        log("matplotlib is not installed (pip install -e '.[bench]'): no plot")
+    plt = pyplot()
+    if plt is None:
         return False
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     series, machine = curves(paths)
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
-    for name, values in sorted(series.items(), key=lambda item: -item[1][-1]):
-        color, style = STYLES.get(name.split(" (")[0], (None, "-"))
+    for name, label, values in sorted(series, key=lambda item: -item[2][-1]):
+        color, style = STYLES.get(name, (None, "-"))
         turns = range(1, len(values) + 1)
-        ax.plot(turns, values, color=color, linestyle=style, marker="o", markersize=3, label=name)
+        ax.plot(turns, values, color=color, linestyle=style, marker="o", markersize=3, label=label)
     ax.set_xlabel("turn")
     ax.set_ylabel("cumulative time to first token (s)")
     ax.set_title(

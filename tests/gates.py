@@ -13,11 +13,11 @@ from llamanode import PrewarmHandle
 PREWARM_THREAD = "llamanode-prewarm"
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 60) -> None:
+def wait_until(predicate: Callable[[], bool], timeout: float = 60, interval: float = 0.002, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.002)
+        assert time.monotonic() < deadline, f"timed out after {timeout} s{': ' + what if what else ''}"
+        time.sleep(interval)
 
 
 def stop_asked(handle: PrewarmHandle) -> bool:

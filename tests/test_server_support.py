@@ -23,6 +23,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gates import wait_until
+
 MODEL = "SmolLM2-135M-Instruct.Q4_1"
 API_KEY = "test-key-123"
 ALLOWED_ORIGIN = "http://localhost:5173"
@@ -87,16 +89,13 @@ class ServerProcess:
 
     def settle_warm_next(self, timeout: float = 60.0) -> None:
         """Wait until every warm-next prewarm the server started has ended: the workspaces hold their final state."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def settled() -> bool:
             samples = self.metrics()
-            started = samples.get("llamanode_warm_next_started_total", 0.0)
             ended = sum(v for k, v in samples.items() if k.startswith("llamanode_warm_next_total"))
-            if ended >= started:
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{started - ended:g} warm-next prewarms still running after {timeout} s")
-            time.sleep(0.05)
+            return ended >= samples.get("llamanode_warm_next_started_total", 0.0)
+
+        wait_until(settled, timeout, 0.05, "warm-next prewarms still running")
 
     def warm_next_done(self, outcome: str = "completed") -> float:
         """How many warm-next prewarms (the answer prefilled for the next turn) ended with outcome."""
@@ -104,11 +103,7 @@ class ServerProcess:
 
     def wait_warm_next(self, before: float, timeout: float = 60.0) -> None:
         """Wait until another warm-next prewarm has completed since warm_next_done() gave `before`."""
-        deadline = time.monotonic() + timeout
-        while self.warm_next_done() <= before:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no warm-next prewarm completed within {timeout} s")
-            time.sleep(0.05)
+        wait_until(lambda: self.warm_next_done() > before, timeout, 0.05, "no warm-next prewarm completed")
 
     def metrics(self) -> dict[str, float]:
         """Every sample of /metrics as {'name{labels}': value}, parsed by prometheus-client's parser."""
