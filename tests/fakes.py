@@ -12,18 +12,27 @@ The toy model mimics what matters about llama.cpp for reuse:
   reuse is visible: a moved cell's hash differs from a cold pass); a prefill may fill a gap, its
   hashes chaining from the cell before it. A context made with can_shift=False refuses shifts.
 Every prefill batch and micro-batch is recorded so tests can check chunking.
+Interrupts: while armed, interrupt() makes the prefill in flight raise PrefillInterruptedError after its
+micro-batches' cells are dropped again; "in flight" is wherever a test's mid_prefill hook runs (after the
+batch's cells were computed, before the prefill returns), so a test interrupts a chunk half-way.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from llamanode.backends.base import BackendIdentity, ModelInfo
 from llamanode.config import Config, DecodeConfig
-from llamanode.errors import GrammarError, SessionClosedError, SessionFatalError, SnapshotError
+from llamanode.errors import (
+    GrammarError,
+    PrefillInterruptedError,
+    SessionClosedError,
+    SessionFatalError,
+    SnapshotError,
+)
 from llamanode.kvsession import KVSession
 
 BOS, EOS, BYTE0 = 1, 2, 3
@@ -107,6 +116,11 @@ class FakeContext:
     ubatches: list[Batch] = field(default_factory=list)
     tokenize_calls: int = 0
     closed: bool = False
+    armed: bool = False
+    interrupted: bool = False
+    interrupted_prefills: int = 0
+    # called inside each prefill after its cells were computed, as if the graph were half-way (tests' hook)
+    mid_prefill: Callable[[int, int], None] | None = None
 
     def __post_init__(self) -> None:
         from dataclasses import replace
@@ -142,7 +156,28 @@ class FakeContext:
         assert start <= len(self.kv) and None not in self.kv[:start], f"batch at {start} after a gap or past the end"
         assert all(self._free(p) for p in range(start, start + len(tokens))), f"batch at {start} overwrites cells"
         assert start + len(tokens) <= self.n_ctx, "past n_ctx"
+        self._take_interrupt(start)
+        cells = list(self.kv), list(self.hashes), self.logits_at
         self._decode(tokens, start, "prefill")
+        if self.mid_prefill is not None:
+            self.mid_prefill(start, len(tokens))
+        if self.armed and self.interrupted:  # like llama.cpp: the aborted batch's cells are removed
+            self.kv, self.hashes, self.logits_at = cells
+            self.logits_live = False
+            self._take_interrupt(start)
+
+    def arm_interrupts(self, armed: bool) -> None:
+        self.armed, self.interrupted = armed, False
+
+    def interrupt(self) -> None:
+        if self.armed:
+            self.interrupted = True
+
+    def _take_interrupt(self, start: int) -> None:
+        if self.armed and self.interrupted:
+            self.interrupted = False
+            self.interrupted_prefills += 1
+            raise PrefillInterruptedError(f"toy prefill at {start} interrupted")
 
     def step(self, token: int, position: int) -> None:
         self._check_open()

@@ -6,6 +6,7 @@ LlamaNodeError
 ├── SessionBusyError            re-entrant call while a decode stream is open
 │   └── MemoryBudgetError       the pool cannot make room: live workspaces are all leased
 ├── SessionFatalError           the backend marked the session unusable
+├── PrefillInterruptedError     a background prefill was interrupted on request (never fatal; internal)
 ├── ContextOverflowError        prefix, suffix or decode would exceed num_ctx
 ├── ManifestMismatchError       manifest refused (names the field)
 ├── UnsupportedFeatureError     a deliberately unsupported surface
@@ -30,6 +31,7 @@ __all__ = [
     "LlamaNodeError",
     "ManifestMismatchError",
     "MemoryBudgetError",
+    "PrefillInterruptedError",
     "SessionBusyError",
     "SessionClosedError",
     "SessionFatalError",
@@ -64,6 +66,12 @@ class MemoryBudgetError(SessionBusyError):
 
 class SessionFatalError(LlamaNodeError):
     """The backend failed; the session must be discarded, not reused."""
+
+
+class PrefillInterruptedError(LlamaNodeError):
+    """KVContext.prefill stopped because interrupt() was called while interrupts were armed: the context
+    holds exactly what it held before that prefill (no logits are live). Not a failure: the prewarm that
+    armed it catches it and stops, or resumes with the same chunk; it never reaches an API caller."""
 
 
 class ContextOverflowError(LlamaNodeError):

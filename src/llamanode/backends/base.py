@@ -64,6 +64,20 @@ class KVContext(Protocol):
         """
         ...
 
+    def arm_interrupts(self, armed: bool) -> None:
+        """Arm (or disarm) interrupt() for the prefills that follow; disarming clears an interrupt not yet
+        taken. Only a prewarm's background chunks are armed: unarmed prefills pay nothing for it.
+
+        Armed, a prefill of at most n_ubatch tokens either completes or raises PrefillInterruptedError with
+        the context exactly as before it (no logits live)."""
+        ...
+
+    def interrupt(self) -> None:
+        """From any thread: while armed, the prefill in flight (or the next one, if none is) raises
+        PrefillInterruptedError soon (within one graph node on llama.cpp). The interrupt stays pending until
+        a prefill takes it or the context is disarmed. Unarmed, it does nothing."""
+        ...
+
     def remove(self, start: int, end: int) -> None:
         """Remove the cells at positions start <= p < end; the others keep their positions."""
         ...

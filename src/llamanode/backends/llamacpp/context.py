@@ -4,6 +4,7 @@ implementing KVContext."""
 from __future__ import annotations
 
 import ctypes
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from ...buffers import fresh_bytes
 from ...config import Config, DecodeConfig
-from ...errors import SessionFatalError, SessionUnavailableError, SnapshotError
+from ...errors import PrefillInterruptedError, SessionFatalError, SessionUnavailableError, SnapshotError
 from ...rope import RopeScaling
 from ..base import BackendIdentity
 from .model import LoadedModel, kv_bytes_per_token, release_model
@@ -21,6 +22,7 @@ from .sampling import LlamaCppSampler
 __all__ = ["LlamaCppContext", "context_params", "tokenize"]
 
 _SEQ, _PARKED = 0, 1  # the session's sequence, and where cells after a gap wait while it is filled
+_ABORTED = 2  # llama_decode: the abort callback stopped the graph (the ubatch's cells were removed)
 _GGML_TYPES = {"f16": 1, "q4_0": 2, "q8_0": 8}
 
 
@@ -113,6 +115,16 @@ class LlamaCppContext:
         # computed now: after close() the model may be freed, and kv_bytes() must not touch it
         self._kv_bytes = int(kv_bytes_per_token(model, config.kv_type) * self.identity.n_ctx)
         self._shift_pending = False
+        # interrupts (arm_interrupts / interrupt): llama.cpp's graph thread 0 calls the abort callback after
+        # every graph node, taking the GIL each time; so it is set only while armed (a prewarm's chunks).
+        # Measured on 2 cores (bench/prewarm_abort.py): prewarm throughput armed vs unarmed within noise.
+        self._interrupt_lock = threading.Lock()
+        self._armed = False
+        self._interrupted = False  # read by the callback without the lock: a bool, written under the GIL
+        self._abort_fn = L.ggml_abort_callback(self._should_abort)  # kept alive: llama.cpp holds a pointer
+
+    def _should_abort(self, _data: object) -> bool:
+        return self._interrupted
 
     # tokens
     def tokenize(self, text: str, add_bos: bool) -> list[int]:
@@ -132,16 +144,45 @@ class LlamaCppContext:
     def prefill(self, tokens: Sequence[int], start: int) -> None:
         if len(tokens) > self._batch.capacity:
             raise SessionFatalError(f"batch of {len(tokens)} exceeds n_batch {self._batch.capacity}")
+        self._take_interrupt(start, before=True)
         self._batch.fill(tokens, start)
         parked = self._park_after(start + len(tokens))
         try:
             rc = lib().llama_decode(self._ctx, self._batch.batch)
+            if rc == _ABORTED and self._armed:
+                # llama.cpp removed the aborted ubatch's cells; earlier ubatches of a batch longer than
+                # n_ubatch would stay, so drop the whole batch's positions (the cells after it are parked)
+                lib().llama_memory_seq_rm(self._mem, _SEQ, start, start + len(tokens))
         finally:
             if parked:
                 self._unpark()
+        if rc == _ABORTED and self._armed:
+            self._take_interrupt(start, before=False)
         if rc != 0:
             raise SessionFatalError(f"llama_decode returned {rc} at position {start} ({len(tokens)} tokens)")
         self._shift_pending = False  # llama.cpp applies pending shifts before a decode
+
+    def arm_interrupts(self, armed: bool) -> None:
+        with self._interrupt_lock:
+            self._interrupted = False
+            if armed != self._armed:
+                callback = self._abort_fn if armed else lib().ggml_abort_callback()  # no argument: NULL
+                lib().llama_set_abort_callback(self._ctx, callback, None)
+                self._armed = armed
+
+    def interrupt(self) -> None:
+        with self._interrupt_lock:
+            if self._armed:
+                self._interrupted = True
+
+    def _take_interrupt(self, start: int, before: bool) -> None:
+        """Raise PrefillInterruptedError if an interrupt is pending (it is taken: the next prefill runs)."""
+        with self._interrupt_lock:
+            if not (self._armed and self._interrupted):
+                return
+            self._interrupted = False
+        where = "before" if before else "during"
+        raise PrefillInterruptedError(f"prefill at position {start} interrupted {where} its decode")
 
     def remove(self, start: int, end: int) -> None:
         if not lib().llama_memory_seq_rm(self._mem, _SEQ, start, end):
