@@ -21,7 +21,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 60, interval: flo
 
 
 def stop_asked(handle: PrewarmHandle) -> bool:
-    """Whether someone has asked this prewarm to stop (a running one finishes its chunk in flight first)."""
+    """Whether someone has asked this prewarm to stop (a running one's chunk in flight is interrupted first)."""
     return handle.done or handle.report().by is not None
 
 
@@ -102,15 +102,16 @@ class Call(threading.Thread):
 
     def outcome(self, timeout: float = 30) -> Any:
         self.join(timeout)
-        assert not self.is_alive(), "the call waited for more than the chunk in flight"
+        assert not self.is_alive(), "the call waited for a prewarm chunk"
         if self.error is not None:
             raise self.error
         return self.result
 
 
 def stop_after(gate: ChunkGate, handle: Any, chunks: int, fn: Callable[[], Any]) -> Call:
-    """Let the prewarm run `chunks` chunks, make the call while the next chunk is in flight, then let
-    exactly that one chunk finish: the call must then complete without any further permit."""
+    """Let the prewarm run `chunks` chunks, make the call while the next chunk waits at the gate (in flight),
+    then let that one chunk go: its interrupt is pending, so it is dropped before it decodes (an interruptible
+    prewarm; a carry_on one prefills it) and the call must then complete without any further permit."""
     gate.run_chunks(chunks)
     call = Call(fn)
     wait_until(lambda: stop_asked(handle))

@@ -1,5 +1,6 @@
 """KVSession.prewarm on the toy backend: joined, cancelled, superseded, interrupted and failed prewarms leave
-exact state, and no call waits for more than the chunk in flight (counted with a chunk gate, not timed)."""
+exact state, and no call waits for the chunk in flight: it is interrupted, as if the prewarm had stopped at
+the chunk boundary before it (counted with a chunk gate and a mid-prefill hook, not timed)."""
 
 from __future__ import annotations
 
@@ -71,20 +72,20 @@ def test_a_prewarm_left_alone_completes_and_the_next_ensure_prefix_is_a_byte_has
     exact(ctx)
 
 
-def test_ensure_prefix_of_the_same_prefix_joins_after_the_chunk_in_flight() -> None:
+def test_ensure_prefix_of_the_same_prefix_joins_and_drops_the_chunk_in_flight() -> None:
     session, ctx, gate = gated(P)
     answer(session)
     handle = session.prewarm(session.prefix(Q))
     call = stop_after(gate, handle, 3, lambda: session.ensure_prefix(session.prefix(Q)))
     status = call.outcome()
-    assert gate.prewarm_chunks() == 4  # three, then the one in flight when the call came; none after
+    assert gate.prewarm_chunks() == 3  # three; the one in flight when the call came was interrupted
     report = handle.wait(1)
     assert (report.outcome, report.by) == ("joined", "ensure_prefix")
-    # the prewarm kept the 24 tokens before the edit and prefilled 4 chunks; the call prefilled the rest
-    assert (report.prefix_tokens, report.reused_tokens, report.prefilled_tokens) == (96, 24, 32)
-    assert (status.reused_tokens, status.prefilled_tokens, status.prefix_tokens) == (56, 40, 96)
+    # the prewarm kept the 24 tokens before the edit and prefilled 3 chunks; the call prefilled the rest
+    assert (report.prefix_tokens, report.reused_tokens, report.prefilled_tokens) == (96, 24, 24)
+    assert (status.reused_tokens, status.prefilled_tokens, status.prefix_tokens) == (48, 48, 96)
     assert status.divergence is not None and status.divergence.cause == "resumed"
-    assert status.divergence.token_index == 56 and status.divergence.segment == "file"
+    assert status.divergence.token_index == 48 and status.divergence.segment == "file"
     assert session.explain_context().last_prewarm == report
     assert answer(session) == cold(Q)
     exact(ctx)
@@ -96,11 +97,11 @@ def test_ensure_prefix_of_another_prefix_cancels_and_reuses_what_matches() -> No
     other = (("system", "s" * 20), ("file", "abcdefgh" * 2 + "Z" * 50))  # shares 36 tokens with P
     call = stop_after(gate, handle, 5, lambda: session.ensure_prefix(session.prefix(other)))
     status = call.outcome()
-    assert gate.prewarm_chunks() == 6
+    assert gate.prewarm_chunks() == 5
     assert (handle.wait(1).outcome, handle.wait(1).by, handle.wait(1).prefilled_tokens) == (
         "cancelled",
         "ensure_prefix",
-        48,
+        40,
     )
     assert (status.reused_tokens, status.prefilled_tokens) == (36, 50)
     assert status.divergence is not None and status.divergence.cause == "edited"
@@ -127,18 +128,18 @@ def test_other_calls_cancel_it_between_chunks_and_leave_no_reusable_prefix(call:
     else:
         done.outcome()
     report = handle.wait(1)
-    assert (report.outcome, report.by, report.prefilled_tokens) == ("cancelled", call.split(".")[-1], 24)
-    assert gate.prewarm_chunks() == 3
+    assert (report.outcome, report.by, report.prefilled_tokens) == ("cancelled", call.split(".")[-1], 16)
+    assert gate.prewarm_chunks() == 2
     assert session.explain_context().manifest is None
     status = session.ensure_prefix(session.prefix(Q))
     if call != "reset":  # the unfinished prefill's tokens are reused; after a reset nothing is resident
-        assert status.reused_tokens == 48 and status.divergence is not None
+        assert status.reused_tokens == 40 and status.divergence is not None
         assert status.divergence.cause == "resumed"
     assert answer(session) == cold(Q)
     exact(ctx)
 
 
-def test_a_newer_prewarm_supersedes_the_older_between_chunks() -> None:
+def test_a_newer_prewarm_supersedes_the_older_at_once() -> None:
     session, ctx, gate = gated()
     first = session.prewarm(session.prefix(P))
     gate.run_chunks(2)
@@ -146,11 +147,11 @@ def test_a_newer_prewarm_supersedes_the_older_between_chunks() -> None:
     wait_until(lambda: stop_asked(first))
     gate.allow(1)
     report = first.wait(10)
-    assert (report.outcome, report.by, report.prefilled_tokens) == ("superseded", "prewarm", 24)
+    assert (report.outcome, report.by, report.prefilled_tokens) == ("superseded", "prewarm", 16)
     gate.open()
     newer = second.wait(10)
     assert newer.outcome == "completed" and newer.status is not None
-    assert (newer.reused_tokens, newer.prefilled_tokens) == (24, 72)  # the older one's chunks up to the edit
+    assert (newer.reused_tokens, newer.prefilled_tokens) == (16, 80)  # the older one's two chunks
     assert session.explain_context().last_prewarm == newer
     assert session.ensure_prefix(session.prefix(Q)).byte_hash_hit
     assert answer(session) == cold(Q)
@@ -167,7 +168,7 @@ def test_a_prewarm_started_while_a_call_waits_for_the_session_goes_after_it() ->
     gate.allow(1)
     status = call.outcome()  # one permit was enough: the second prewarm waited
     assert (first.wait(1).outcome, first.wait(1).by) == ("cancelled", "ensure_prefix")
-    assert (status.reused_tokens, status.prefilled_tokens) == (24, 72) and not second.done
+    assert (status.reused_tokens, status.prefilled_tokens) == (16, 80) and not second.done
     gate.open()
     assert second.wait(10).outcome == "completed"
     assert answer(session) == cold(P)
@@ -180,8 +181,8 @@ def test_close_interrupts_it_and_the_context_is_never_touched_after() -> None:
     call = stop_after(gate, handle, 2, session.close)
     call.outcome()
     report = handle.wait(1)
-    assert (report.outcome, report.by, report.prefilled_tokens) == ("interrupted", "close", 24)
-    assert ctx.closed and gate.prewarm_chunks() == 3
+    assert (report.outcome, report.by, report.prefilled_tokens) == ("interrupted", "close", 16)
+    assert ctx.closed and gate.prewarm_chunks() == 2
     assert not any(t.name == PREWARM_THREAD for t in threading.enumerate())
     with pytest.raises(SessionClosedError):
         session.prewarm(session.prefix(P))
@@ -205,7 +206,7 @@ def test_a_prewarm_waiting_for_the_session_ends_at_once_without_touching_it() ->
     assert session.explain_context().manifest is not None and session.explain_context().prefix_tokens == 96
 
 
-def test_decode_cancels_a_prewarm_after_the_chunk_in_flight_even_its_first() -> None:
+def test_decode_cancels_a_prewarm_in_its_first_chunk() -> None:
     session, _, gate = gated(P)
     handle = session.prewarm(session.prefix(Q))
     gate.run_chunks(0)  # the prewarm has tokenized and trimmed; its first chunk is in flight
@@ -214,7 +215,7 @@ def test_decode_cancels_a_prewarm_after_the_chunk_in_flight_even_its_first() -> 
     gate.allow(1)
     with pytest.raises(InvalidInputError):  # the prewarm had trimmed to its common prefix
         call.outcome()
-    assert handle.wait(1).prefilled_tokens == 8 and gate.prewarm_chunks() == 1
+    assert handle.wait(1).prefilled_tokens == 0 and gate.prewarm_chunks() == 0
 
 
 def test_a_refused_prewarm_raises_in_the_caller_and_changes_nothing() -> None:
@@ -381,3 +382,148 @@ def test_an_approximate_prewarm_joined_halfway_runs_to_its_end_and_keeps_what_it
     assert report.status is not None and report.status.approximation is not None
     assert report.status.approximation.reused_tokens > 0  # the edit's tail kept its KV, shifted
     assert status.byte_hash_hit and status.prefilled_tokens == 0
+
+
+# -- interrupts: a stop lands in the middle of a chunk (the fake's mid_prefill hook), not at the gate ----------
+
+
+class MidChunk:
+    """Installed before the prewarm starts: during its chunk-th prefill (cells computed, the prefill not
+    returned yet) it makes the call given to call() in a thread of its own, and waits until asked() says the
+    call has reached the prewarm; then the prefill goes on (the fake raises if it was interrupted)."""
+
+    def __init__(self, ctx: FakeContext, chunk: int) -> None:
+        self._ctx, self._chunk, self._seen = ctx, chunk, 0
+        self._ready = threading.Event()
+        self._fn: Callable[[], Any] = lambda: None
+        self._asked: Callable[[], bool] = lambda: True
+        self.calls: list[Call] = []
+        ctx.mid_prefill = self._hook
+
+    def call(self, fn: Callable[[], Any], asked: Callable[[], bool]) -> None:
+        self._fn, self._asked = fn, asked
+        self._ready.set()
+
+    def outcome(self) -> Any:
+        wait_until(lambda: bool(self.calls), 10, what="the chunk was never reached")
+        self._ctx.mid_prefill = None
+        return self.calls[0].outcome()
+
+    def _hook(self, start: int, size: int) -> None:
+        if threading.current_thread().name != PREWARM_THREAD:
+            return
+        self._seen += 1
+        if self._seen == self._chunk:
+            assert self._ready.wait(10)
+            self.calls.append(Call(self._fn))
+            wait_until(self._asked, 10, what="the call did not reach the prewarm")
+
+
+def resident_matches_context(session: KVSession, ctx: FakeContext) -> None:
+    assert [cell[0] for cell in ctx.kv if cell is not None] == list(session.resident_tokens())
+    assert None not in ctx.kv
+
+
+def test_a_cancel_mid_chunk_drops_that_chunk_and_leaves_the_previous_boundary() -> None:
+    session, ctx = fake_session(num_batch=BATCH)
+    session.ensure_prefix(session.prefix(P))
+    mid = MidChunk(ctx, 4)
+    handle = session.prewarm(session.prefix(Q))
+    mid.call(handle.cancel, lambda: ctx.interrupted)
+    assert mid.outcome().outcome == "cancelled"
+    report = handle.wait(1)
+    assert (report.outcome, report.by, report.reused_tokens, report.prefilled_tokens) == ("cancelled", "cancel", 24, 24)
+    assert ctx.interrupted_prefills == 1 and not ctx.armed  # disarmed once the prewarm let go
+    assert len(session.resident_tokens()) == 48  # 24 kept + 3 chunks: the 4th left nothing
+    resident_matches_context(session, ctx)
+    assert session.explain_context().manifest is None  # an unfinished prefill, as a stop between chunks leaves
+    status = session.ensure_prefix(session.prefix(Q))
+    assert (status.reused_tokens, status.prefilled_tokens) == (48, 48)
+    assert answer(session) == cold(Q)
+    exact(ctx)
+
+
+def test_a_prewarm_joined_mid_chunk_is_continued_from_its_last_whole_chunk() -> None:
+    session, ctx = fake_session(num_batch=BATCH)
+    session.ensure_prefix(session.prefix(P))
+    mid = MidChunk(ctx, 5)
+    handle = session.prewarm(session.prefix(Q))
+    mid.call(lambda: session.ensure_prefix(session.prefix(Q)), lambda: ctx.interrupted)
+    status = mid.outcome()
+    report = handle.wait(1)
+    assert (report.outcome, report.by, report.prefilled_tokens) == ("joined", "ensure_prefix", 32)
+    assert (status.reused_tokens, status.prefilled_tokens) == (56, 40)  # every whole chunk reused
+    assert status.divergence is not None and status.divergence.cause == "resumed"
+    assert ctx.interrupted_prefills == 1
+    assert answer(session) == cold(Q)
+    exact(ctx)
+
+
+def test_after_an_interrupt_the_last_logits_are_not_trusted() -> None:
+    """An aborted decode drops the context's last logits (llama.cpp resets its outputs when a decode begins):
+    a prefix that is exactly the resident tokens of the interrupted prefill refreshes them before decoding."""
+    session, ctx = fake_session(num_batch=BATCH)
+    mid = MidChunk(ctx, 5)
+    handle = session.prewarm(session.prefix(Q))
+    mid.call(handle.cancel, lambda: ctx.interrupted)
+    assert mid.outcome().prefilled_tokens == 32
+    exactly = (("system", "s" * 20), ("file", "abcdXfghabcd"))  # Q's first 32 tokens
+    status = session.ensure_prefix(session.prefix(exactly))
+    assert (status.reused_tokens, status.prefilled_tokens) == (32, 0)
+    fresh, _ = fake_session(num_batch=BATCH)
+    fresh.ensure_prefix(fresh.prefix(exactly))
+    tokens = [t for chunk in session.decode(DECODE) for t in chunk.token_ids]  # no suffix: the prefix's logits
+    assert tokens == [t for chunk in fresh.decode(DECODE) for t in chunk.token_ids]
+
+
+def test_an_interrupt_between_chunks_is_not_lost() -> None:
+    session, ctx, gate = gated(P)
+    batches = len(ctx.batches)
+    handle = session.prewarm(session.prefix(Q))
+    gate.run_chunks(2)  # the third chunk waits at the gate, before the context's prefill
+    call = Call(handle.cancel)
+    wait_until(lambda: ctx.interrupted)  # asked while no prefill runs: pending
+    gate.allow(1)
+    assert call.outcome().prefilled_tokens == 16
+    assert ctx.interrupted_prefills == 1 and len(ctx.batches) == batches + 2  # the third was never decoded
+
+
+def test_an_interrupt_outside_a_prewarms_chunks_does_nothing() -> None:
+    session, ctx = fake_session(num_batch=BATCH)
+    ctx.interrupt()  # unarmed: nothing pending
+    ctx.mid_prefill = lambda start, size: ctx.interrupt()  # and nothing during a foreground prefill
+    session.ensure_prefix(session.prefix(P))
+    assert answer(session) == cold(P)
+    ctx.mid_prefill = None
+    assert session.prewarm(session.prefix(Q)).wait(10).outcome == "completed"
+    ctx.interrupt()  # disarmed again after the prewarm
+    assert session.ensure_prefix(session.prefix(Q)).byte_hash_hit and answer(session) == cold(Q)
+    assert ctx.interrupted_prefills == 0 and not ctx.armed and not ctx.interrupted
+
+
+def test_settle_finishing_a_finish_prewarm_does_not_interrupt_its_chunk() -> None:
+    session, ctx = fake_session(num_batch=BATCH)
+    session.ensure_prefix(session.prefix(P))
+    mid = MidChunk(ctx, 2)
+    handle = session.prewarm(session.prefix(Q), finish=True)
+    mid.call(lambda: session.settle_prewarm("fork"), lambda: stop_asked(handle))
+    settled = mid.outcome()
+    report = handle.wait(1)
+    assert settled == report
+    assert (report.outcome, report.by, report.prefilled_tokens) == ("joined", "ensure_prefix", 16)  # chunk 2 kept
+    assert ctx.interrupted_prefills == 0 and session.explain_context().prefix_tokens == 96
+    assert answer(session) == cold(Q)
+
+
+def test_a_carry_on_prewarm_is_never_interrupted() -> None:
+    ctx = FakeContext(n_ctx=256, n_batch=BATCH, n_ubatch=BATCH)
+    config = Config(num_ctx=256, num_batch=BATCH, num_ubatch=BATCH, approximate_reuse="boundary")
+    session = KVSession(ctx, config)
+    mid = MidChunk(ctx, 3)
+    handle = session.prewarm(session.prefix(P))  # cold: an exact prefill in chunks, carried on if joined
+    mid.call(handle.cancel, lambda: stop_asked(handle))
+    report = mid.outcome()
+    assert (report.outcome, report.prefilled_tokens) == ("cancelled", 24)  # chunk 3 finished first
+    assert ctx.interrupted_prefills == 0 and not ctx.armed
+    assert session.ensure_prefix(session.prefix(P)).reused_tokens == 24
+    assert answer(session) == cold(P)

@@ -3,7 +3,10 @@
 A prewarm is the session's own ensure_prefix, run by a thread of its own and holding the session like
 any call, so its chunks, batch rules and exactness are ensure_prefix's. After each prefill chunk it looks
 whether it was asked to stop. Every other call on the session asks it before waiting for the session
-(Prewarmer.holding), so no call waits for more than the chunk in flight:
+(Prewarmer.holding), and asking also interrupts the chunk in flight (KVContext.interrupt): that chunk is
+dropped, as if the prewarm had stopped at the boundary before it, so a call waits for one graph node of
+llama.cpp, not for a chunk. Exceptions: a carry_on prewarm (approximate, its caller waits for its end) is
+never interrupted, nor is a finish=True one that settle() finishes; whoever stops those waits for a chunk.
 
 - ensure_prefix of the same prefix: the prewarm stops ("joined") and the call takes over where it stood
   (the chunks done are an unfinished prefill, reused token by token: Resident.partial);
@@ -54,6 +57,7 @@ class _Run:
     finish: bool = False  # settle() finishes it instead of stopping it
     carry_on: bool = False  # an ensure_prefix of its prefix waits for its end instead of stopping it
     hurried: bool = False  # such a call is waiting: the gate no longer holds it back
+    interruptible: bool = True  # asking it to stop interrupts its chunk in flight (not carry_on; not when settled)
     began: float = field(default_factory=time.perf_counter)
     phase: str = "waiting"  # waiting (for the session) | running (holds it) | ended
     stop: tuple[str, str] | None = None  # (outcome, by) asked for while it runs
@@ -96,7 +100,8 @@ class PrewarmHandle:
         return self._run.report
 
     def cancel(self) -> PrewarmReport:
-        """Stop it at its next chunk boundary (unless it has ended) and wait for that: one chunk at most."""
+        """Stop it (unless it has ended) and wait for that: its chunk in flight is interrupted (dropped), or
+        finished first if it cannot be (carry_on)."""
         return self._owner.cancel_run(self._run, "cancel")
 
     def add_done_callback(self, fn: DoneFn) -> None:
@@ -119,7 +124,7 @@ class Prewarmer:
 
     # -- asked by the session's callers ------------------------------------------------------------
     def start(self, prefix: PrefixInput, finish: bool = False, carry_on: bool = False) -> PrewarmHandle:
-        run = _Run(prefix, finish, carry_on)
+        run = _Run(prefix, finish, carry_on, interruptible=not carry_on)
         thread = threading.Thread(target=self._main, args=(run,), name="llamanode-prewarm", daemon=True)
         with self._cv:
             ended = self._ask(self._last, "superseded", "prewarm")
@@ -162,6 +167,8 @@ class Prewarmer:
         with self._cv:
             run = self._last
             finish = run is not None and run.finish and run.phase != "ended"
+            if run is not None and finish:
+                run.interruptible = False  # its chunk in flight is needed: the join below takes over after it
         if run is None or not finish:
             return self.cancel(by)
         with contextlib.suppress(LlamaNodeError):  # a failed prefill is reported by the session like any other
@@ -243,7 +250,10 @@ class Prewarmer:
                 raise _Stopped
             run.phase = "running"
         try:
-            with self._kv.background_chunks():
+            with self._kv.background_chunks(partial(self._interrupted, run) if run.interruptible else None):
+                with self._cv:  # armed now: a stop asked before, while its interrupt did nothing, takes effect
+                    if run.stop is not None:
+                        self._kv.ctx.interrupt()
                 yield
         except _Stopped:
             raise
@@ -282,6 +292,16 @@ class Prewarmer:
             run.reused_tokens = len(self._kv.r.tokens) - progress.done_tokens
             run.prefix_tokens = run.reused_tokens + progress.total_tokens
         self._wait_turn(run)
+        self._stop_if_asked(run)
+
+    def _interrupted(self, run: _Run) -> None:
+        """A chunk was interrupted (nothing of it is resident): stop as at the boundary before it if asked,
+        else (a pause) wait for the gate and prefill it again."""
+        self._stop_if_asked(run)
+        self._wait_turn(run)
+        self._stop_if_asked(run)
+
+    def _stop_if_asked(self, run: _Run) -> None:
         with self._cv:
             stop = run.stop
         if stop is not None:
@@ -295,7 +315,8 @@ class Prewarmer:
 
     # -- ending a run (recorded under the condition), then settling it (callbacks, waiters) outside -------
     def _ask(self, run: _Run | None, outcome: str, by: str) -> _Run | None:
-        """Ask run to stop: a waiting one ends now (returned, to settle); a running one at its next chunk."""
+        """Ask run to stop: a waiting one ends now (returned, to settle); a running one at once (its chunk in
+        flight interrupted), or at its next chunk boundary if it is not interruptible."""
         if run is None or run.phase == "ended":
             return None
         if run.phase == "waiting":
@@ -303,6 +324,8 @@ class Prewarmer:
             return run
         if run.stop is None:
             run.stop = (outcome, by)
+        if run.interruptible:  # under the condition: once armed, _recorded looks at run.stop under it too
+            self._kv.ctx.interrupt()
         return None
 
     def _end(self, run: _Run, outcome: str, by: str | None, status: PrefixStatus | None = None) -> None:

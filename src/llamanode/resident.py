@@ -15,13 +15,16 @@ from dataclasses import dataclass, field
 
 from .backends.base import KVContext
 from .config import Config
-from .errors import LlamaNodeError, SessionFatalError
+from .errors import LlamaNodeError, PrefillInterruptedError, SessionFatalError
 from .manifest import ContextManifest
 from .session import ContextReport, Divergence, ForkOrigin, PrefillProgress, PrefixStatus, SegmentResidency
 
-__all__ = ["ProgressFn", "Resident", "ResidentKV", "chunk_sizes"]
+__all__ = ["InterruptFn", "ProgressFn", "Resident", "ResidentKV", "chunk_sizes"]
 
 ProgressFn = Callable[[PrefillProgress], None]
+# Called in the prefilling thread when a chunk was interrupted (nothing of it is resident): raises to stop
+# there, as a progress callback stops a prefill between chunks, or returns to prefill the chunk again.
+InterruptFn = Callable[[], None]
 
 
 def chunk_sizes(n: int, batch: int) -> list[int]:
@@ -98,17 +101,28 @@ class ResidentKV:
         self.ctx = ctx
         self.r = Resident()
         self.fatal: str | None = None
-        self.batch_size = min(config.num_batch, config.num_ubatch)  # llama.cpp would split a longer chunk
+        # never more than one ubatch a chunk: llama.cpp would split a longer one (and an interrupted chunk
+        # would leave its earlier ubatches behind)
+        self.batch_size = min(config.num_batch, config.num_ubatch)
         self.background_batch = min(self.batch_size, config.prewarm_batch)
+        self._on_interrupt: InterruptFn | None = None
 
     @contextmanager
-    def background_chunks(self) -> Iterator[None]:
-        """Prefill in chunks of background_batch meanwhile (a prewarm: whoever asks it to stop waits for one)."""
+    def background_chunks(self, on_interrupt: InterruptFn | None = None) -> Iterator[None]:
+        """Prefill in chunks of background_batch meanwhile (a prewarm). With on_interrupt, the context's
+        interrupts are armed meanwhile: ctx.interrupt() stops the chunk in flight (or the next one) and
+        on_interrupt decides (see InterruptFn); without it, whoever stops the prewarm waits for a chunk."""
         foreground, self.batch_size = self.batch_size, self.background_batch
+        if on_interrupt is not None:
+            self.ctx.arm_interrupts(True)
+            self._on_interrupt = on_interrupt
         try:
             yield
         finally:
             self.batch_size = foreground
+            if on_interrupt is not None:
+                self._on_interrupt = None
+                self.ctx.arm_interrupts(False)
 
     def clear(self) -> None:
         """Drop every cell and all bookkeeping."""
@@ -147,8 +161,7 @@ class ResidentKV:
         began, done = time.perf_counter(), 0
         for size in chunk_sizes(len(batch), self.batch_size):
             chunk = batch[done : done + size]
-            position = len(r.tokens)
-            self.native(self.ctx.prefill, chunk, position)
+            self._prefill_chunk(chunk)
             r.tokens.extend(chunk)
             if was_stable:  # kept true after every chunk: a prefill stopped between chunks stays reusable
                 r.stable_len = len(r.tokens)
@@ -156,6 +169,19 @@ class ResidentKV:
             done += size
             if on_progress is not None:
                 on_progress(PrefillProgress(stage, done, len(batch), time.perf_counter() - began))
+
+    def _prefill_chunk(self, chunk: Sequence[int]) -> None:
+        """Prefill one chunk after the resident tokens. An interrupted one left the context as before it
+        (Resident is unchanged but for its logits, which are gone): on_interrupt stops here or retries it."""
+        while True:
+            try:
+                self.native(self.ctx.prefill, chunk, len(self.r.tokens))
+                return
+            except PrefillInterruptedError:
+                self.r.logits_for = -1  # llama.cpp drops the last logits when a decode begins
+                if self._on_interrupt is None:
+                    raise
+                self._on_interrupt()
 
     def refresh_logits(self) -> None:
         """Make the last token's logits live again, re-prefilling the last two as one batch."""
@@ -174,6 +200,8 @@ class ResidentKV:
         """Run a context operation; a backend failure marks this KV fatal."""
         try:
             op(*args)
+        except PrefillInterruptedError:
+            raise  # asked for: the context is as before the prefill, nothing is lost
         except LlamaNodeError as exc:
             self.fatal = str(exc)
             raise SessionFatalError(f"backend failed; the session is unusable: {exc}") from exc
