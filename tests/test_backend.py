@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 
 import llamanode
 from fakes import FakeBackend
 from llamanode import Backend, Config, DecodeConfig, GrammarError, KVSession, SessionClosedError
+from llamanode.errors import PrefillInterruptedError
 from llamanode.identity import SnapshotIdentity
 
 CONFIG = Config(num_ctx=300, num_threads=1)  # not a multiple of either backend's padding
@@ -82,3 +84,28 @@ def test_contexts_outlive_the_handle_that_opened_them(backend: Backend) -> None:
         context.close()
     with pytest.raises(SessionClosedError):
         backend.tokenize("closed", False)
+
+
+def test_an_interrupt_is_taken_only_while_armed_and_leaves_the_kv_as_before(backend: Backend) -> None:
+    def logits_after(interrupts: bool) -> object:
+        ctx = backend.open_context(CONFIG)
+        tokens = ctx.tokenize("def add(a, b):\n    return a + b\n" * 4, False)[:24]
+        if interrupts:
+            ctx.interrupt()  # unarmed: nothing pending
+        ctx.prefill(tokens[:8], 0)
+        if interrupts:
+            ctx.arm_interrupts(True)
+            ctx.interrupt()  # pending until a prefill takes it
+            with pytest.raises(PrefillInterruptedError):
+                ctx.prefill(tokens[8:16], 8)
+            ctx.prefill(tokens[8:16], 8)  # taken: this one runs
+            ctx.interrupt()
+            ctx.arm_interrupts(False)  # disarming drops it
+        else:
+            ctx.prefill(tokens[8:16], 8)
+        ctx.prefill(tokens[16:24], 16)
+        logits = ctx.last_logits()
+        ctx.close()
+        return logits
+
+    assert np.array_equal(np.asarray(logits_after(True)), np.asarray(logits_after(False)))

@@ -1,10 +1,12 @@
 """Prewarm on the real default model: joined, cancelled, superseded and interrupted prewarms leave exact
-state (greedy tokens equal a cold session's, token for token), and a request waits for one chunk at most
-(counted through a chunk gate: every prewarm chunk needs a permit, the request gets exactly one)."""
+state (greedy tokens equal a cold session's, token for token), and a request waits for no chunk: the chunk
+in flight is interrupted (counted through a chunk gate: every prewarm chunk needs a permit, the request gets
+exactly one and the chunk it lets go is dropped; and mid-decode, with one chunk of 512 tokens)."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ import llamanode
 from conftest import SEGMENTS, SUFFIX, SUFFIX_2, Answer, decode_answer
 from gates import PREWARM_THREAD, ChunkGate, stop_after
 from llamanode import Config, DecodeConfig, KVSession, SessionPool
+from llamanode.backends.llamacpp.native import lib
+from llamanode.errors import PrefillInterruptedError
 
 CFG = Config(num_ctx=1024, num_batch=16, num_ubatch=16, num_threads=1)  # ~200-token prefixes: many chunks
 DECODE = DecodeConfig(max_tokens=16)
@@ -65,10 +69,10 @@ def test_a_joined_prewarm_answers_like_a_cold_session(warm: tuple[KVSession, Chu
     session, gate = warm
     handle = session.prewarm(session.prefix(EDITED))
     status = stop_after(gate, handle, 2, lambda: session.ensure_prefix(session.prefix(EDITED))).outcome(120)
-    assert gate.prewarm_chunks() == 3  # two, and the one in flight when the request came
+    assert gate.prewarm_chunks() == 2  # two; the one in flight when the request came was interrupted
     report = handle.wait(1)
-    assert (report.outcome, report.by, report.prefilled_tokens) == ("joined", "ensure_prefix", 48)
-    assert report.reused_tokens is not None and status.reused_tokens == report.reused_tokens + 48
+    assert (report.outcome, report.by, report.prefilled_tokens) == ("joined", "ensure_prefix", 32)
+    assert report.reused_tokens is not None and status.reused_tokens == report.reused_tokens + 32
     assert status.prefilled_tokens > 0 and status.prefix_tokens == report.prefix_tokens
     assert status.divergence is not None and status.divergence.cause == "resumed"
     assert answer(session, SUFFIX_2) == cold(EDITED, SUFFIX_2)
@@ -79,7 +83,7 @@ def test_a_prewarm_cancelled_by_another_prefix_answers_like_a_cold_session(warm:
     handle = session.prewarm(session.prefix(EDITED))
     status = stop_after(gate, handle, 2, lambda: session.ensure_prefix(session.prefix(OTHER))).outcome(120)
     report = handle.wait(1)
-    assert (report.outcome, report.by, report.prefilled_tokens) == ("cancelled", "ensure_prefix", 48)
+    assert (report.outcome, report.by, report.prefilled_tokens) == ("cancelled", "ensure_prefix", 32)
     assert report.reused_tokens is not None and status.reused_tokens == report.reused_tokens  # up to the edit
     assert status.divergence is not None and status.divergence.segment == "calc"
     assert answer(session, SUFFIX_2) == cold(OTHER, SUFFIX_2)
@@ -108,13 +112,13 @@ def test_a_superseded_prewarm_answers_like_a_cold_session(warm: tuple[KVSession,
     assert answer(session, SUFFIX_2) == cold(OTHER, SUFFIX_2)
 
 
-def test_close_interrupts_a_prewarm_within_one_chunk_and_never_touches_the_context_after(
+def test_close_interrupts_a_prewarm_and_never_touches_the_context_after(
     warm: tuple[KVSession, ChunkGate],
 ) -> None:
     session, gate = warm
     handle = session.prewarm(session.prefix(EDITED))
     stop_after(gate, handle, 1, session.close).outcome(120)
-    assert (handle.wait(1).outcome, handle.wait(1).by, gate.prewarm_chunks()) == ("interrupted", "close", 2)
+    assert (handle.wait(1).outcome, handle.wait(1).by, gate.prewarm_chunks()) == ("interrupted", "close", 1)
     chunks = len(gate.log)
     gate.open()
     assert not any(t.name == PREWARM_THREAD for t in threading.enumerate()) and len(gate.log) == chunks
@@ -145,3 +149,45 @@ def test_a_prewarmed_evicted_workspace_answers_like_a_cold_session(model_keeper:
         assert handle.wait(1).outcome == "joined" and status.reused_tokens > 0
         assert got == cold(EDITED, SUFFIX_2)
         assert pool.stats().prewarm_outcomes == {"joined": 1}
+
+
+BIG = Config(num_ctx=2048, num_batch=512, num_ubatch=512, prewarm_batch=512, num_threads=1)
+LONG = tuple((f"{name}{i}", text) for i in range(7) for name, text in SEGMENTS)  # ~1500 tokens: 3 chunks
+
+
+def test_a_big_chunk_cancelled_mid_decode_leaves_the_boundary_below_it(model_keeper: KVSession) -> None:
+    """The cancel lands while llama_decode runs the second 512-token chunk: the abort callback stops the
+    graph, llama.cpp drops that ubatch's cells, and the session resumes exactly from the first chunk."""
+    backend = llamanode.load_backend(None, BIG)
+    context: Any = backend.open_context(BIG)
+    inner, in_second, interrupted = context.prefill, threading.Event(), []
+
+    def prefill(tokens: list[int], start: int) -> None:
+        if threading.current_thread().name == PREWARM_THREAD and start == 512:
+            in_second.set()
+        try:
+            inner(tokens, start)
+        except PrefillInterruptedError as exc:
+            interrupted.append((start, str(exc), lib().llama_memory_seq_pos_max(context._mem, 0)))
+            raise
+
+    context.prefill = prefill
+    with KVSession(context, BIG, on_close=backend.close) as session:
+        prefix = session.prefix(LONG)
+        handle = session.prewarm(prefix)
+        assert in_second.wait(120)
+        time.sleep(0.05)  # into the chunk's decode (hundreds of ms of graph on one thread)
+        report = handle.cancel()
+        assert (report.outcome, report.by, report.prefilled_tokens) == ("cancelled", "cancel", 512)
+        assert report.prefix_tokens is not None and report.prefix_tokens > 1024
+        assert len(interrupted) == 1, "the second chunk ended before the cancel came"
+        start, message, pos_max = interrupted[0]
+        assert start == 512 and "during its decode" in message and pos_max == 511  # the KV as before the chunk
+        assert session.explain_context().resident_tokens == 512
+        status = session.ensure_prefix(prefix)
+        assert (status.reused_tokens, status.prefilled_tokens) == (512, report.prefix_tokens - 512)
+        assert status.divergence is not None and status.divergence.cause == "resumed"
+        warm = decode_answer(session, DECODE)
+    with llamanode.open_session(None, BIG) as fresh:
+        fresh.ensure_prefix(fresh.prefix(LONG))
+        assert warm == decode_answer(fresh, DECODE)
