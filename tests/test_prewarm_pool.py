@@ -1,8 +1,11 @@
 """SessionPool.prewarm on the toy backend: an evicted workspace is restored and prewarmed without a lease,
-a lease joins or cancels it between chunks, eviction cancels it first, and the stats count outcomes."""
+a lease joins or cancels it (its chunk in flight interrupted), eviction cancels it first, a lease of another
+workspace pauses it (its chunk in flight interrupted, prefilled again after the lease), and the stats count
+outcomes."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +14,7 @@ from typing import Any
 import pytest
 
 from fakes import FakeBackend, fake_session
-from gates import ChunkGate, stop_after, stop_asked, wait_until
+from gates import PREWARM_THREAD, Call, ChunkGate, stop_after, stop_asked, wait_until
 from llamanode import Config, DecodeConfig, InvalidInputError, KVSession, SessionPool
 
 MODEL = "/fake/model.gguf"
@@ -78,21 +81,59 @@ def test_a_prewarm_waits_while_another_workspace_is_leased(roomy_pool: tuple[Ses
     assert leased_turn(pool, "a", NEW) == cold(NEW)
 
 
-def test_a_running_prewarm_pauses_between_chunks_while_another_workspace_is_leased(
-    roomy_pool: tuple[SessionPool, ChunkGate],
+def test_a_running_prewarm_pauses_while_another_workspace_is_leased(
+    roomy_pool: tuple[SessionPool, ChunkGate], backends: list[FakeBackend]
 ) -> None:
     pool, gate = roomy_pool
     leased_turn(pool, "a", OLD)
+    ctx = backends[-1].contexts[0]
     handle = pool.prewarm("a", NEW)
     gate.run_chunks(1)  # one chunk done, the next in flight
     with pool.session("b") as b:
-        gate.open()
-        wait_until(lambda: gate.prewarm_chunks() == 2)  # the chunk in flight ends; the next waits for the lease
+        gate.open()  # the chunk in flight was interrupted by the lease: it waits for the lease to end
+        wait_until(lambda: ctx.interrupted_prefills == 1)
         time.sleep(0.2)
-        assert gate.prewarm_chunks() == 2 and not handle.done
+        assert gate.prewarm_chunks() == 1 and not handle.done
         assert turn(b, OLD) == cold(OLD)
-    assert handle.wait(10).outcome == "completed"
+    report = handle.wait(10)
+    assert (report.outcome, report.reused_tokens, report.prefilled_tokens) == ("completed", 24, 60)
+    assert gate.prewarm_chunks() == 8 and ctx.interrupted_prefills == 1  # the interrupted chunk, once more
     assert leased_turn(pool, "a", NEW) == cold(NEW)
+
+
+def test_a_lease_of_another_workspace_interrupts_a_prewarm_mid_chunk_and_it_resumes_after(
+    roomy_pool: tuple[SessionPool, ChunkGate], backends: list[FakeBackend]
+) -> None:
+    pool, gate = roomy_pool
+    gate.open()
+    leased_turn(pool, "a", OLD)
+    leased_turn(pool, "b", OLD)
+    ctx = backends[-1].contexts[0]
+    leased, release = threading.Event(), threading.Event()
+
+    def lease_b() -> None:
+        with pool.session("b"):
+            leased.set()
+            release.wait(10)
+
+    def mid_chunk(start: int, size: int) -> None:  # a's third prewarm chunk: b is leased meanwhile
+        if threading.current_thread().name == PREWARM_THREAD and start == 40:
+            ctx.mid_prefill = None
+            Call(lease_b)
+            wait_until(lambda: ctx.interrupted, 10)
+
+    ctx.mid_prefill = mid_chunk
+    handle = pool.prewarm("a", NEW)
+    assert leased.wait(10)
+    wait_until(lambda: ctx.interrupted_prefills == 1)
+    time.sleep(0.1)
+    assert not handle.done and handle.report().prefilled_tokens == 16  # two chunks; the third dropped, waiting
+    assert len(ctx.kv) == 40 and ctx.positions() == list(range(40))
+    release.set()
+    report = handle.wait(10)
+    assert (report.outcome, report.reused_tokens, report.prefilled_tokens) == ("completed", 24, 60)
+    assert leased_turn(pool, "a", NEW) == cold(NEW)
+    assert all(b.size <= 8 for b in ctx.batches) and ctx.small_batches_after_start() == []
 
 
 def test_an_evicted_workspace_is_restored_prewarmed_and_joined_by_its_next_lease(

@@ -191,6 +191,11 @@ class KVSession:
         """Stop a running prewarm at its next chunk boundary and wait for that; the last prewarm's report."""
         return self._prewarms.cancel(by)
 
+    def pause_prewarm(self) -> None:
+        """Foreground work begins on the same cores (a pool lease of another workspace): a running prewarm's
+        chunk in flight is interrupted, and the prewarm redoes it once its gate lets it go on."""
+        self._prewarms.pause()
+
     def settle_prewarm(self, by: str) -> PrewarmReport | None:
         """Before work that needs a complete state (fork, eviction): finish a finish=True prewarm, else cancel."""
         return self._prewarms.settle(by)

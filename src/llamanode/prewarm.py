@@ -161,6 +161,15 @@ class Prewarmer:
             run = self._last
         return None if run is None else self.cancel_run(run, by)
 
+    def pause(self) -> None:
+        """Foreground work begins elsewhere (a pool lease): interrupt the chunk in flight of a running prewarm,
+        which then waits at its gate and prefills that chunk again (only the interrupted part is lost). Without
+        a gate, or for a prewarm that is not interruptible, nothing happens."""
+        with self._cv:
+            run = self._last
+            if self._gate is not None and run is not None and run.phase == "running" and run.interruptible:
+                self._kv.ctx.interrupt()
+
     def settle(self, by: str) -> PrewarmReport | None:
         """Before work that needs a complete state: a running prewarm started with finish=True is finished in
         this thread (its prefix's ensure_prefix joins it); any other is cancelled. The latest report, if any."""

@@ -115,7 +115,10 @@ class Workspaces:
                     self.check_open(leasing=True)
                     continue
                 ws.holder = me
-                return ws
+                others = [w.session for w in self._ws.values() if w is not ws and w.session is not None]
+            for session in others:  # the pool's gate holds prewarms back from their next chunk on; this one
+                session.pause_prewarm()  # stops the chunk in flight, which would share the cores with the lease
+            return ws
 
     def touch(self, ws: Workspace) -> None:
         """Mark ws most recently used."""
