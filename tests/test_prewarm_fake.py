@@ -1,6 +1,7 @@
 """KVSession.prewarm on the toy backend: joined, cancelled, superseded, interrupted and failed prewarms leave
-exact state, and no call waits for the chunk in flight: it is interrupted, as if the prewarm had stopped at
-the chunk boundary before it (counted with a chunk gate and a mid-prefill hook, not timed)."""
+exact state, and no call waits for the chunk in flight unless it needs that chunk (the same prefix, or one
+that begins with it): otherwise it is interrupted, as if the prewarm had stopped at the chunk boundary before
+it (counted with a chunk gate and a mid-prefill hook, not timed)."""
 
 from __future__ import annotations
 
@@ -72,20 +73,21 @@ def test_a_prewarm_left_alone_completes_and_the_next_ensure_prefix_is_a_byte_has
     exact(ctx)
 
 
-def test_ensure_prefix_of_the_same_prefix_joins_and_drops_the_chunk_in_flight() -> None:
+def test_ensure_prefix_of_the_same_prefix_joins_after_the_chunk_in_flight() -> None:
     session, ctx, gate = gated(P)
     answer(session)
     handle = session.prewarm(session.prefix(Q))
     call = stop_after(gate, handle, 3, lambda: session.ensure_prefix(session.prefix(Q)))
     status = call.outcome()
-    assert gate.prewarm_chunks() == 3  # three; the one in flight when the call came was interrupted
+    # three, then the one in flight when the call came (not interrupted: the call needs it); none after
+    assert gate.prewarm_chunks() == 4 and ctx.interrupted_prefills == 0
     report = handle.wait(1)
     assert (report.outcome, report.by) == ("joined", "ensure_prefix")
-    # the prewarm kept the 24 tokens before the edit and prefilled 3 chunks; the call prefilled the rest
-    assert (report.prefix_tokens, report.reused_tokens, report.prefilled_tokens) == (96, 24, 24)
-    assert (status.reused_tokens, status.prefilled_tokens, status.prefix_tokens) == (48, 48, 96)
+    # the prewarm kept the 24 tokens before the edit and prefilled 4 chunks; the call prefilled the rest
+    assert (report.prefix_tokens, report.reused_tokens, report.prefilled_tokens) == (96, 24, 32)
+    assert (status.reused_tokens, status.prefilled_tokens, status.prefix_tokens) == (56, 40, 96)
     assert status.divergence is not None and status.divergence.cause == "resumed"
-    assert status.divergence.token_index == 48 and status.divergence.segment == "file"
+    assert status.divergence.token_index == 56 and status.divergence.segment == "file"
     assert session.explain_context().last_prewarm == report
     assert answer(session) == cold(Q)
     exact(ctx)
@@ -443,20 +445,36 @@ def test_a_cancel_mid_chunk_drops_that_chunk_and_leaves_the_previous_boundary() 
     exact(ctx)
 
 
-def test_a_prewarm_joined_mid_chunk_is_continued_from_its_last_whole_chunk() -> None:
+@pytest.mark.parametrize("longer", [False, True])
+def test_a_call_that_needs_the_chunk_in_flight_lets_it_finish(longer: bool) -> None:
+    """The same prefix (a join), or one that begins with it (the next turn's): dropping the chunk would make
+    the call prefill all of it again, so it waits for the rest of it."""
     session, ctx = fake_session(num_batch=BATCH)
     session.ensure_prefix(session.prefix(P))
+    target = (*Q, ("next", "ab" * 4)) if longer else Q
     mid = MidChunk(ctx, 5)
     handle = session.prewarm(session.prefix(Q))
-    mid.call(lambda: session.ensure_prefix(session.prefix(Q)), lambda: ctx.interrupted)
+    mid.call(lambda: session.ensure_prefix(session.prefix(target)), lambda: stop_asked(handle))
     status = mid.outcome()
     report = handle.wait(1)
-    assert (report.outcome, report.by, report.prefilled_tokens) == ("joined", "ensure_prefix", 32)
-    assert (status.reused_tokens, status.prefilled_tokens) == (56, 40)  # every whole chunk reused
-    assert status.divergence is not None and status.divergence.cause == "resumed"
-    assert ctx.interrupted_prefills == 1
-    assert answer(session) == cold(Q)
+    assert (report.outcome, report.prefilled_tokens) == ("joined" if longer is False else "cancelled", 40)
+    assert ctx.interrupted_prefills == 0  # chunk 5 was kept
+    assert (status.reused_tokens, status.prefilled_tokens) == (64, 32 + 8 * longer)
+    assert answer(session) == cold(target)
     exact(ctx)
+
+
+def test_a_newer_prewarm_of_a_longer_prefix_keeps_the_chunk_in_flight() -> None:
+    session, ctx = fake_session(num_batch=BATCH)
+    session.ensure_prefix(session.prefix(P))
+    mid = MidChunk(ctx, 2)
+    first = session.prewarm(session.prefix(Q))
+    longer = (*Q, ("next", "ab" * 4))
+    mid.call(lambda: session.prewarm(session.prefix(longer)), lambda: stop_asked(first))
+    second = mid.outcome()
+    assert (first.wait(10).outcome, first.wait(1).prefilled_tokens) == ("superseded", 16)
+    assert second.wait(10).outcome == "completed" and ctx.interrupted_prefills == 0
+    assert answer(session) == cold(longer)
 
 
 def test_after_an_interrupt_the_last_logits_are_not_trusted() -> None:

@@ -101,8 +101,9 @@ def test_a_running_prewarm_pauses_while_another_workspace_is_leased(
     assert leased_turn(pool, "a", NEW) == cold(NEW)
 
 
+@pytest.mark.parametrize("join", [False, True])
 def test_a_lease_of_another_workspace_interrupts_a_prewarm_mid_chunk_and_it_resumes_after(
-    roomy_pool: tuple[SessionPool, ChunkGate], backends: list[FakeBackend]
+    roomy_pool: tuple[SessionPool, ChunkGate], backends: list[FakeBackend], join: bool
 ) -> None:
     pool, gate = roomy_pool
     gate.open()
@@ -129,10 +130,18 @@ def test_a_lease_of_another_workspace_interrupts_a_prewarm_mid_chunk_and_it_resu
     time.sleep(0.1)
     assert not handle.done and handle.report().prefilled_tokens == 16  # two chunks; the third dropped, waiting
     assert len(ctx.kv) == 40 and ctx.positions() == list(range(40))
+    if join:  # while b is still leased: a's own call takes over from the last whole chunk
+        assert leased_turn(pool, "a", NEW) == cold(NEW)
+        report = handle.wait(1)
+        assert (report.outcome, report.by, report.prefilled_tokens) == ("joined", "ensure_prefix", 16)
+        with pool.session("a") as s:
+            last = s.explain_context().last_prefix
+            assert last is not None and (last.reused_tokens, last.prefilled_tokens) == (40, 44)
     release.set()
     report = handle.wait(10)
-    assert (report.outcome, report.reused_tokens, report.prefilled_tokens) == ("completed", 24, 60)
-    assert leased_turn(pool, "a", NEW) == cold(NEW)
+    if not join:
+        assert (report.outcome, report.reused_tokens, report.prefilled_tokens) == ("completed", 24, 60)
+        assert leased_turn(pool, "a", NEW) == cold(NEW)
     assert all(b.size <= 8 for b in ctx.batches) and ctx.small_batches_after_start() == []
 
 
@@ -149,10 +158,10 @@ def test_an_evicted_workspace_is_restored_prewarmed_and_joined_by_its_next_lease
     assert call.outcome() == cold(NEW)
     report = handle.wait(1)
     assert (report.outcome, report.by) == ("joined", "ensure_prefix")
-    assert (report.reused_tokens, report.prefilled_tokens) == (24, 24)  # the chunk in flight was interrupted
+    assert (report.reused_tokens, report.prefilled_tokens) == (24, 32)  # the chunk in flight was needed: kept
     with pool.session("a") as s:
         last = s.explain_context().last_prefix
-        assert last is not None and (last.reused_tokens, last.prefilled_tokens) == (48, 36)
+        assert last is not None and (last.reused_tokens, last.prefilled_tokens) == (56, 28)
     assert pool.stats().prewarm_outcomes == {"joined": 1}
 
 

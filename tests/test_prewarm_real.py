@@ -1,7 +1,8 @@
 """Prewarm on the real default model: joined, cancelled, superseded and interrupted prewarms leave exact
 state (greedy tokens equal a cold session's, token for token), and a request waits for no chunk: the chunk
-in flight is interrupted (counted through a chunk gate: every prewarm chunk needs a permit, the request gets
-exactly one and the chunk it lets go is dropped; and mid-decode, with one chunk of 512 tokens)."""
+in flight is interrupted, unless the request needs it (the same prefix: it waits for that chunk's end).
+Counted through a chunk gate: every prewarm chunk needs a permit, the request gets exactly one; and
+mid-decode, with one chunk of 512 tokens."""
 
 from __future__ import annotations
 
@@ -69,10 +70,10 @@ def test_a_joined_prewarm_answers_like_a_cold_session(warm: tuple[KVSession, Chu
     session, gate = warm
     handle = session.prewarm(session.prefix(EDITED))
     status = stop_after(gate, handle, 2, lambda: session.ensure_prefix(session.prefix(EDITED))).outcome(120)
-    assert gate.prewarm_chunks() == 2  # two; the one in flight when the request came was interrupted
+    assert gate.prewarm_chunks() == 3  # two, and the one in flight when the request came (which needs it)
     report = handle.wait(1)
-    assert (report.outcome, report.by, report.prefilled_tokens) == ("joined", "ensure_prefix", 32)
-    assert report.reused_tokens is not None and status.reused_tokens == report.reused_tokens + 32
+    assert (report.outcome, report.by, report.prefilled_tokens) == ("joined", "ensure_prefix", 48)
+    assert report.reused_tokens is not None and status.reused_tokens == report.reused_tokens + 48
     assert status.prefilled_tokens > 0 and status.prefix_tokens == report.prefix_tokens
     assert status.divergence is not None and status.divergence.cause == "resumed"
     assert answer(session, SUFFIX_2) == cold(EDITED, SUFFIX_2)

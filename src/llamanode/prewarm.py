@@ -3,10 +3,12 @@
 A prewarm is the session's own ensure_prefix, run by a thread of its own and holding the session like
 any call, so its chunks, batch rules and exactness are ensure_prefix's. After each prefill chunk it looks
 whether it was asked to stop. Every other call on the session asks it before waiting for the session
-(Prewarmer.holding), and asking also interrupts the chunk in flight (KVContext.interrupt): that chunk is
-dropped, as if the prewarm had stopped at the boundary before it, so a call waits for one graph node of
-llama.cpp, not for a chunk. Exceptions: a carry_on prewarm (approximate, its caller waits for its end) is
-never interrupted, nor is a finish=True one that settle() finishes; whoever stops those waits for a chunk.
+(Prewarmer.holding). Asking also interrupts the chunk in flight (KVContext.interrupt): that chunk is
+dropped, as if the prewarm had stopped at the boundary before it, so the call waits for one graph node of
+llama.cpp, not for a chunk; unless the call needs that chunk: an ensure_prefix (or a newer prewarm) whose
+prefix begins with the prewarm's (the same prefix, or the next turn's) would prefill all of it again, so it
+waits for the rest of it instead, which is never longer. A carry_on prewarm (approximate: halfway it keeps
+nothing) is never interrupted.
 
 - ensure_prefix of the same prefix: the prewarm stops ("joined") and the call takes over where it stood
   (the chunks done are an unfinished prefill, reused token by token: Resident.partial);
@@ -57,7 +59,7 @@ class _Run:
     finish: bool = False  # settle() finishes it instead of stopping it
     carry_on: bool = False  # an ensure_prefix of its prefix waits for its end instead of stopping it
     hurried: bool = False  # such a call is waiting: the gate no longer holds it back
-    interruptible: bool = True  # asking it to stop interrupts its chunk in flight (not carry_on; not when settled)
+    interruptible: bool = True  # asking it to stop may interrupt its chunk in flight (not carry_on)
     began: float = field(default_factory=time.perf_counter)
     phase: str = "waiting"  # waiting (for the session) | running (holds it) | ended
     stop: tuple[str, str] | None = None  # (outcome, by) asked for while it runs
@@ -101,7 +103,7 @@ class PrewarmHandle:
 
     def cancel(self) -> PrewarmReport:
         """Stop it (unless it has ended) and wait for that: its chunk in flight is interrupted (dropped), or
-        finished first if it cannot be (carry_on)."""
+        finished first if it is carry_on."""
         return self._owner.cancel_run(self._run, "cancel")
 
     def add_done_callback(self, fn: DoneFn) -> None:
@@ -127,7 +129,8 @@ class Prewarmer:
         run = _Run(prefix, finish, carry_on, interruptible=not carry_on)
         thread = threading.Thread(target=self._main, args=(run,), name="llamanode-prewarm", daemon=True)
         with self._cv:
-            ended = self._ask(self._last, "superseded", "prewarm")
+            last = self._last
+            ended = self._ask(last, "superseded", "prewarm", last is not None and _reuses_all(prefix, last))
             self._last = run
             self._threads = [t for t in self._threads if t.ident is None or t.is_alive()] + [thread]
         self._settle(ended)
@@ -135,7 +138,8 @@ class Prewarmer:
         return PrewarmHandle(run, self)
 
     def _yield_to(self, call: str, prefix: PrefixInput | None) -> None:
-        """Before call waits for the session: a running prewarm stops at its next chunk boundary."""
+        """Before call waits for the session: a running prewarm stops now (its chunk in flight interrupted), or
+        at its next chunk boundary if call needs that chunk (_reuses_all)."""
         with self._cv:
             self._waiting_calls += 1
             run = self._last
@@ -145,7 +149,8 @@ class Prewarmer:
                 ended = None
             else:
                 outcome = "joined" if same else "interrupted" if call == "close" else "cancelled"
-                ended = self._ask(run, outcome, call)
+                needs_chunk = run is not None and call == "ensure_prefix" and _reuses_all(prefix, run)
+                ended = self._ask(run, outcome, call, needs_chunk)
         self._settle(ended)
 
     def _served(self) -> bool:
@@ -176,8 +181,6 @@ class Prewarmer:
         with self._cv:
             run = self._last
             finish = run is not None and run.finish and run.phase != "ended"
-            if run is not None and finish:
-                run.interruptible = False  # its chunk in flight is needed: the join below takes over after it
         if run is None or not finish:
             return self.cancel(by)
         with contextlib.suppress(LlamaNodeError):  # a failed prefill is reported by the session like any other
@@ -323,9 +326,9 @@ class Prewarmer:
             self._gate(lambda: run.stop is not None or run.phase == "ended" or run.hurried)
 
     # -- ending a run (recorded under the condition), then settling it (callbacks, waiters) outside -------
-    def _ask(self, run: _Run | None, outcome: str, by: str) -> _Run | None:
+    def _ask(self, run: _Run | None, outcome: str, by: str, needs_chunk: bool = False) -> _Run | None:
         """Ask run to stop: a waiting one ends now (returned, to settle); a running one at once (its chunk in
-        flight interrupted), or at its next chunk boundary if it is not interruptible."""
+        flight interrupted), or at its next chunk boundary if the asker needs that chunk or it is carry_on."""
         if run is None or run.phase == "ended":
             return None
         if run.phase == "waiting":
@@ -333,7 +336,7 @@ class Prewarmer:
             return run
         if run.stop is None:
             run.stop = (outcome, by)
-        if run.interruptible:  # under the condition: once armed, _recorded looks at run.stop under it too
+        if run.interruptible and not needs_chunk:  # under the condition: once armed, _recorded looks at run.stop
             self._kv.ctx.interrupt()
         return None
 
@@ -353,6 +356,14 @@ class Prewarmer:
         for fn in callbacks:
             _call(fn, run)
         run.done.set()
+
+
+def _reuses_all(prefix: PrefixInput | None, run: _Run) -> bool:
+    """Whether prefilling prefix reuses every token run prefills: rendered alike, and its text begins with
+    run's. Interrupting run's chunk in flight would then cost the asker the whole chunk, waiting only its rest."""
+    if prefix is None or prefix.manifest.digest != run.prefix.manifest.digest:
+        return False
+    return prefix.text.startswith(run.prefix.text)
 
 
 def _call(fn: DoneFn, run: _Run) -> None:
