@@ -118,8 +118,9 @@ class LlamaCppContext:
         # interrupts (arm_interrupts / interrupt): llama.cpp's graph thread 0 calls the abort callback after
         # every graph node (605 per chunk on the default model, whatever the chunk size), taking the GIL each
         # time; so it is set only while armed (a prewarm's chunks). Measured on 2 cores (bench/prewarm_abort.py,
-        # one chunk at position 0, armed/unarmed alternated): 64 tokens 0.988x, 512 tokens 1.003x, i.e. within
-        # +-1 % noise; a stop then takes 0.5-7 ms instead of up to a whole chunk (~130 ms at 64, ~1.2 s at 512).
+        # one chunk at position 0, armed/unarmed alternated, two runs): 64 tokens 0.988x / 1.005x, 512 tokens
+        # 1.003x / 1.009x, i.e. within 1 %; a stop then takes 0.4-7 ms instead of up to a whole chunk (~140 ms
+        # at 64, ~1.1 s at 512).
         # A Python thread hogging the GIL would stall the graph at each node: the callback is cheap only
         # because the prewarm's callers are idle while it runs.
         self._interrupt_lock = threading.Lock()
