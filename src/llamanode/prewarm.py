@@ -263,7 +263,8 @@ class Prewarmer:
             run.phase = "running"
         try:
             with self._kv.background_chunks(partial(self._interrupted, run) if run.interruptible else None):
-                with self._cv:  # armed now: a stop asked before, while its interrupt did nothing, takes effect
+                with self._cv:  # armed now: a stop asked before (its interrupt did nothing) ends it before its
+                    # first chunk; no chunk is in flight yet, so none is lost even if the asker needs it
                     if run.stop is not None:
                         self._kv.ctx.interrupt()
                 yield
