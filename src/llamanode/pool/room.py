@@ -138,6 +138,28 @@ class Room:
             lowest = self._workspaces.lowest_live(besides=source)
             return lowest is None or keep_rank(source) < keep_rank(lowest)
 
+    def prepare_spare(self) -> bool:
+        """Open a spare context ahead of need, if there is none and the budget fits one more session
+        besides the live ones and their transfer headroom; True if one was made (pool/spare.py)."""
+        nbytes = self._ledger.sizes.session_bytes
+        with self._cv:
+            if self._spare is not None or self._workspaces.closing or not self._ledger.fits(nbytes, "session"):
+                return False
+            self._ledger.account(nbytes, "session")
+        try:
+            session = self._open()
+        except BaseException:
+            self._ledger.free_session(nbytes)
+            raise
+        with self._cv:
+            self._ledger.correct_session(nbytes, session.kv_bytes())
+            if self._spare is None and not self._workspaces.closing:
+                self._spare = session
+                self._stats.count("spares_opened")
+                return True
+        self._close_spare(session)
+        return False
+
     def take_spare(self) -> KVSession | None:
         with self._cv:
             spare, self._spare = self._spare, None

@@ -24,6 +24,7 @@ from .records import SnapshotRecords
 from .restore import StateMover
 from .room import Room
 from .routing import longest_prefix
+from .spare import SpareMaker
 from .stats import Gauges, PoolStats, StatsRecorder, WorkspaceInfo
 from .workspace import Workspace, Workspaces
 from .writer import WRITE_DEFER_S, SnapshotWriter
@@ -46,9 +47,12 @@ class SessionPool:
         keep_written_states: bool = True,
         write_defer_s: float = WRITE_DEFER_S,
         store: SnapshotStore | None = None,
+        spare_ahead: bool = False,
     ) -> None:
         """store: an open, writable SnapshotStore to use instead of opening one at store_dir with
-        disk_budget_bytes; the pool owns it from here (and closes it, also if construction fails)."""
+        disk_budget_bytes; the pool owns it from here (and closes it, also if construction fails).
+        spare_ahead: keep one more context open, while the budget has room for it, so a new or forked
+        workspace need not open one (pool/spare.py; the server turns it on)."""
         self.model_path = str(model_path or default_model_path())
         self.config = config or Config()
         with ExitStack() as undo:  # a failed construction closes what it opened, in reverse
@@ -66,6 +70,9 @@ class SessionPool:
                 undo.callback(store.close)
             self._store = store
             self._assemble(sizes, memory_budget_bytes, keep_written_states, write_defer_s)
+            self._spares = SpareMaker(self._room, self._background_turn) if spare_ahead else None
+            if self._spares is not None:
+                self._spares.start()
             undo.pop_all()
 
     def _assemble(self, sizes: Sizes, budget: int | None, keep_written_states: bool, write_defer_s: float) -> None:
@@ -171,6 +178,8 @@ class SessionPool:
         with self._cv:
             self._workspaces.touch(ws)
             self._workspaces.unlease(ws, pending=ws.id in self._writer)
+        if self._spares is not None:
+            self._spares.want()
 
     def prewarm(self, workspace_id: str, prefix: PrefixInput | Sequence[tuple[str, str]]) -> PrewarmHandle:
         """Start prefilling the workspace's next prefix in the background and return at once: restored
@@ -285,6 +294,8 @@ class SessionPool:
             self._workspaces.closing = True
             self._writer.hurry()
             items = list(self._workspaces)
+        if self._spares is not None:
+            self._spares.stop()  # a context it is opening now is closed by the Room (the pool is closing)
         try:
             for ws in items:
                 self._close_workspace(ws)

@@ -67,6 +67,7 @@ class PoolStats:
     collected: int  # snapshots removed by the disk budget
     forks: int  # workspaces forked (explicitly, or for a new session by SessionPool.fork_nearest)
     prewarms: int  # prewarms started (SessionPool.prewarm)
+    spares_opened: int  # contexts opened ahead of need (SessionPool(spare_ahead=True))
     prewarm_outcomes: Mapping[str, int]  # ended prewarms by outcome: completed, joined, cancelled, superseded...
     recent_misses: tuple[MissRecord, ...]
     # Cumulative seconds spent moving states: export (evictions, checkpoints), read (snapshot read and
@@ -148,6 +149,7 @@ class StatsRecorder:
                 collected=c["collected"],
                 forks=c["forks"],
                 prewarms=c["prewarms"],
+                spares_opened=c["spares_opened"],
                 prewarm_outcomes=dict(self._prewarm_outcomes),
                 recent_misses=tuple(self._recent),
                 transfer_seconds={k: round(v, 6) for k, v in self._seconds.items()},

@@ -48,13 +48,16 @@ def open_pool(
     disk_budget_bytes: int | None = None,
     max_live: int = DEFAULT_MAX_LIVE,
 ) -> SessionPool:
-    """The workspace pool. Without a memory budget, one is set that keeps max_live workspaces live."""
+    """The workspace pool, keeping a spare context ready for new sessions' workspaces (the context a fork
+    for an agent's second session would otherwise open inside its request). Without a memory budget, one
+    is set that keeps max_live workspaces live."""
     pool = SessionPool(
         model_path,
         config,
         store_dir=store_dir,
         memory_budget_bytes=memory_budget_bytes,
         disk_budget_bytes=disk_budget_bytes,
+        spare_ahead=True,
     )
     if memory_budget_bytes is None:
         pool.memory_budget_bytes = pool.budget_for(max_live)

@@ -32,6 +32,7 @@ POOL_COUNTERS = {
     "collected": "Snapshots removed by the disk budget",
     "forks": "Workspaces forked",
     "prewarms": "Background prewarms started",
+    "spares_opened": "Contexts opened ahead of need, for the next new or forked workspace",
 }
 POOL_GAUGES = {
     "live_bytes": "Bytes accounted now: live KV and state buffers",
