@@ -126,6 +126,19 @@ def test_targets_miss_on_a_cold_later_request_and_say_n_a_on_errors() -> None:
     assert totals(ours)["codex"].errors == 1
 
 
+def test_a_failed_request_leaves_a_total_over_the_requests_both_served() -> None:
+    ours = [_row("codex", "s1", 1, 4000, 0, 8.0), _row("codex", "s1", 2, 4100, 4000, 0.5),
+            _row("codex", "s2", 1, 4000, 3900, 3.0)]  # fmt: skip
+    theirs = [_row("codex", "s1", 1, 4000, 0, 10.0), _row("codex", "s1", 2, 4100, 4000, None),
+              _row("codex", "s2", 1, 4000, 3900, 1.0)]  # fmt: skip
+    verdicts = {name: (value, v) for name, agent, value, v in targets(_results(ours, theirs))}
+    assert verdicts["total TTFT, llamanode / llama-server <= 0.9"][1] == "n/a"
+    value, verdict = verdicts["total TTFT over the requests both served, llamanode / llama-server <= 0.9"]
+    assert math.isclose(value, 11.0 / 11.0) and verdict == "MISS"  # s1#2 left out on both sides
+    complete = {name for name, *_ in targets(_results(ours, [*theirs[:1], *ours[1:2], *theirs[2:]]))}
+    assert not any("both served" in name for name in complete)  # only when the full total is n/a
+
+
 def _mini_recordings(where: Path) -> None:
     """Two short agents' worth of requests in the proxy's format: Anthropic and Responses, a shared opening."""
     opening = "You are a careful coding agent. " + " ".join(f"Rule {i}: answer briefly." for i in range(30))
