@@ -3,8 +3,9 @@
 Opening a context allocates and clears its whole KV buffer (at a 32k window, 750 MB: 0.3 s here, and up to
 2 s on a VM whose fresh pages the host must first back). A fork for an agent's second session paid that
 inside its request. The pool's Room keeps one spare context; this thread refills it whenever the budget
-has room for one more session and no lease is held. The spare is accounted like a live session, and the
-Room closes it first when something else needs the memory.
+has room for one more session and no lease is held, at the lowest CPU priority (a request that arrives
+meanwhile keeps the cores). The spare is accounted like a live session, and the Room closes it first when
+something else needs the memory.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 
 from ..errors import LlamaNodeError
 from .room import Room
+from .writer import yield_cpu_to_compute
 
 __all__ = ["SpareMaker"]
 
@@ -49,6 +51,7 @@ class SpareMaker:
             self._thread.join()
 
     def _main(self) -> None:
+        yield_cpu_to_compute()  # clearing a new context's memory waits for idle cores, as snapshot writes do
         while True:
             self._wanted.wait()
             self._wanted.clear()

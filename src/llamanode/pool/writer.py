@@ -21,7 +21,7 @@ from ..store import SnapshotEntry, SnapshotStore
 from .held import HeldState
 from .stats import StatsRecorder
 
-__all__ = ["WRITE_DEFER_S", "SnapshotWriter", "WriterHost"]
+__all__ = ["WRITE_DEFER_S", "SnapshotWriter", "WriterHost", "yield_cpu_to_compute"]
 
 # An evicted state is written when no lease is held (no turn is computing), when its memory or its
 # durability is asked for, or at the latest this long after eviction: a write during a turn slows it.
@@ -172,7 +172,7 @@ class SnapshotWriter:
 
     # -- the thread ---------------------------------------------------------------------------------
     def _loop(self) -> None:
-        _yield_cpu_to_compute()
+        yield_cpu_to_compute()
         while True:
             with self._cv:
                 while not self._queue and not self._stopped:
@@ -233,8 +233,8 @@ class SnapshotWriter:
         self._pending.pop(workspace_id).reservation.release()
 
 
-def _yield_cpu_to_compute() -> None:
-    """Run the calling thread at the lowest CPU priority: a snapshot write waits for idle cores
-    instead of stalling the threads of the next prefill (which all wait for the slowest)."""
+def yield_cpu_to_compute() -> None:
+    """Run the calling thread at the lowest CPU priority: a snapshot write (or a spare context being opened)
+    waits for idle cores instead of stalling the threads of the next prefill (which all wait for the slowest)."""
     with contextlib.suppress(OSError, AttributeError):  # not Linux, or not permitted: keep the priority
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
