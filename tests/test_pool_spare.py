@@ -3,10 +3,13 @@ new or forked workspace instead of opening one, never beyond the memory budget, 
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
-from fakes import FakeBackend
-from llamanode import SessionPool
+import pytest
+
+from fakes import FakeBackend, FakeContext
+from llamanode import Config, SessionPool
 from test_pool_forks import OPENING, fork_for
 from test_pool_parts import CFG, MODEL, cold, turn, wait_until
 
@@ -50,3 +53,36 @@ def test_without_spare_ahead_no_context_is_opened_ahead(backends: list[FakeBacke
             turn(s, OPENING + "main task")
         assert fork_for(pool, "t1", OPENING + "task one") is not None
         assert len(backends[0].contexts) == 2 and pool.stats().spares_opened == 0
+
+
+def test_an_admission_waits_for_the_spare_being_opened(
+    backends: list[FakeBackend], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fork arriving while the spare is being opened takes it when it is ready instead of opening another."""
+    with SessionPool(MODEL, CFG, store_dir=tmp_path, spare_ahead=True) as pool:
+        backend = backends[0]
+        opening, release = threading.Event(), threading.Event()
+        plain_open = backend.open_context
+
+        openers: list[str] = []
+
+        def slow_open(config: Config) -> FakeContext:
+            openers.append(threading.current_thread().name)
+            if openers[-1] == "llamanode-spare":
+                opening.set()
+                assert release.wait(10)
+            return plain_open(config)
+
+        monkeypatch.setattr(backend, "open_context", slow_open)
+        with pool.session("main") as s:
+            turn(s, OPENING + "main task")
+        assert opening.wait(10)  # the spare is being opened now
+        forked: list[object] = []
+        fork = threading.Thread(target=lambda: forked.append(fork_for(pool, "t1", OPENING + "task one")))
+        fork.start()
+        fork.join(0.3)
+        assert fork.is_alive() and len(backend.contexts) == 1  # waiting for the spare, not opening its own
+        release.set()
+        fork.join(10)
+        assert forked and forked[0] is not None
+        assert openers[0] != "llamanode-spare" and set(openers[1:]) == {"llamanode-spare"}  # main's, then spares

@@ -51,6 +51,7 @@ class Room:
         self._stats = stats
         self._open = open_session
         self._spare: KVSession | None = None  # an evicted workspace's context, ready for the next one
+        self._spare_opening = False  # prepare_spare is opening one (accounted already): admissions wait for it
 
     def admit(self, ws: Workspace) -> KVSession:
         """An empty session for ws: the spare context, reset, or a new one within the budget."""
@@ -146,17 +147,25 @@ class Room:
             if self._spare is not None or self._workspaces.closing or not self._ledger.fits(nbytes, "session"):
                 return False
             self._ledger.account(nbytes, "session")
+            self._spare_opening = True
+        session: KVSession | None = None
         try:
             session = self._open()
-        except BaseException:
-            self._ledger.free_session(nbytes)
-            raise
-        with self._cv:
-            self._ledger.correct_session(nbytes, session.kv_bytes())
-            if self._spare is None and not self._workspaces.closing:
-                self._spare = session
-                self._stats.count("spares_opened")
-                return True
+        finally:
+            with self._cv:
+                self._spare_opening = False
+                self._cv.notify_all()  # admissions waiting for it take it, or open their own
+                if session is None:
+                    self._ledger.free_session(nbytes)
+                else:
+                    self._ledger.correct_session(nbytes, session.kv_bytes())
+                kept = session is not None and self._spare is None and not self._workspaces.closing
+                if kept:
+                    self._spare = session
+                    self._stats.count("spares_opened")
+        if kept:
+            return True
+        assert session is not None
         self._close_spare(session)
         return False
 
@@ -183,6 +192,9 @@ class Room:
                 if kind == "session" and self._spare is not None:
                     spare, self._spare = self._spare, None
                     return spare
+                if kind == "session" and self._spare_opening:  # halfway there: opening another would compete
+                    self._cv.wait(timeout=1.0)
+                    continue
                 while not self._ledger.fits(nbytes, kind) and self._kept_in_the_way(kind) and self._drop_one_kept():
                     pass  # kept states are on disk already: dropping them is free
                 if self._ledger.fits(nbytes, kind):
