@@ -6,6 +6,7 @@ One job per module, all bookkeeping under one re-entrant lock (the pool's condit
     workspace     Workspace records and their exclusive leases; open / closing / closed
     ledger        the memory ledger: live KV and state buffers against the budget, as reservations
     room          admission and eviction (the evicted context is kept as the spare for the next one)
+    spare         with spare_ahead: a context opened ahead of need while no lease is held
     keeping       what goes first from memory and disk: forks on probation, then least recently used
     writer        the background snapshot writer; reports back through a WriterHost
     records       the writer's host: snapshot entries, kept copies, why a workspace starts cold
@@ -16,11 +17,11 @@ One job per module, all bookkeeping under one re-entrant lock (the pool's condit
     routing       longest_prefix over live and stored workspaces
     stats         PoolStats, WorkspaceInfo, MissRecord and the counters behind them
 
-Accounting (pool.stats().live_bytes): every live session's kv_bytes() (its full n_ctx KV allocation) and
-every state buffer that exists: exports and restores in progress and evicted states waiting for the
-background writer. A state of S bytes holds S: the backend exports straight into it and imports straight
-from it. Admission keeps `transfer_headroom` free: two evictions on their way to disk plus one restore,
-so a switch does not wait for the writer. See budget_for().
+Accounting (pool.stats().live_bytes): every live session's kv_bytes() (its full n_ctx KV allocation), the
+spare context's, and every state buffer that exists: exports and restores in progress and evicted states
+waiting for the background writer. A state of S bytes holds S: the backend exports straight into it and
+imports straight from it. Admission keeps `transfer_headroom` free: two evictions on their way to disk plus
+one restore, so a switch does not wait for the writer. See budget_for().
 """
 
 from .session_pool import SessionPool

@@ -1,7 +1,8 @@
 """Room in the memory budget: admitting sessions, reserving state buffers, and evicting to make room.
 
 An evicted workspace's state goes to the writer and its context stays as the spare, which the next
-admitted workspace reuses (KVSession.reset) instead of allocating a new one. Kept states (already on
+admitted workspace reuses (KVSession.reset) instead of allocating a new one; with spare_ahead the pool
+also opens one ahead of need (prepare_spare, pool/spare.py). Kept states (already on
 disk) are dropped before anything is evicted; memory that will free itself (a transfer, a write,
 another thread's lease) is waited for.
 """
@@ -50,7 +51,7 @@ class Room:
         self._records = records
         self._stats = stats
         self._open = open_session
-        self._spare: KVSession | None = None  # an evicted workspace's context, ready for the next one
+        self._spare: KVSession | None = None  # an evicted context, or one opened ahead: ready for the next one
         self._spare_opening = False  # prepare_spare is opening one (accounted already): admissions wait for it
 
     def admit(self, ws: Workspace) -> KVSession:
