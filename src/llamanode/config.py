@@ -100,7 +100,8 @@ class Config(_Options):
     num_ctx: int = 8192  # the default model's n_ctx_train; f16 KV costs ~23 KB/token (188 MB)
     num_batch: int = 512  # prefill chunk; measured fastest for cold prefill on 2 cores
     num_ubatch: int = 512  # physical batch; = num_batch measured fastest
-    # a background prewarm's chunk: a call that stops it waits for one at most (64: 3.5 % slower than 512 here)
+    # a background prewarm's chunk: a call that needs the chunk in flight waits for its rest (64: 3.5 % slower
+    # than 512 here); any other call interrupts it
     prewarm_batch: int = 64
     num_threads: int = 0  # 0 = all cores (os.cpu_count())
     num_gpu_layers: int = 0  # CPU only unless asked

@@ -179,7 +179,8 @@ class KVSession:
     # -- prewarming (prewarm.py) ---------------------------------------------------------------
     def prewarm(self, prefix: PrefixInput, finish: bool = False) -> PrewarmHandle:
         """Start ensure_prefix(prefix) in a background thread and return at once. The next ensure_prefix of
-        this prefix takes over where it stands; any other call stops it at its next chunk boundary.
+        this prefix takes over where it stands; any other call stops it (see prewarm.py for when a call waits
+        for the chunk in flight).
         finish: settle_prewarm() finishes it rather than stopping it (a short prefix that is nearly sure).
         Under an approximate Config an ensure_prefix of this prefix waits for its end (halfway, it keeps nothing)."""
         self._check_usable()
@@ -188,7 +189,7 @@ class KVSession:
         return self._prewarms.start(prefix, finish, carry_on=self.config.approximation() is not None)
 
     def cancel_prewarm(self, by: str = "cancel") -> PrewarmReport | None:
-        """Stop a running prewarm at its next chunk boundary and wait for that; the last prewarm's report."""
+        """Stop a running prewarm (its chunk in flight interrupted) and wait for that; the last prewarm's report."""
         return self._prewarms.cancel(by)
 
     def pause_prewarm(self) -> None:

@@ -59,7 +59,6 @@ class _Run:
     finish: bool = False  # settle() finishes it instead of stopping it
     carry_on: bool = False  # an ensure_prefix of its prefix waits for its end instead of stopping it
     hurried: bool = False  # such a call is waiting: the gate no longer holds it back
-    interruptible: bool = True  # asking it to stop may interrupt its chunk in flight (not carry_on)
     began: float = field(default_factory=time.perf_counter)
     phase: str = "waiting"  # waiting (for the session) | running (holds it) | ended
     stop: tuple[str, str] | None = None  # (outcome, by) asked for while it runs
@@ -70,6 +69,11 @@ class _Run:
     callbacks: list[DoneFn] = field(default_factory=list)
     settled: bool = False  # its callbacks ran (or run now) ...
     done: threading.Event = field(default_factory=threading.Event)  # ... and then this was set
+
+    @property
+    def interruptible(self) -> bool:
+        """Whether asking it to stop may interrupt its chunk in flight (never a carry_on one)."""
+        return not self.carry_on
 
     def now(self, outcome: str, by: str | None, status: PrefixStatus | None = None) -> PrewarmReport:
         elapsed = time.perf_counter() - self.began
@@ -126,7 +130,7 @@ class Prewarmer:
 
     # -- asked by the session's callers ------------------------------------------------------------
     def start(self, prefix: PrefixInput, finish: bool = False, carry_on: bool = False) -> PrewarmHandle:
-        run = _Run(prefix, finish, carry_on, interruptible=not carry_on)
+        run = _Run(prefix, finish, carry_on)
         thread = threading.Thread(target=self._main, args=(run,), name="llamanode-prewarm", daemon=True)
         with self._cv:
             last = self._last

@@ -66,15 +66,9 @@ class Room:
                 raise
             session = spare
         else:
-            try:
-                session = self._open()
-            except BaseException:
-                self._ledger.free_session(sizes.session_bytes)
-                raise
+            session = self._open_accounted(sizes.session_bytes)
         with self._cv:
             actual = session.kv_bytes()
-            if spare is None:
-                self._ledger.correct_session(sizes.session_bytes, actual)
             ws.session, ws.kv_bytes = session, actual
             if actual != sizes.session_bytes or session.num_ctx != sizes.n_ctx:  # the backend guessed wrong
                 self._ledger.sizes = Sizes(sizes.per_token, session.num_ctx, actual)
@@ -151,15 +145,11 @@ class Room:
             self._spare_opening = True
         session: KVSession | None = None
         try:
-            session = self._open()
+            session = self._open_accounted(nbytes)
         finally:
             with self._cv:
                 self._spare_opening = False
                 self._cv.notify_all()  # admissions waiting for it take it, or open their own
-                if session is None:
-                    self._ledger.free_session(nbytes)
-                else:
-                    self._ledger.correct_session(nbytes, session.kv_bytes())
                 kept = session is not None and self._spare is None and not self._workspaces.closing
                 if kept:
                     self._spare = session
@@ -169,6 +159,17 @@ class Room:
         assert session is not None
         self._close_spare(session)
         return False
+
+    def _open_accounted(self, nbytes: int) -> KVSession:
+        """Open a context whose nbytes the ledger holds already, corrected to its real size (freed if it fails)."""
+        try:
+            session = self._open()
+        except BaseException:
+            self._ledger.free_session(nbytes)
+            raise
+        with self._cv:
+            self._ledger.correct_session(nbytes, session.kv_bytes())
+        return session
 
     def take_spare(self) -> KVSession | None:
         with self._cv:

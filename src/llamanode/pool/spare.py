@@ -12,23 +12,22 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 
 from ..errors import LlamaNodeError
+from ..prewarm import Gate
 from .room import Room
 from .writer import yield_cpu_to_compute
 
 __all__ = ["SpareMaker"]
 
 _log = logging.getLogger(__name__)
-# Waits while a turn runs; returns early once its argument says "stop now" (SessionPool._background_turn).
-IdleGate = Callable[[Callable[[], bool]], None]
 
 
 class SpareMaker:
     """The background thread that keeps the Room's spare context ready (SessionPool(spare_ahead=True))."""
 
-    def __init__(self, room: Room, idle: IdleGate) -> None:
+    def __init__(self, room: Room, idle: Gate) -> None:
+        """idle: the pool's gate for background work (SessionPool._background_turn), as prewarms pass it."""
         self._room = room
         self._idle = idle
         self._wanted = threading.Event()

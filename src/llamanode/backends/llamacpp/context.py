@@ -154,14 +154,15 @@ class LlamaCppContext:
         parked = self._park_after(start + len(tokens))
         try:
             rc = lib().llama_decode(self._ctx, self._batch.batch)
-            if rc == _ABORTED and self._armed:
+            aborted = rc == _ABORTED and self._armed
+            if aborted:
                 # llama.cpp removed the aborted ubatch's cells; earlier ubatches of a batch longer than
                 # n_ubatch would stay, so drop the whole batch's positions (the cells after it are parked)
                 lib().llama_memory_seq_rm(self._mem, _SEQ, start, start + len(tokens))
         finally:
             if parked:
                 self._unpark()
-        if rc == _ABORTED and self._armed:
+        if aborted:
             self._take_interrupt(start, before=False)
         if rc != 0:
             raise SessionFatalError(f"llama_decode returned {rc} at position {start} ({len(tokens)} tokens)")
