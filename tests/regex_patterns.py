@@ -7,13 +7,56 @@ string made here matches under both readings (the grammar admits exactly those).
 from __future__ import annotations
 
 import re
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import jsonschema
+from hypothesis import reject
 from hypothesis import strategies as st
 
 POOL = [chr(c) for c in range(0x20, 0x7F)] + list("\t\n\x00\x01\x08\x0b\x0c\x7f\xa0€—😀")
 _META = set("\\^$.|?*+()[]{}/-\"'")  # escaped outside classes (some need not be: both engines accept it)
 _IN_CLASS = set("\\]^-[&~|")  # escaped inside classes (`&&`, `--`, `~~`, `||` make Python warn)
 _CONTROL_NAMES = {"\n": "\\n", "\t": "\\t", "\x0b": "\\v", "\x0c": "\\f"}
+
+
+class OracleTimeout(Exception):
+    """Python's re took longer than its budget on a pattern (it backtracks, exponentially on some)."""
+
+
+@contextmanager
+def within(seconds: float) -> Iterator[None]:
+    """Raise OracleTimeout if the body runs past `seconds` (since 3.11 a signal interrupts re's matching)."""
+
+    def expire(signum: int, frame: object) -> None:
+        raise OracleTimeout(f"gave up after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def search_or_reject(pattern: str, text: str, seconds: float = 1.0) -> bool:
+    """re.search as the oracle, or discard the draw when the oracle cannot answer in time."""
+    try:
+        with within(seconds):
+            return re.search(pattern, text) is not None
+    except OracleTimeout:
+        reject()
+
+
+def validate_or_reject(instance: object, schema: dict, seconds: float = 2.0, **options: object) -> None:
+    """jsonschema.validate (whose "pattern" is re.search), or discard the draw when it cannot answer in time."""
+    try:
+        with within(seconds):
+            jsonschema.validate(instance, schema, **options)  # type: ignore[arg-type]
+    except OracleTimeout:
+        reject()
 
 
 def _escape(ch: str, in_class: bool, hexed: bool) -> str:
@@ -104,5 +147,5 @@ def pattern_and_match(draw: st.DrawFn) -> tuple[str, str]:
         text = ("^" if start else "") + "(?:" + "|".join(b for b, _ in branches) + ")" + ("$" if end else "")
     free = st.text(st.sampled_from(POOL), max_size=3)
     sample = ("" if start else draw(free)) + draw(st.sampled_from(branches))[1] + ("" if end else draw(free))
-    assert re.search(text, sample), (text, sample)  # the strategy's own promise
+    assert search_or_reject(text, sample), (text, sample)  # the strategy's own promise
     return text, sample

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
-import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,7 +16,7 @@ from llamanode import GrammarError
 from llamanode.gbnf_text import repeat
 from llamanode.grammar import json_schema_gbnf, schema_annotations
 from llamanode.regex_syntax import Alt, Branch, Chars, Repeat, Seq, parse_pattern
-from regex_patterns import POOL, pattern_and_match
+from regex_patterns import POOL, OracleTimeout, pattern_and_match, validate_or_reject, within
 from test_grammar import Engine, engine
 
 __all__ = ["engine"]
@@ -249,7 +249,14 @@ def _pattern_property(engine: Engine, pair: tuple[str, str], edits: list[tuple[i
         at %= len(text) + 1
         text = text[:at] + piece + text[at:] if insert else text[:at] + text[at + len(piece) :]
     if engine.admits(gbnf, text):
-        jsonschema.validate(json.loads(text), schema)
+        validate_or_reject(json.loads(text), schema)
+
+
+def test_the_oracle_gives_up_on_catastrophic_backtracking_instead_of_hanging() -> None:
+    started = time.monotonic()
+    with pytest.raises(OracleTimeout), within(0.3):
+        re.search("((a*)*)*b", "a" * 40)  # ~2^40 paths in Python's backtracking re
+    assert time.monotonic() - started < 2
 
 
 _EDITS = st.lists(st.tuples(st.integers(0, 10**6), st.booleans(), _PIECES), min_size=1, max_size=3)
