@@ -90,6 +90,20 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, float, str]]:
             r = ratio(ours_seq[agent].first_ttft_s[session], theirs_seq[agent].first_ttft_s[session])
             name = f"session {session} first-request TTFT, llamanode / llama-server <= 1"
             rows.append((name, agent, r, _verdict(None if math.isnan(r) else r <= 1.0)))
+    rows += restart_targets(ours.get("restart", []), theirs.get("restart", []))
+    return rows
+
+
+def restart_targets(ours: Sequence[Row], theirs: Sequence[Row]) -> list[tuple[str, str, float, str]]:
+    """Per agent: total TTFT of the sessions replayed after the restart (every session but s1), ours / theirs."""
+    rows = []
+    for agent in dict.fromkeys(r["agent"] for r in ours):
+        mine = [_nan_if_none(r["ttft_s"]) for r in ours if r["agent"] == agent and r["session"] != "s1"]
+        other = [_nan_if_none(r["ttft_s"]) for r in theirs if r["agent"] == agent and r["session"] != "s1"]
+        if mine and other:
+            r = ratio(sum(mine), sum(other))
+            name = "after a restart: later sessions' total TTFT, llamanode / llama-server <= 0.9"
+            rows.append((name, agent, r, _verdict(None if math.isnan(r) else r <= TTFT_TARGET)))
     return rows
 
 

@@ -7,7 +7,11 @@ stream without `stream_options.include_usage` gets it, on every server alike, so
 
 Per server, in one run: a fresh process replays each agent's requests in turn (phase "sequential"), then a
 fresh process replays two agents' requests interleaved one by one (phase "interleaved": every request is a
-switch of workspace, which should cost a switch, not a re-prefill). Servers get the same threads and window:
+switch of workspace, which should cost a switch, not a re-prefill). With --restart, a third phase replays the
+first session of every agent that has several, stops the server (SIGTERM: llamanode writes its workspaces to
+its store) and starts it again, llamanode on the same store, then replays the later sessions: an agent's next
+session after the server restarted (llama-server keeps nothing across a restart; its slot files need a client
+that saves and restores them, which no agent does). Servers get the same threads and window:
 llamanode `serve --ctx W`, llama-server `--jinja -fa off -np 1 -c W` with YaRN beyond the training window,
 and `--no-repack` when llamanode's repack decision is off (`--repack`, default: read from `llamanode info`).
 
@@ -27,6 +31,7 @@ are the medians of its N replays.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import statistics
@@ -182,16 +187,20 @@ def repack_decision(choice: str) -> bool:
 
 
 @contextmanager
-def started(kind: str, args: argparse.Namespace, aliases: list[str], log_dir: Path) -> Iterator[str]:
-    """A fresh server process (llamanode with an empty store), stopped on exit."""
+def started(
+    kind: str, args: argparse.Namespace, aliases: list[str], log_dir: Path, store: Path | None = None
+) -> Iterator[str]:
+    """A fresh server process, stopped on exit (SIGTERM); llamanode's store is `store`, or a new empty one."""
     from llamanode import default_model_path
 
     model = default_model_path()
     port = free_port()
-    with tempfile.TemporaryDirectory(prefix="bench-agents-store-") as store:
+    with contextlib.ExitStack() as stack:
+        if store is None:
+            store = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-agents-store-")))
         if kind == "llamanode":
             alias_flags = [flag for name in aliases for flag in ("--alias", name)]
-            cmd = llamanode_serve_cmd(model, port, args.threads, args.ctx, Path(store), *alias_flags)
+            cmd = llamanode_serve_cmd(model, port, args.threads, args.ctx, store, *alias_flags)
         else:
             cmd = llama_server_cmd(model, port, args.threads, args.ctx, repack=args.repack_on)
         with Server(kind, cmd, port, "/health") as server:
@@ -210,7 +219,22 @@ def run_server(
     if len(pair) == 2:
         with started(kind, args, aliases, log_dir) as url:
             phases["interleaved"] = replay_all(url, interleave(agents[pair[0]], agents[pair[1]]), kind, "interleaved")
+    before, after = split_at_restart(agents)
+    if args.restart and after:
+        with tempfile.TemporaryDirectory(prefix="bench-agents-restart-") as store:
+            with started(kind, args, aliases, log_dir, Path(store)) as url:
+                phases["restart"] = replay_all(url, before, kind, "restart/before")
+            with started(kind, args, aliases, log_dir, Path(store)) as url:
+                phases["restart"] += replay_all(url, after, kind, "restart/after")
     return {phase: [{**asdict(r), "reuse": r.reuse} for r in results] for phase, results in phases.items()}
+
+
+def split_at_restart(agents: dict[str, list[Recorded]]) -> tuple[list[Recorded], list[Recorded]]:
+    """(first sessions, later sessions) of the agents that have more than one session, each in recorded order."""
+    several = [seq for seq in agents.values() if any(r.session != "s1" for r in seq)]
+    return [r for seq in several for r in seq if r.session == "s1"], [
+        r for seq in several for r in seq if r.session != "s1"
+    ]
 
 
 def repeated(servers: list[str], times: int, run: Callable[[str], Phases]) -> dict[str, list[Phases]]:
@@ -246,6 +270,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--per-session", type=int, default=None, help="replay at most N requests of each session")
     parser.add_argument(
         "--without-tools", action="store_true", help="leave tool definitions out of every request (same prompts)"
+    )
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="also replay later sessions after a server restart (llamanode: same store)",
     )
     parser.add_argument(
         "--repeat", type=int, default=1, help="replay N times, servers in alternating order; report median TTFTs"
@@ -287,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             "repack": args.repack_on,
             "interleaved": pair,
             "without_tools": args.without_tools,
+            "restart": args.restart,
         },
         "recordings": {f.stem: str(f) for f in files},
         "repetitions": repeated(servers, args.repeat, lambda kind: run_server(kind, args, agents, pair, log_dir)),

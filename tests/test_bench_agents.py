@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from bench.agent_report import markdown, targets, totals
-from bench.agents import interleave, load_agent, median_phases, recording_files, repeated
+from bench.agents import Recorded, interleave, load_agent, median_phases, recording_files, repeated, split_at_restart
 from bench.processes import LLAMA_SERVER
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,6 +137,33 @@ def test_a_failed_request_leaves_a_total_over_the_requests_both_served() -> None
     assert math.isclose(value, 11.0 / 11.0) and verdict == "MISS"  # s1#2 left out on both sides
     complete = {name for name, *_ in targets(_results(ours, [*theirs[:1], *ours[1:2], *theirs[2:]]))}
     assert not any("both served" in name for name in complete)  # only when the full total is n/a
+
+
+def _recorded(agent: str, session: str, turn: int) -> Recorded:
+    return Recorded(agent, session, turn, "anthropic", "/v1/messages", {}, {})
+
+
+def test_the_restart_splits_agents_with_several_sessions_at_their_second() -> None:
+    claude = [_recorded("claude", s, t) for s, t in (("s1", 1), ("s1", 2), ("s2", 1), ("s2", 2))]
+    codex = [_recorded("codex", s, t) for s, t in (("s1", 1), ("s2", 1), ("s3", 1))]
+    aider = [_recorded("aider", "s1", t) for t in (1, 2, 3)]  # one session: nothing to restart between
+    before, after = split_at_restart({"claude": claude, "aider": aider, "codex": codex})
+    assert before == [claude[0], claude[1], codex[0]]
+    assert after == [claude[2], claude[3], codex[1], codex[2]]
+
+
+def test_the_restart_target_compares_the_sessions_after_it() -> None:
+    ours = [_row("codex", "s1", 1, 4000, 0, 9.0), _row("codex", "s2", 1, 4000, 3900, 0.5),
+            _row("codex", "s2", 2, 4100, 4000, 0.4)]  # fmt: skip
+    theirs = [_row("codex", "s1", 1, 4000, 0, 8.0), _row("codex", "s2", 1, 4000, 0, 8.5),
+              _row("codex", "s2", 2, 4100, 4000, 0.5)]  # fmt: skip
+    results = {"servers": {"llamanode": {"restart": ours}, "llama-server": {"restart": theirs}}}
+    rows = [(agent, value, v) for name, agent, value, v in targets(results) if name.startswith("after a restart")]
+    assert rows == [("codex", pytest.approx(0.9 / 9.0), "PASS")]  # s1 (before the restart) left out
+    slower = [*ours[:2], _row("codex", "s2", 2, 4100, 4000, 9.0)]
+    results["servers"]["llamanode"]["restart"] = slower
+    assert [v for name, _, _, v in targets(results) if name.startswith("after a restart")] == ["MISS"]
+    assert "### Totals per agent (restart)" in markdown(results)
 
 
 def _mini_recordings(where: Path) -> None:
