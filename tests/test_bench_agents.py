@@ -164,6 +164,10 @@ def test_the_restart_target_compares_the_sessions_after_it() -> None:
     results["servers"]["llamanode"]["restart"] = slower
     assert [v for name, _, _, v in targets(results) if name.startswith("after a restart")] == ["MISS"]
     assert "### Totals per agent (restart)" in markdown(results)
+    theirs[2] = _row("codex", "s2", 2, 4100, 4000, None)  # llama-server failed it: compared without it
+    results["servers"]["llamanode"]["restart"] = ours
+    (row,) = [(name, value) for name, _, value, _ in targets(results) if name.startswith("after a restart")]
+    assert "both served" in row[0] and row[1] == pytest.approx(0.5 / 8.5)
 
 
 def _mini_recordings(where: Path) -> None:
