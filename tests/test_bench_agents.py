@@ -170,9 +170,10 @@ def test_the_restart_target_compares_the_sessions_after_it() -> None:
     assert "both served" in row[0] and row[1] == pytest.approx(0.5 / 8.5)
 
 
-def _mini_recordings(where: Path) -> None:
-    """Two short agents' worth of requests in the proxy's format: Anthropic and Responses, a shared opening."""
-    opening = "You are a careful coding agent. " + " ".join(f"Rule {i}: answer briefly." for i in range(30))
+def _mini_recordings(where: Path, codex_sessions: int = 1) -> None:
+    """Two short agents' worth of requests in the proxy's format: Anthropic and Responses, a shared opening
+    (~450 tokens); Codex's later sessions open with it too, under a key of their own."""
+    opening = "You are a careful coding agent. " + " ".join(f"Rule {i}: answer briefly." for i in range(60))
     user = [{"role": "user", "content": "List the files."}]
     more = [*user, {"role": "assistant", "content": "a.py"}, {"role": "user", "content": "Show a.py."}]
     claude = [
@@ -187,6 +188,13 @@ def _mini_recordings(where: Path) -> None:
          "body": {"model": "m", "max_output_tokens": 8, "stream": True, "prompt_cache_key": "K", "input": inputs}}
         for i, inputs in enumerate((items, [*items, said, {"role": "user", "content": "Show a.py."}]))
     ]  # fmt: skip
+    for n in range(2, codex_sessions + 1):
+        body = {
+            **codex[0]["body"],
+            "prompt_cache_key": f"K{n}",
+            "input": [items[0], {"role": "user", "content": "Show b.py."}],
+        }
+        codex.append({**codex[0], "seq": len(codex), "session": f"K{n}", "body": body})
     for name, records in (("claude", claude), ("codex", codex)):
         (where / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
@@ -211,3 +219,17 @@ def test_replay_against_llama_server_writes_results_and_report(tmp_path: Path) -
     assert sequential[1]["reuse"] > 0.9  # the same slot, the same opening: llama-server reuses it
     assert results["settings"]["repack"] is False
     assert "### Targets" in proc.stdout and out.with_suffix(".md").is_file()
+
+
+@pytest.mark.slow
+def test_an_agents_next_session_after_a_restart_is_forked_from_the_stored_one(tmp_path: Path) -> None:
+    _mini_recordings(tmp_path, codex_sessions=2)
+    out = tmp_path / "agents.json"
+    cmd = [sys.executable, "-m", "bench.agents", str(tmp_path / "codex.jsonl"), "--servers", "llamanode",
+           "--interleave", "", "--restart", "--threads", "1", "--ctx", "2048", "--json", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    restart = json.loads(out.read_text())["servers"]["llamanode"]["restart"]
+    assert [(r["session"], r["turn"], r["status"]) for r in restart] == [("s1", 1, 200), ("s1", 2, 200), ("s2", 1, 200)]
+    # the restarted server had only its store: the opening came from the first session's snapshot
+    assert restart[2]["cached_tokens"] >= 256 and restart[0]["cached_tokens"] == 0
