@@ -19,7 +19,8 @@ Per request: prompt tokens and reused tokens from each server's usage (Anthropic
 OpenAI `cached_tokens`; llama-server also sends `timings.cache_n`), TTFT (request sent to the first streamed
 content event, client side) and total time. Targets (PASS/MISS): every request after a session's first
 reuses >= 90 % of its prompt on llamanode; llamanode's total TTFT <= 0.9 x llama-server's per agent; a second
-session's first request at least as fast as on llama-server. With --repeat N every server replays N times,
+session's first request at least as fast as on llama-server; with --restart, the later sessions' total TTFT
+after the restart <= 0.9 x llama-server's. With --repeat N every server replays N times,
 their order reversed every other round (against drift on a noisy machine), and each request's TTFT and total
 are the medians of its N replays.
 
@@ -232,9 +233,9 @@ def run_server(
 def split_at_restart(agents: dict[str, list[Recorded]]) -> tuple[list[Recorded], list[Recorded]]:
     """(first sessions, later sessions) of the agents that have more than one session, each in recorded order."""
     several = [seq for seq in agents.values() if any(r.session != "s1" for r in seq)]
-    return [r for seq in several for r in seq if r.session == "s1"], [
-        r for seq in several for r in seq if r.session != "s1"
-    ]
+    first = [r for seq in several for r in seq if r.session == "s1"]
+    later = [r for seq in several for r in seq if r.session != "s1"]
+    return first, later
 
 
 def repeated(servers: list[str], times: int, run: Callable[[str], Phases]) -> dict[str, list[Phases]]:
