@@ -58,6 +58,11 @@ def _verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else verdict(ok)
 
 
+def _at_most(ratio_value: float, bound: float) -> str:
+    """The verdict on a ratio target: n/a when the ratio is unknown (a server failed a request)."""
+    return _verdict(None if math.isnan(ratio_value) else ratio_value <= bound)
+
+
 def targets(results: dict[str, Any]) -> list[tuple[str, str, float, str]]:
     """(target, agent, value, PASS/MISS/n/a) rows."""
     servers = results["servers"]
@@ -73,23 +78,16 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, float, str]]:
     theirs_seq = totals(theirs.get("sequential", []))
     for agent in ours_seq.keys() & theirs_seq.keys():
         r = ratio(ours_seq[agent].ttft_s, theirs_seq[agent].ttft_s)
-        rows.append(
-            (
-                "total TTFT, llamanode / llama-server <= 0.9",
-                agent,
-                r,
-                _verdict(None if math.isnan(r) else r <= TTFT_TARGET),
-            )
-        )
+        rows.append(("total TTFT, llamanode / llama-server <= 0.9", agent, r, _at_most(r, TTFT_TARGET)))
         if math.isnan(r):  # a server failed a request: compare the requests both served, said as such
             r = common_ttft_ratio(ours.get("sequential", []), theirs.get("sequential", []), agent)
             name = "total TTFT over the requests both served, llamanode / llama-server <= 0.9"
-            rows.append((name, agent, r, _verdict(None if math.isnan(r) else r <= TTFT_TARGET)))
+            rows.append((name, agent, r, _at_most(r, TTFT_TARGET)))
         second = [s for s in ours_seq[agent].first_ttft_s if s != "s1" and s in theirs_seq[agent].first_ttft_s]
         for session in second:
             r = ratio(ours_seq[agent].first_ttft_s[session], theirs_seq[agent].first_ttft_s[session])
             name = f"session {session} first-request TTFT, llamanode / llama-server <= 1"
-            rows.append((name, agent, r, _verdict(None if math.isnan(r) else r <= 1.0)))
+            rows.append((name, agent, r, _at_most(r, 1.0)))
     rows += restart_targets(ours.get("restart", []), theirs.get("restart", []))
     return rows
 
@@ -97,24 +95,16 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, float, str]]:
 def restart_targets(ours: Sequence[Row], theirs: Sequence[Row]) -> list[tuple[str, str, float, str]]:
     """Per agent: total TTFT of the sessions replayed after the restart (every session but s1), ours / theirs,
     over the requests both served (named so when one server failed some)."""
+    ours_after = [r for r in ours if r["session"] != "s1"]
+    theirs_after = [r for r in theirs if r["session"] != "s1"]
     rows = []
     for agent in dict.fromkeys(r["agent"] for r in ours):
-        after = [r for r in [*ours, *theirs] if r["agent"] == agent and r["session"] != "s1"]
         if not any(r["agent"] == agent for r in theirs):
             continue
-        r = common_ttft_ratio(
-            [r for r in ours if r["session"] != "s1"], [r for r in theirs if r["session"] != "s1"], agent
-        )
-        served = all(r["ttft_s"] is not None for r in after)
+        served = all(r["ttft_s"] is not None for r in [*ours_after, *theirs_after] if r["agent"] == agent)
         name = "after a restart: later sessions' total TTFT" + ("" if served else " over the requests both served")
-        rows.append(
-            (
-                f"{name}, llamanode / llama-server <= 0.9",
-                agent,
-                r,
-                _verdict(None if math.isnan(r) else r <= TTFT_TARGET),
-            )
-        )
+        r = common_ttft_ratio(ours_after, theirs_after, agent)
+        rows.append((f"{name}, llamanode / llama-server <= 0.9", agent, r, _at_most(r, TTFT_TARGET)))
     return rows
 
 
