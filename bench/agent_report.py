@@ -76,7 +76,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, float, str]]:
             rows.append((f"llamanode {phase}: every later request reuses >= 90 % (min)", agent, value, _verdict(ok)))
     ours_seq = totals(ours.get("sequential", []))
     theirs_seq = totals(theirs.get("sequential", []))
-    for agent in ours_seq.keys() & theirs_seq.keys():
+    for agent in [a for a in ours_seq if a in theirs_seq]:  # in recorded order (a set's varies by process)
         r = ratio(ours_seq[agent].ttft_s, theirs_seq[agent].ttft_s)
         rows.append(("total TTFT, llamanode / llama-server <= 0.9", agent, r, _at_most(r, TTFT_TARGET)))
         if math.isnan(r):  # a server failed a request: compare the requests both served, said as such
