@@ -8,13 +8,14 @@ import time
 from pathlib import Path
 
 from fakes import FakeBackend
+from gates import wait_until
 from llamanode import ForkOrigin, SessionPool, WorkspaceInfo
 from llamanode.pool.keeping import PROBATION_USES, keep_rank, on_probation
 from llamanode.pool.kept import KeptStates
 from llamanode.pool.ledger import MemoryLedger, Sizes
 from llamanode.pool.workspace import Workspace
 from llamanode.store import SnapshotStore
-from test_pool_parts import CFG, MODEL, _held, cold, turn, wait_until
+from test_pool_parts import CFG, MODEL, _held, cold, turn
 
 OPENING = "system: a careful agent with tools read, write and run; answer briefly and cite files.\n" * 2
 MIN = 64
@@ -288,7 +289,7 @@ def test_fifty_one_shot_forks_keep_the_main_workspace_warm_and_the_disk_bounded(
                     turn(s, OPENING + "main task")
                 assert pool.stats().hits == hits + 1
             assert "main" in live_ids(pool)
-        wait_until(lambda: pool.stats().pending_writes == 0)
+        wait_until(lambda: pool.stats().pending_writes == 0, timeout=10)
         stats = pool.stats()
         assert stats.forks == 50 and stats.misses == 1 and stats.collected > 0  # one miss: main's first lease
         assert stats.peak_live_bytes <= budget

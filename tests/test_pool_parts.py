@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from fakes import FAKE_KV_PER_TOKEN, FAKE_PAD, FakeBackend, fake_session
+from gates import wait_until
 from llamanode import Config, DecodeConfig, InvalidInputError, SessionPool, SnapshotError
 from llamanode.kvsession import KVSession
 from llamanode.pool.held import HeldState
@@ -26,13 +27,6 @@ from llamanode.workspace_id import WORKSPACE_ID_PATTERN
 MODEL = "/fake/model.gguf"
 CFG = Config(num_ctx=200, num_batch=8, num_ubatch=8)  # padded to 208 by the toy backend
 WRITERS = "llamanode-snapshot-writer"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def writer_threads() -> int:
@@ -180,7 +174,7 @@ def test_the_writer_waits_for_an_idle_moment_then_reports_back(
     with cv:
         host.busy = False
         cv.notify_all()  # what a lease's end does
-    wait_until(lambda: bool(host.reports))
+    wait_until(lambda: bool(host.reports), timeout=10)
     assert host.reports == [("a", True, 5)] and "a" not in writer and ledger.buffers == 0
 
 
@@ -202,14 +196,14 @@ def test_the_writer_cancels_a_state_live_again_and_keeps_a_failed_one(
     with cv:
         host.busy = False
     writer.enqueue("b", _held(ledger))
-    wait_until(lambda: bool(writer.failures()))
+    wait_until(lambda: bool(writer.failures()), timeout=10)
     assert "No space left" in writer.failures()[0] and writer.failed_bytes() == 100 and "b" in writer
     with pytest.raises(SnapshotError, match="No space left"):
         writer.settle("b", keep=True)  # retried once, synchronously
     monkeypatch.undo()
     writer.enqueue("c", _held(ledger))
     writer.flush()  # c's success retries b
-    wait_until(lambda: len(host.reports) == 2)
+    wait_until(lambda: len(host.reports) == 2, timeout=10)
     assert sorted(r[0] for r in host.reports) == ["b", "c"] and ledger.buffers == 0
 
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from fakes import FakeBackend, FakeContext
+from gates import wait_until
 from llamanode import Config, SessionPool
 from test_pool_forks import OPENING, fork_for
-from test_pool_parts import CFG, MODEL, cold, turn, wait_until
+from test_pool_parts import CFG, MODEL, cold, turn
 
 
 def test_a_spare_opened_after_a_lease_is_taken_by_a_fork(backends: list[FakeBackend], tmp_path: Path) -> None:
@@ -19,7 +20,7 @@ def test_a_spare_opened_after_a_lease_is_taken_by_a_fork(backends: list[FakeBack
         assert pool.stats().spares_opened == 0  # nothing before the first lease
         with pool.session("main") as s:
             turn(s, OPENING + "main task")
-        wait_until(lambda: pool.stats().spares_opened == 1)
+        wait_until(lambda: pool.stats().spares_opened == 1, timeout=10)
         contexts = backends[0].contexts
         assert len(contexts) == 2  # main's, and the spare
         prompt = OPENING + "task one"
@@ -27,7 +28,7 @@ def test_a_spare_opened_after_a_lease_is_taken_by_a_fork(backends: list[FakeBack
         assert len(contexts) == 2  # the fork took the spare: no context was opened for it
         with pool.session("t1") as s:
             assert turn(s, prompt) == cold(prompt)  # a spare that served before holds nothing of it
-        wait_until(lambda: pool.stats().spares_opened == 2)  # refilled once no turn runs
+        wait_until(lambda: pool.stats().spares_opened == 2, timeout=10)  # refilled once no turn runs
         assert len(contexts) == 3 and pool.stats().evictions == 0
     assert all(c.closed for c in contexts)
 
@@ -37,7 +38,7 @@ def test_the_spare_counts_in_the_budget_and_never_evicts(backends: list[FakeBack
         pool.memory_budget_bytes = pool.budget_for(2)
         with pool.session("main") as s:
             turn(s, OPENING + "main task")
-        wait_until(lambda: pool.stats().spares_opened == 1)
+        wait_until(lambda: pool.stats().spares_opened == 1, timeout=10)
         assert pool.stats().live_bytes == 2 * backends[0].contexts[0].kv_bytes()
         with pool.session("other") as s:  # takes the spare: the budget is full, nothing is evicted
             turn(s, "unrelated words " * 6)
