@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import jsonschema
+from hypothesis import reject
 from hypothesis import strategies as st
 
-from regex_patterns import pattern_and_match
+from regex_patterns import OracleTimeout, pattern_and_match, within
 
 Pair = tuple[dict[str, Any], Any]
 
@@ -206,3 +207,12 @@ def schema_and_instance(draw: st.DrawFn, depth: int = 3, defs: dict[str, Any] | 
 
 
 schemas = schema_and_instance().map(lambda pair: pair[0])
+
+
+def validate_or_reject(instance: object, schema: dict, seconds: float = 2.0, **options: object) -> None:
+    """jsonschema.validate (whose "pattern" is re.search), or discard the draw when it cannot answer in time."""
+    try:
+        with within(seconds):
+            jsonschema.validate(instance, schema, **options)  # type: ignore[arg-type]
+    except OracleTimeout:
+        reject()

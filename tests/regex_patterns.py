@@ -11,7 +11,6 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import jsonschema
 from hypothesis import reject
 from hypothesis import strategies as st
 
@@ -46,15 +45,6 @@ def search_or_reject(pattern: str, text: str, seconds: float = 1.0) -> bool:
     try:
         with within(seconds):
             return re.search(pattern, text) is not None
-    except OracleTimeout:
-        reject()
-
-
-def validate_or_reject(instance: object, schema: dict, seconds: float = 2.0, **options: object) -> None:
-    """jsonschema.validate (whose "pattern" is re.search), or discard the draw when it cannot answer in time."""
-    try:
-        with within(seconds):
-            jsonschema.validate(instance, schema, **options)  # type: ignore[arg-type]
     except OracleTimeout:
         reject()
 

@@ -13,11 +13,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from json_schemas import FORMAT_CHECKER, NAMES, schema_and_instance
+from json_schemas import FORMAT_CHECKER, NAMES, schema_and_instance, validate_or_reject
 from llamanode import GrammarError, KVSession
 from llamanode.backends.llamacpp.native import lib
 from llamanode.grammar import JSON_OBJECT_GBNF, MAX_WS, json_schema_gbnf, schema_rules
-from regex_patterns import validate_or_reject
 
 
 class Engine:

@@ -11,12 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from json_schemas import FORMAT_CHECKER
+from json_schemas import FORMAT_CHECKER, validate_or_reject
 from llamanode import GrammarError
 from llamanode.gbnf_text import repeat
 from llamanode.grammar import json_schema_gbnf, schema_annotations
 from llamanode.regex_syntax import Alt, Branch, Chars, Repeat, Seq, parse_pattern
-from regex_patterns import POOL, OracleTimeout, pattern_and_match, validate_or_reject, within
+from regex_patterns import POOL, OracleTimeout, pattern_and_match, within
 from test_grammar import Engine, engine
 
 __all__ = ["engine"]
