@@ -28,6 +28,7 @@ from llamanode import (
     SessionClosedError,
     SessionFatalError,
 )
+from llamanode.snapshot import build_header
 
 BATCH = 8
 P = (("system", "s" * 20), ("file", "abcdefgh" * 8), ("tail", "t" * 12))  # 96 tokens: 12 chunks
@@ -545,3 +546,25 @@ def test_a_carry_on_prewarm_is_never_interrupted() -> None:
     assert ctx.interrupted_prefills == 0 and not ctx.armed
     assert session.ensure_prefix(session.prefix(P)).reused_tokens == 24
     assert answer(session) == cold(P)
+
+
+def test_an_unfinished_prefill_is_exported_only_when_asked_and_never_written() -> None:
+    """A fork's copy of a warm-next stopped halfway (stop_prewarm_for_copy): it resumes exactly elsewhere."""
+    session, _, gate = gated(P)
+    handle = session.prewarm(session.prefix(Q), finish=True)
+    again = stop_after(gate, handle, 2, lambda: session.stop_prewarm_for_copy("fork")).outcome()
+    assert again == session.prefix(Q) and (handle.wait(1).outcome, handle.wait(1).by) == ("cancelled", "fork")
+    with pytest.raises(InvalidInputError, match="nothing is resident"):
+        session.export_state()
+    state = session.export_state(unfinished=True)
+    assert state.unfinished and state.manifest == again.manifest and len(state.tokens) == 24 + 2 * BATCH
+    with pytest.raises(InvalidInputError, match="unfinished prefill is no state to write"):
+        build_header("w", state, session.state_identity())
+    copy, ctx = fake_session(num_batch=BATCH)
+    copy.import_state(state)
+    status = copy.ensure_prefix(copy.prefix(Q))
+    assert (status.reused_tokens, status.prefilled_tokens) == (40, 56)
+    assert status.divergence is not None and status.divergence.cause == "resumed"
+    assert answer(copy) == cold(Q)
+    exact(ctx)
+    assert session.stop_prewarm_for_copy("fork") is None  # nothing runs: nothing to prewarm again

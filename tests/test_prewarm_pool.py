@@ -299,6 +299,37 @@ def test_a_fork_or_eviction_finishes_a_finish_prewarm_so_no_state_is_lost(
         assert status.reused_tokens == 84 and status.prefilled_tokens == 0
 
 
+def test_a_new_sessions_fork_copies_what_a_finish_prewarm_has_done_and_the_prewarm_goes_on(
+    roomy_pool: tuple[SessionPool, ChunkGate],
+) -> None:
+    """A new session forking a workspace whose warm-next still runs (fork_nearest) takes the chunks done so
+    far, an unfinished prefill, instead of waiting for the rest; the source prewarms the rest again."""
+    pool, gate = roomy_pool
+    with pool.session("a") as s:
+        turn(s, OLD)
+        handle = s.prewarm(s.prefix(NEW), finish=True)
+        prompt, source = s.tokenize(s.prefix(NEW).text), s
+    origin = stop_after(gate, handle, 2, lambda: pool.fork_nearest("b", prompt, 8)).outcome()
+    assert (handle.wait(1).outcome, handle.wait(1).by) == ("cancelled", "fork")
+    assert origin is not None and (origin.source, origin.copied_tokens, origin.shared_tokens) == ("a", 40, 24)
+    with pool.session("b") as b:  # the source's prewarm waits meanwhile (a lease of another workspace)
+        status = b.ensure_prefix(b.prefix(NEW))
+        assert (status.reused_tokens, status.prefilled_tokens) == (40, 44)
+        b.prefill_suffix(b.suffix("go:"))
+        assert [t for c in b.decode(DecodeConfig(max_tokens=6)) for t in c.token_ids] == cold(NEW)
+    gate.open()
+    wait_until(lambda: not source.prewarming, 10)  # outside a lease: a lease holds every prewarm back
+    with pool.session("a") as s:
+        report = s.explain_context().last_prewarm
+        assert report is not None and (report.outcome, report.reused_tokens, report.prefilled_tokens) == (
+            "completed",
+            40,
+            44,
+        )
+        assert s.ensure_prefix(s.prefix(NEW)).byte_hash_hit
+    assert leased_turn(pool, "a", NEW) == cold(NEW)
+
+
 def test_a_lease_that_starts_a_prewarm_still_records_its_state_for_routing(
     roomy_pool: tuple[SessionPool, ChunkGate],
 ) -> None:

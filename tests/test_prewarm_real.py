@@ -16,7 +16,7 @@ import pytest
 
 import llamanode
 from conftest import SEGMENTS, SUFFIX, SUFFIX_2, Answer, decode_answer
-from gates import PREWARM_THREAD, ChunkGate, stop_after
+from gates import PREWARM_THREAD, ChunkGate, stop_after, wait_until
 from llamanode import Config, DecodeConfig, KVSession, SessionPool
 from llamanode.backends.llamacpp.native import lib
 from llamanode.errors import PrefillInterruptedError
@@ -150,6 +150,37 @@ def test_a_prewarmed_evicted_workspace_answers_like_a_cold_session(model_keeper:
         assert handle.wait(1).outcome == "joined" and status.reused_tokens > 0
         assert got == cold(EDITED, SUFFIX_2)
         assert pool.stats().prewarm_outcomes == {"joined": 1}
+
+
+def test_a_new_sessions_fork_of_a_half_done_warm_next_answers_like_a_cold_session(
+    model_keeper: KVSession, tmp_path: Path
+) -> None:
+    """fork_nearest while the source's finish=True prewarm (the server's warm-next) is halfway: the fork
+    copies the unfinished prefill and resumes it exactly; the source prewarms the rest again, exactly."""
+    with SessionPool(None, CFG, store_dir=tmp_path / "store") as pool:
+        gate = ChunkGate()
+        backend: Any = pool.backend
+        inner = backend.open_context
+        backend.open_context = lambda config: gate.wrap(inner(config))
+        with pool.session("a") as s:
+            s.ensure_prefix(s.prefix(SEGMENTS))
+            assert answer(s, SUFFIX) == cold(SEGMENTS, SUFFIX)
+            handle = s.prewarm(s.prefix(EDITED), finish=True)
+            prompt, source = s.tokenize(s.prefix(EDITED).text), s
+        origin = stop_after(gate, handle, 2, lambda: pool.fork_nearest("b", prompt, 16)).outcome(120)
+        assert (handle.wait(1).outcome, handle.wait(1).by) == ("cancelled", "fork")
+        assert origin is not None and origin.copied_tokens == origin.shared_tokens + 32  # 2 chunks past the edit
+        with pool.session("b") as b:
+            status = b.ensure_prefix(b.prefix(EDITED))
+            assert status.reused_tokens == origin.copied_tokens and status.prefilled_tokens > 0
+            assert answer(b, SUFFIX_2) == cold(EDITED, SUFFIX_2)
+        gate.open()
+        wait_until(lambda: not source.prewarming, 120)
+        with pool.session("a") as s:
+            report = s.explain_context().last_prewarm
+            assert report is not None and (report.outcome, report.reused_tokens) == ("completed", origin.copied_tokens)
+            assert s.ensure_prefix(s.prefix(EDITED)).byte_hash_hit
+            assert answer(s, SUFFIX_2) == cold(EDITED, SUFFIX_2)
 
 
 BIG = Config(num_ctx=2048, num_batch=512, num_ubatch=512, prewarm_batch=512, num_threads=1)

@@ -201,6 +201,11 @@ class KVSession:
         """Before work that needs a complete state (fork, eviction): finish a finish=True prewarm, else cancel."""
         return self._prewarms.settle(by)
 
+    def stop_prewarm_for_copy(self, by: str) -> PrefixInput | None:
+        """Cancel a prewarm so that export_state(unfinished=True) takes what it did so far; the prefix of an
+        unfinished finish=True one, to prewarm again after the copy."""
+        return self._prewarms.stop_for_copy(by)
+
     @property
     def prewarming(self) -> bool:
         return self._prewarms.running
@@ -221,12 +226,13 @@ class KVSession:
     def resident_tokens(self) -> tuple[int, ...]:
         return tuple(self._r.tokens)
 
-    def export_state(self) -> SessionState:
-        """The resident KV and everything needed to resume it exactly (for snapshots and forks)."""
+    def export_state(self, unfinished: bool = False) -> SessionState:
+        """The resident KV and everything needed to resume it exactly (for snapshots and forks).
+        unfinished: an unfinished prefill (a stopped prewarm) may be exported too (a fork's copy)."""
         with self._hold("export_state"):
             self._check_usable()
             r = self._r
-            if r.manifest is None:
+            if r.manifest is None and not (unfinished and r.partial is not None):
                 raise InvalidInputError("nothing is resident to export; call ensure_prefix first")
             return state_from_resident(r, self._ctx.state_bytes(), self.identity)
 

@@ -191,6 +191,16 @@ class Prewarmer:
             self._prefill(run.prefix, lambda _: None)
         return self.report_of(run)
 
+    def stop_for_copy(self, by: str) -> PrefixInput | None:
+        """Cancel the latest prewarm so a copy can take what it has done so far; the prefix of a finish=True
+        one that had not completed, for the caller to start again after the copy (it resumes where it stood)."""
+        with self._cv:
+            run = self._last
+            if run is None or run.phase == "ended":
+                return None
+        report = self.cancel_run(run, by)
+        return run.prefix if run.finish and (report.outcome, report.by) == ("cancelled", by) else None
+
     def cancel_run(self, run: _Run, by: str) -> PrewarmReport:
         with self._cv:
             ended = self._ask(run, "cancelled", by)

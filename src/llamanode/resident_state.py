@@ -26,25 +26,30 @@ def base_manifest(identity: BackendIdentity) -> ContextManifest:
 
 
 def state_from_resident(r: Resident, kv: bytes, identity: BackendIdentity) -> SessionState:
-    """A state of r's complete prefix (the caller checked one is resident) and the context's KV bytes."""
-    assert r.manifest is not None
+    """A state of r's complete prefix, or of its unfinished prefill (the caller checked one of them is
+    resident), and the context's KV bytes."""
+    manifest = r.manifest or r.partial
+    assert manifest is not None
     return SessionState(
         kv=kv,
         tokens=tuple(r.tokens),
         prefix_len=r.prefix_len,
         stable_len=r.stable_len,
         generated=r.generated,
-        manifest=r.manifest,
+        manifest=manifest,
         prefix_text=r.text,
         model_digest=identity.model_digest,
         runtime_digest=identity.runtime_digest,
         build_id=identity.build_id,
         approximate_from=r.approx_from,
+        unfinished=r.manifest is None,
     )
 
 
 def resident_from_state(state: SessionState, token_bytes: Callable[[int], bytes]) -> Resident:
     """The bookkeeping of an imported state; its last divergence says it was restored."""
+    if state.unfinished:
+        return _unfinished_from_state(state)
     raw = state.prefix_text
     prefix_tokens = list(state.tokens[: state.prefix_len])
     offsets = token_byte_offsets(prefix_tokens, token_bytes, len(raw), state.manifest.add_bos)
@@ -61,4 +66,19 @@ def resident_from_state(state: SessionState, token_bytes: Callable[[int], bytes]
         offsets=offsets,
         segments=segment_residency(state.manifest, offsets, state.prefix_len, state.prefix_len),
         divergence=Divergence("restored", state.prefix_len, None, None, "resident state was restored"),
+    )
+
+
+def _unfinished_from_state(state: SessionState) -> Resident:
+    """An unfinished prefill's bookkeeping: its tokens are reusable token by token under the manifest of the
+    prefill's target (Resident.partial), never as a prefix."""
+    return Resident(
+        tokens=list(state.tokens),
+        prefix_len=state.prefix_len,
+        stable_len=state.stable_len,
+        approx_from=state.approximate_from,
+        generated=state.generated,
+        partial=state.manifest,
+        text=state.prefix_text,
+        divergence=Divergence("restored", len(state.tokens), None, None, "an unfinished prefill was copied"),
     )

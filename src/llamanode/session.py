@@ -247,6 +247,8 @@ class SessionState:
     runtime_digest: str
     build_id: str
     approximate_from: int | None = None  # tokens from here on carry approximately reused KV
+    # an unfinished prefill (a fork's copy only, never a snapshot): manifest and prefix_text are its target's
+    unfinished: bool = False
 
 
 # What decode() returns: iterate it for chunks; close() it to stop early (compute stops promptly).

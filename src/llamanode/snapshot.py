@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, BinaryIO
 
 from .buffers import read_hashed
-from .errors import SnapshotCorruptError, SnapshotMismatchError
+from .errors import InvalidInputError, SnapshotCorruptError, SnapshotMismatchError
 from .identity import SnapshotIdentity, require_identity
 from .manifest import ContextManifest, ManifestSegment
 from .session import SessionState
@@ -146,6 +146,8 @@ def payload_parts(state: SessionState) -> tuple[bytes, bytes, bytes]:
 
 def build_header(workspace_id: str, state: SessionState, identity: SnapshotIdentity) -> SnapshotHeader:
     """The header for a state; hashes the payload (token ids, prefix text, KV) once."""
+    if state.unfinished:  # its manifest is a target's: written, it would read back as a complete prefix
+        raise InvalidInputError("an unfinished prefill is no state to write")
     parts = payload_parts(state)
     digest = hashlib.sha256()
     for part in parts:

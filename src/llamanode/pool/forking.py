@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from ..errors import InvalidInputError
-from ..session import ForkOrigin
+from ..session import ForkOrigin, PrefixInput
 from .restore import StateMover
 from .room import Room
 from .routing import longest_prefix, shared_prefix
@@ -85,24 +85,41 @@ class Forks:
         finally:
             self._release(source)
 
+    @staticmethod
+    def _settle_source(source: Workspace, partial: bool) -> PrefixInput | None:
+        """Stop (partial) or finish the source's prewarm; the prefix to prewarm again after the copy."""
+        if source.session is None:
+            return None
+        if partial:
+            return source.session.stop_prewarm_for_copy("fork")
+        source.session.settle_prewarm("fork")
+        if source.session.explain_context().manifest is None and source.session.resident_tokens():
+            raise InvalidInputError(f"workspace {source.id!r} holds an unfinished prefill: nothing to fork")
+        return None
+
     def exists(self, ws: Workspace) -> bool:
         """Whether ws holds a state: live, on its way to disk, or stored."""
         return ws.session is not None or ws.snapshot is not None or ws.id in self._writer
 
     def _copy(self, source: Workspace, target: Workspace, shared: int | None) -> ForkOrigin:
-        if source.session is not None:
-            source.session.settle_prewarm("fork")
-            if source.session.explain_context().manifest is None and source.session.resident_tokens():
-                raise InvalidInputError(f"workspace {source.id!r} holds an unfinished prefill: nothing to fork")
-        if self._room.source_goes_first(source):
-            self._room.evict(source)  # the fork goes through the evicted state, still in memory
-        session = self._room.admit(target)
+        goes_first = self._room.source_goes_first(source)
+        # a new session (fork_nearest) needs no more than the source's prewarm has done: it need not wait for
+        # the rest, which the source prewarms again after the copy; an eviction needs a complete state
+        partial = shared is not None and not goes_first
+        resume = self._settle_source(source, partial)
         try:
-            with self._stats.timed("fork"):
-                self._mover.copy(source, session)
-        except BaseException:
-            self._room.discard(target)
-            raise
+            if goes_first:
+                self._room.evict(source)  # the fork goes through the evicted state, still in memory
+            session = self._room.admit(target)
+            try:
+                with self._stats.timed("fork"):
+                    self._mover.copy(source, session, unfinished=partial)
+            except BaseException:
+                self._room.discard(target)
+                raise
+        finally:
+            if resume is not None and source.session is not None:
+                source.session.prewarm(resume, finish=True)
         copied = len(session.resident_tokens())
         origin = ForkOrigin(source.id, copied, copied if shared is None else min(shared, copied), time.time())
         session.note_fork(origin, just_forked=True)

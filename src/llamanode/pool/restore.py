@@ -115,8 +115,9 @@ class StateMover:
         self._stats.miss(ws.id, reason, error, detail)
 
     # -- a fork -----------------------------------------------------------------------------------
-    def copy(self, source: Workspace, session: KVSession) -> None:
-        """Fill the fork target's empty session with source's state (source stays as it is)."""
+    def copy(self, source: Workspace, session: KVSession, unfinished: bool = False) -> None:
+        """Fill the fork target's empty session with source's state (source stays as it is). unfinished: a
+        live source's unfinished prefill is copied as such (KVSession.export_state)."""
         with self._cv:
             pending, kept = self._writer.pending(source.id), self._kept.usable(source)
             where = state_source(source, session, pending, kept)
@@ -127,7 +128,7 @@ class StateMover:
                 estimate = self._ledger.sizes.state_estimate(len(live.resident_tokens()))
                 reservation = self._room.reserve(source, estimate)
                 try:
-                    session.import_state(live.export_state())
+                    session.import_state(live.export_state(unfinished))
                 finally:
                     reservation.release()
         elif where is Source.PENDING or where is Source.KEPT:
