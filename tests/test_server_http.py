@@ -16,6 +16,7 @@ import httpx
 import openai
 import pytest
 
+from gates import wait_until
 from test_server_support import API_KEY, MODEL, ServerProcess, locked_server, server, start_server
 
 __all__ = ["locked_server", "server"]
@@ -256,8 +257,12 @@ def test_protocol_errors_are_json_and_logged(strict_server: ServerProcess) -> No
         head, _, body = data.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 %d" % status) and b"application/json" in head
         assert json.loads(body)["error"]["code"] == code
-    logged = [line["protocol_error"] for line in strict_server.lines[mark:] if "protocol_error" in line]
-    assert logged == ["invalid_http", "headers_too_large"]
+
+    def logged() -> list[str]:  # a line may reach the log reader after the response reached the client
+        return [line["protocol_error"] for line in strict_server.lines[mark:] if "protocol_error" in line]
+
+    wait_until(lambda: len(logged()) >= 2, 10, 0.02, "protocol errors not logged")
+    assert logged() == ["invalid_http", "headers_too_large"]
 
 
 def test_connections_over_the_limit_get_503(strict_server: ServerProcess) -> None:
