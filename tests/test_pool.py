@@ -8,11 +8,12 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from gates import wait_until
 from llamanode import Config, DecodeConfig, KVSession, PoolStats, SessionPool, WorkspaceInfo, open_session
 from llamanode.errors import InvalidInputError, SessionBusyError, SessionClosedError, SnapshotError
 from llamanode.session import default_model_path
@@ -329,7 +330,7 @@ def test_many_workspaces_under_a_small_budget_stay_correct_and_warm(store_dir: P
         stats = p.stats()
         assert stats.peak_live_bytes <= budget and stats.live_bytes <= budget
         assert stats.misses == 5 and stats.miss_reasons == {"new": 5} and stats.restores == 5
-        wait_until(lambda: p.stats().pending_writes == 0)  # no lease held: the writer writes at once
+        wait_until(lambda: p.stats().pending_writes == 0, 30)  # no lease held: the writer writes at once
         infos = p.workspaces()
         assert all(isinstance(i, WorkspaceInfo) for i in infos) and len(infos) == 5
         assert sum(i.live for i in infos) <= 2 and all(i.snapshot_bytes > 0 or i.live for i in infos)
@@ -501,13 +502,6 @@ def block_writes(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     return gate
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 def test_a_state_still_being_written_restores_from_memory(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     budget = budget_for(store_dir, 1)
     with SessionPool(None, CFG, store_dir=store_dir, memory_budget_bytes=budget) as p:
@@ -557,7 +551,7 @@ def test_writes_wait_for_an_idle_pool_and_a_state_live_again_is_not_written(
         finally:
             release.set()
             other.join(timeout=60)
-        wait_until(lambda: p.stats().pending_writes == 0)  # idle now: b is written at once
+        wait_until(lambda: p.stats().pending_writes == 0, 30)  # idle now: b is written at once
         assert p.stats().snapshots_written == 1 and p.stats().peak_live_bytes <= budget
         with SnapshotStore(store_dir, exclusive=False) as store:
             assert store.get("b") is not None and store.get("a") is None
@@ -575,20 +569,20 @@ def test_failed_writes_keep_states_in_memory(store_dir: Path, monkeypatch: pytes
         monkeypatch.setattr("llamanode.store._write_all", disk_full)
         with p.session("b") as s:  # evicting a succeeds; writing it fails in the background
             turn(s, "b", Q1)
-        wait_until(lambda: p.stats().snapshot_failures == 1)
+        wait_until(lambda: p.stats().snapshot_failures == 1, 30)
         assert [(w.id, w.live) for w in p.workspaces()] == [("b", True), ("a", False)]
         with pytest.raises(SnapshotError, match="No space left"):
             p.checkpoint("a")  # retries once, synchronously
         with p.session("a") as s:  # nothing was lost: a comes back from memory
             assert decode(s) == cold("a", Q1, then_continue=True)[MAX_TOKENS:]
-        wait_until(lambda: p.stats().snapshot_failures == 3)  # the retry of a, then b's write failed
+        wait_until(lambda: p.stats().snapshot_failures == 3, 30)  # the retry of a, then b's write failed
         with p.session("c") as s:  # a goes to memory as well: two failed states fit the transfer headroom
             turn(s, "c", Q1)
-        wait_until(lambda: p.stats().snapshot_failures == 4)
+        wait_until(lambda: p.stats().snapshot_failures == 4, 30)
         assert p.stats().pending_writes == 2
         monkeypatch.undo()
         p.checkpoint("a")  # retries a's write; success retries the others
-        wait_until(lambda: p.stats().pending_writes == 0)
+        wait_until(lambda: p.stats().pending_writes == 0, 30)
         with p.session("b") as s:
             assert decode(s) == cold("b", Q1, then_continue=True)[MAX_TOKENS:]
         assert p.stats().snapshot_failures == 4 and p.stats().peak_live_bytes <= budget
