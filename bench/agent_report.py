@@ -167,6 +167,8 @@ def markdown(results: dict[str, Any]) -> str:
     rounds = len(next(iter(results.get("repetitions", {}).values()), [None]))
     if rounds > 1:
         parts.append(f"{rounds} rounds, servers in alternating order: each request's median TTFT and total.")
+    if settings.get("paced"):
+        parts.append("Paced: each request sent after the idle time its agent had before it when recorded.")
     phases = dict.fromkeys(p for phases in results["servers"].values() for p in phases)
     for phase in phases:
         parts += [f"### Totals per agent ({phase})", totals_table(results, phase)]

@@ -2,7 +2,8 @@
 
 Input: recordings of bench/agent_proxy.py (bench/agent_scenarios.py writes one per agent). Every generation
 request (`/v1/messages`, `/v1/responses`, `/v1/chat/completions`) is sent again exactly as it was forwarded,
-back to back, in recorded order, streaming; other requests (`HEAD /`, count_tokens) are not replayed. A chat
+back to back (with --pace: each after the idle time its agent had before it when recorded, its tool runs and
+its own work), in recorded order, streaming; other requests (`HEAD /`, count_tokens) are not replayed. A chat
 stream without `stream_options.include_usage` gets it, on every server alike, so each reports its usage.
 
 Per server, in one run: a fresh process replays each agent's requests in turn (phase "sequential"), then a
@@ -39,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -68,6 +70,7 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+    idle_s: float = 0.0  # the agent's own time before it (since the previous generation request's end), recorded
 
 
 @dataclass
@@ -101,10 +104,12 @@ def load_agent(path: Path, per_session: int | None, without_tools: bool = False)
     names: dict[str, str] = {}
     turns: dict[str, int] = {}
     out: list[Recorded] = []
+    previous_end: float | None = None
     for record in read_recording(path):
         api = api_of(record["path"])
         if api == "other" or record["method"] != "POST" or not isinstance(record.get("body"), dict):
             continue
+        idle, previous_end = _idle_before(record, previous_end)
         key = str(record.get("session"))
         session = names.setdefault(key, f"s{len(names) + 1}")
         turns[session] = turns.get(session, 0) + 1
@@ -113,11 +118,20 @@ def load_agent(path: Path, per_session: int | None, without_tools: bool = False)
         if without_tools:
             body = {k: v for k, v in body.items() if k not in TOOL_FIELDS}
         out.append(Recorded(record.get("label") or path.stem, session, turns[session], api, record["path"], headers,
-                            body))  # fmt: skip
+                            body, idle))  # fmt: skip
     return [r for r in out if r.turn <= per_session] if per_session else out
 
 
 TOOL_FIELDS = ("tools", "tool_choice", "parallel_tool_calls")
+
+
+def _idle_before(record: dict[str, Any], previous_end: float | None) -> tuple[float, float | None]:
+    """(the agent's idle time before this request, this request's end), from the recorded clock; 0 if unknown."""
+    arrival, total = record.get("arrival_s"), record.get("total_s")
+    if not isinstance(arrival, (int, float)) or not isinstance(total, (int, float)):
+        return 0.0, None
+    idle = 0.0 if previous_end is None else max(0.0, arrival - previous_end)
+    return idle, arrival + total
 
 
 def _with_usage(api: Api, body: dict[str, Any]) -> dict[str, Any]:
@@ -151,9 +165,12 @@ def replay(client: httpx.Client, request: Recorded) -> Replayed:
                     reply.error)  # fmt: skip
 
 
-def replay_all(url: str, requests: list[Recorded], server: str, phase: str) -> list[Replayed]:
+def replay_all(url: str, requests: list[Recorded], server: str, phase: str, pace: bool = False) -> list[Replayed]:
+    """Every request in turn; pace: each after its agent's recorded idle time (the first at once)."""
     out: list[Replayed] = []
     for i, request in enumerate(requests, 1):
+        if pace and i > 1:
+            time.sleep(request.idle_s)
         # a connection per request: llama-server may close a kept-alive one after a stream, and a request
         # that meets a closed connection would fail (connecting costs ~1 ms, inside TTFT for every server)
         with httpx.Client(base_url=url, timeout=httpx.Timeout(None, connect=10.0)) as client:
@@ -216,17 +233,18 @@ def run_server(
     phases: dict[str, list[Replayed]] = {"sequential": []}
     with started(kind, args, aliases, log_dir) as url:
         for name, seq in agents.items():
-            phases["sequential"] += replay_all(url, seq, kind, f"sequential/{name}")
+            phases["sequential"] += replay_all(url, seq, kind, f"sequential/{name}", args.pace)
     if len(pair) == 2:
         with started(kind, args, aliases, log_dir) as url:
-            phases["interleaved"] = replay_all(url, interleave(agents[pair[0]], agents[pair[1]]), kind, "interleaved")
+            both = interleave(agents[pair[0]], agents[pair[1]])
+            phases["interleaved"] = replay_all(url, both, kind, "interleaved", args.pace)
     before, after = split_at_restart(agents)
     if args.restart and after:
         with tempfile.TemporaryDirectory(prefix="bench-agents-restart-") as store:
             with started(kind, args, aliases, log_dir, Path(store)) as url:
-                phases["restart"] = replay_all(url, before, kind, "restart/before")
+                phases["restart"] = replay_all(url, before, kind, "restart/before", args.pace)
             with started(kind, args, aliases, log_dir, Path(store)) as url:
-                phases["restart"] += replay_all(url, after, kind, "restart/after")
+                phases["restart"] += replay_all(url, after, kind, "restart/after", args.pace)
     return {phase: [{**asdict(r), "reuse": r.reuse} for r in results] for phase, results in phases.items()}
 
 
@@ -278,6 +296,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also replay later sessions after a server restart (llamanode: same store)",
     )
     parser.add_argument(
+        "--pace",
+        action="store_true",
+        help="wait each agent's recorded idle time (tool runs, its own work) before its next request",
+    )
+    parser.add_argument(
         "--repeat", type=int, default=1, help="replay N times, servers in alternating order; report median TTFTs"
     )
     parser.add_argument("--json", type=Path, default=OUT_DIR / "agents.json", help="results file")
@@ -318,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             "interleaved": pair,
             "without_tools": args.without_tools,
             "restart": args.restart,
+            "paced": args.pace,
         },
         "recordings": {f.stem: str(f) for f in files},
         "repetitions": repeated(servers, args.repeat, lambda kind: run_server(kind, args, agents, pair, log_dir)),

@@ -52,6 +52,20 @@ def test_load_agent_numbers_sessions_and_turns_and_skips_probes(tmp_path: Path) 
     assert recording_files([tmp_path]) == [path]
 
 
+def test_load_agent_keeps_each_requests_recorded_idle_time(tmp_path: Path) -> None:
+    """--pace waits, before each request, the time its agent spent since the previous generation request
+    ended (other requests, count_tokens here, are the agent's own work); 0 where the clock is missing."""
+    clocks = [(0.5, 10.0), (10.7, 0.1), (11.0, 2.0), (14.5, 1.0), (None, None), (20.0, 1.0)]
+    paths = ["/v1/messages", "/v1/messages/count_tokens"] + ["/v1/messages"] * 4
+    records = [
+        {**_record(i, "A", path, model="m"), "arrival_s": arrival, "total_s": total}
+        for i, (path, (arrival, total)) in enumerate(zip(paths, clocks, strict=True))
+    ]
+    path = tmp_path / "claude.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert [r.idle_s for r in load_agent(path, None)] == pytest.approx([0.0, 0.5, 1.5, 0.0, 0.0])
+
+
 def test_load_agent_can_leave_the_tool_definitions_out(tmp_path: Path) -> None:
     tools = {"tools": [{"name": "Bash", "input_schema": {}}], "tool_choice": {"type": "auto"}}
     path = tmp_path / "claude.jsonl"
