@@ -568,3 +568,16 @@ def test_an_unfinished_prefill_is_exported_only_when_asked_and_never_written() -
     assert answer(copy) == cold(Q)
     exact(ctx)
     assert session.stop_prewarm_for_copy("fork") is None  # nothing runs: nothing to prewarm again
+
+
+def test_a_prefill_cut_inside_the_suffix_counts_no_generated_tokens() -> None:
+    """The warm-next case: the next prefix keeps the suffix and drops the decoded tokens; stopped halfway,
+    every resident token came from a prefill (none is counted as generated)."""
+    session, _, gate = gated(P)
+    answer(session)
+    assert session.explain_context().generated_tokens > 3  # more decoded tokens than the suffix has
+    handle = session.prewarm(session.prefix((*P, ("turn", "go:" + "n" * 40))))
+    stop_after(gate, handle, 1, handle.cancel).outcome()
+    report = session.explain_context()
+    assert report.resident_tokens == 96 + 3 + BATCH
+    assert (report.generated_tokens, report.prefix_tokens) == (0, report.resident_tokens)

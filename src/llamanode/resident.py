@@ -133,13 +133,14 @@ class ResidentKV:
         r = self.r
         if keep >= len(r.tokens):
             return
+        first_generated = len(r.tokens) - r.generated  # generated tokens are the last ones (after any suffix)
         self.native(self.ctx.trim, keep)
         del r.tokens[keep:]
         r.prefix_len = min(r.prefix_len, keep)
         r.stable_len = min(r.stable_len, keep)
         if r.approx_from is not None and r.approx_from >= keep:
             r.approx_from = None  # every approximated token is gone
-        r.generated = max(0, min(r.generated, keep - r.prefix_len))
+        r.generated = max(0, keep - first_generated)
         if r.logits_for > keep:
             r.logits_for = -1
 
