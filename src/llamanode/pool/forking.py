@@ -8,11 +8,12 @@ forks), refuse or skip a target that exists, and give the target a ForkOrigin.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, LlamaNodeError
 from ..session import ForkOrigin, PrefixInput
 from .restore import StateMover
 from .room import Room
@@ -119,7 +120,9 @@ class Forks:
                 raise
         finally:
             if resume is not None and source.session is not None:
-                source.session.prewarm(resume, finish=True)
+                # a source that cannot prewarm (now unusable) reports that to its next request, not to the fork
+                with contextlib.suppress(LlamaNodeError):
+                    source.session.prewarm(resume, finish=True)
         copied = len(session.resident_tokens())
         origin = ForkOrigin(source.id, copied, copied if shared is None else min(shared, copied), time.time())
         session.note_fork(origin, just_forked=True)
