@@ -1,7 +1,7 @@
 """SessionPool.prewarm on the toy backend: an evicted workspace is restored and prewarmed without a lease,
 a lease joins or cancels it (its chunk in flight interrupted), eviction cancels it first, a lease of another
-workspace pauses it (its chunk in flight interrupted, prefilled again after the lease), and the stats count
-outcomes."""
+workspace pauses it (its chunk in flight interrupted, prefilled again after the lease), a new session's fork
+copies what it has done and starts it again, and the stats count outcomes."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Prewarm on the real default model: joined, cancelled, superseded and interrupted prewarms leave exact
-state (greedy tokens equal a cold session's, token for token), and a request waits for no chunk: the chunk
+"""Prewarm on the real default model: joined, cancelled, superseded and interrupted prewarms, and one a new
+session's fork copies halfway, leave exact state (greedy tokens equal a cold session's, token for token),
+and a request waits for no chunk: the chunk
 in flight is interrupted, unless the request needs it (the same prefix: it waits for that chunk's end).
 Counted through a chunk gate: every prewarm chunk needs a permit, the request gets exactly one; and
 mid-decode, with one chunk of 512 tokens."""
