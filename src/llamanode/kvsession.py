@@ -315,7 +315,7 @@ class KVSession:
         assert r.manifest is not None
         r.segments = segment_residency(r.manifest, r.offsets, r.prefix_len, r.prefix_len)
         r.divergence = None
-        status = self._prefix_status(r.prefix_len, 0, dropped, True, None, 0.0)
+        status = r.prefix_status(self.num_ctx, r.prefix_len, 0, dropped, True, None, 0.0)
         r.last_prefix = status
         return status
 
@@ -380,31 +380,11 @@ class KVSession:
         if self._cold_note and r.divergence is not None and r.divergence.cause == "cold":
             r.divergence = replace(r.divergence, detail=f"{r.divergence.detail} ({self._cold_note})")
         self._cold_note = ""
-        status = self._prefix_status(lcp + kept, len(tokens) - lcp - kept, dropped, False, r.divergence, prefill_s)
+        reused, prefilled = lcp + kept, len(tokens) - lcp - kept
+        status = r.prefix_status(self.num_ctx, reused, prefilled, dropped, False, r.divergence, prefill_s)
         status = approx.report_approximation(r, status, plan, policy)
         r.last_prefix = status
         return status
-
-    def _prefix_status(
-        self, reused: int, prefilled: int, dropped: int, hit: bool, div: Divergence | None, secs: float
-    ) -> PrefixStatus:
-        r = self._r
-        assert r.manifest is not None
-        return PrefixStatus(
-            reused_tokens=reused,
-            prefilled_tokens=prefilled,
-            dropped_tokens=dropped,
-            prefix_tokens=r.prefix_len,
-            resident_tokens=len(r.tokens),
-            available_tokens=self.num_ctx - len(r.tokens),
-            stable_byte_hash=r.text_hash,
-            stable_token_hash=r.token_hash,
-            manifest_digest=r.manifest.digest,
-            byte_hash_hit=hit,
-            divergence=div,
-            prefill_s=secs,
-            approximate_from=r.approx_from,
-        )
 
     # -- decode ------------------------------------------------------------------------------
     def _stream(self, cfg: DecodeConfig, sampler: Sampler) -> DecodeStream:

@@ -88,6 +88,27 @@ class Resident:
             approximate_from=self.approx_from,
         )
 
+    def prefix_status(
+        self, num_ctx: int, reused: int, prefilled: int, dropped: int, hit: bool, div: Divergence | None, secs: float
+    ) -> PrefixStatus:
+        """What ensure_prefix returns once this complete prefix is resident."""
+        assert self.manifest is not None
+        return PrefixStatus(
+            reused_tokens=reused,
+            prefilled_tokens=prefilled,
+            dropped_tokens=dropped,
+            prefix_tokens=self.prefix_len,
+            resident_tokens=len(self.tokens),
+            available_tokens=num_ctx - len(self.tokens),
+            stable_byte_hash=self.text_hash,
+            stable_token_hash=self.token_hash,
+            manifest_digest=self.manifest.digest,
+            byte_hash_hit=hit,
+            divergence=div,
+            prefill_s=secs,
+            approximate_from=self.approx_from,
+        )
+
     def exact_limit(self) -> int:
         """How many leading tokens an exact request may reuse: batched prefill, never approximated."""
         return self.stable_len if self.approx_from is None else min(self.stable_len, self.approx_from)
