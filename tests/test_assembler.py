@@ -161,9 +161,9 @@ def test_a_quiet_tail_segment_waits_until_moving_it_costs_nothing() -> None:
     # b changes: everything from b on is recomputed anyway, so a settles ahead of it for free
     free = asm.assemble({**BASE, "a": "A6", "b": "B8"}, ["system"]).report
     assert free.order == ("system", "map", "c", "a", "b") and free.kept_segments == 3
-    moves = [(m.name, m.reason, m.before, m.after) for m in free.moves]  # quieter first in the tail, then settled
-    assert moves == [("a", "reordered", 4, 3), ("a", "settled", 4, 3), ("b", "reordered", 3, 4)]
-    assert "text changed in 6 of 11 turns; score 0.06 <= 0.20" in free.moves[1].detail
+    moves = [(m.name, m.reason, m.before, m.after) for m in free.moves]  # rates too close to reorder: it settles
+    assert moves == [("a", "settled", 4, 3)]
+    assert "text changed in 6 of 11 turns; score 0.06 <= 0.20" in free.moves[0].detail
     assert free.waiting == () and not free.segments[3].volatile
 
 
@@ -183,6 +183,24 @@ def test_the_tail_orders_itself_by_change_rate_only_when_that_costs_nothing() ->
     assert moved == [("b", "reordered", 4, 3), ("a", "reordered", 3, 4)]
     assert "changes 1.00/turn" in reports[4].moves[1].detail
     assert all(r.order == reports[4].order and r.kept_segments == 4 for r in reports[5:])  # then it stays
+
+
+def test_tail_segments_with_close_change_rates_do_not_swap_back_and_forth() -> None:
+    """a and b both change often, taking turns: a swap would be free the turn it is made (the segment ahead
+    changed) but cost the next turn (the one moved last changes then), so the tail keeps its order while
+    their rates stay within reorder_margin; with no margin it flaps."""
+    joined = [BASE] + [{**BASE, "a": f"A{t}", "b": f"B{t}"} for t in range(1, 4)]  # both in the tail: a, b
+    # from turn 4: b changes on even turns, a on odd ones
+    taking_turns = [{**BASE, "a": f"A{t - (t + 1) % 2}", "b": f"B{t - t % 2}"} for t in range(4, 10)]
+    kept_while_b_changes = [4, 3, 4, 3, 4, 3]  # b changes on even turns: a, ahead of it, is kept
+    asm = ContextAssembler()
+    reports = [asm.assemble(seg, ["system"]).report for seg in joined + taking_turns][4:]
+    assert {r.order[-2:] for r in reports} == {("a", "b")}
+    assert [r.kept_segments for r in reports] == kept_while_b_changes
+    flapping = ContextAssembler(AssemblerPolicy(reorder_margin=0.0))
+    reports = [flapping.assemble(seg, ["system"]).report for seg in joined + taking_turns][4:]
+    assert {r.order[-2:] for r in reports} == {("a", "b"), ("b", "a")}
+    assert [r.kept_segments for r in reports] == [4, 3, 3, 3, 3, 3]  # each swap costs the next turn
 
 
 def test_a_quiet_segment_alone_in_the_tail_settles_in_place() -> None:
@@ -279,7 +297,16 @@ def test_bad_input_is_refused_and_changes_nothing(segments: object, pinned: obje
 
 @pytest.mark.parametrize(
     "values",
-    [{"decay": 0.0}, {"decay": 1.0}, {"volatile_at": 0.1}, {"stable_at": -0.1}, {"forget_after": 0}, {"decay": "x"}],
+    [
+        {"decay": 0.0},
+        {"decay": 1.0},
+        {"volatile_at": 0.1},
+        {"stable_at": -0.1},
+        {"forget_after": 0},
+        {"decay": "x"},
+        {"reorder_margin": -0.1},
+        {"reorder_margin": 1.5},
+    ],
 )
 def test_bad_policy_is_a_config_error(values: dict[str, object]) -> None:
     with pytest.raises(ConfigError):

@@ -11,6 +11,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from .assembler_checks import state_body, state_field, validated_pairs, validated_pins
 from .config import _Options, _require
 from .errors import InvalidInputError
 from .manifest import byte_hash
@@ -44,15 +45,19 @@ class AssemblerPolicy(_Options):
     rate_decay: float = 0.9  # weight of the past in the slower change and break rates
     volatile_at: float = 0.6  # score at or above which a segment may join the volatile tail
     stable_at: float = 0.2  # score at or below which a tail segment returns before the tail
+    # two tail segments swap places only when their change rates differ by more (else they flap: each swap
+    # is free the turn it is made, and costs the next turn whose change hits the one moved last)
+    reorder_margin: float = 0.1
     forget_after: int = 64  # turns an absent segment's history is kept
 
     def __post_init__(self) -> None:
-        for name in ("decay", "rate_decay", "volatile_at", "stable_at"):
+        for name in ("decay", "rate_decay", "volatile_at", "stable_at", "reorder_margin"):
             value = getattr(self, name)
             _require(isinstance(value, int | float) and not isinstance(value, bool), f"{name} must be a number")
         _require(0.0 < self.decay < 1.0, f"decay must be in (0, 1), got {self.decay}")
         _require(0.0 < self.rate_decay < 1.0, f"rate_decay must be in (0, 1), got {self.rate_decay}")
         _require(0.0 <= self.stable_at < self.volatile_at <= 1.0, "need 0 <= stable_at < volatile_at <= 1")
+        _require(0.0 <= self.reorder_margin <= 1.0, f"reorder_margin must be in [0, 1], got {self.reorder_margin}")
         _require(isinstance(self.forget_after, int) and self.forget_after >= 1, "forget_after must be an int >= 1")
 
 
@@ -150,9 +155,9 @@ class ContextAssembler:
         self, segments: Sequence[tuple[str, str]] | Mapping[str, str], pinned: Collection[str] = ()
     ) -> Assembly:
         """Observe this turn's segments and return them ordered, with the report."""
-        pairs = _validated_pairs(segments)
+        pairs = validated_pairs(segments)
         texts = dict(pairs)
-        pins = _validated_pins(pinned, texts)
+        pins = validated_pins(pinned, texts)
         head = [name for name, _ in pairs if name in pins]
         before = [(name, self._tracks[name].digest) for name in self._order]
         self._turn += 1
@@ -267,14 +272,24 @@ class ContextAssembler:
         """The tail, most often changed last, when that costs nothing this turn (the segments it moves are
         recomputed anyway): otherwise as it stands."""
         ranked = sorted(tail, key=self._rate_key)  # stable: equal rates keep their order
-        if ranked == tail or _common_lead(before, self._keyed(lead + ranked)) < _common_lead(
-            before, self._keyed(lead + tail)
-        ):
+        if ranked == tail or self._close_swap(tail, ranked):
+            return tail
+        if _common_lead(before, self._keyed(lead + ranked)) < _common_lead(before, self._keyed(lead + tail)):
             return tail
         for name in (n for i, n in enumerate(ranked) if tail[i] != n):
             detail = f"changes {self._tracks[name].rate:.2f}/turn: the tail goes most often changed last (free now)"
             moves.append(SegmentMove(name, None, None, "reordered", detail))
         return ranked
+
+    def _close_swap(self, tail: list[str], ranked: list[str]) -> bool:
+        """Whether ranking the tail would swap two segments whose change rates are within reorder_margin."""
+        place = {name: i for i, name in enumerate(ranked)}
+        margin = self.policy.reorder_margin
+        return any(
+            place[a] > place[b] and abs(self._tracks[a].rate - self._tracks[b].rate) <= margin
+            for i, a in enumerate(tail)
+            for b in tail[i + 1 :]
+        )
 
     def _pin_moves(self, head: list[str], present: Mapping[str, str]) -> list[SegmentMove]:
         """Segments of the last turn that the caller pinned or unpinned."""
@@ -313,36 +328,15 @@ class ContextAssembler:
         if not isinstance(policy, Mapping):
             raise InvalidInputError("assembler state: 'policy' must be a mapping")
         made = cls(AssemblerPolicy.from_mapping(policy))
-        made._turn = _field(state, "turn", int)
-        made._tracks = {str(n): _track(n, t) for n, t in _field(state, "segments", dict).items()}
-        made._order = [str(n) for n in _field(state, "order", list)]
-        made._pinned = [str(n) for n in _field(state, "pinned", list)]
-        made._body_breaks, made._body_turns = _body(state.get("body"))
+        made._turn = state_field(state, "turn", int)
+        made._tracks = {str(n): _track(n, t) for n, t in state_field(state, "segments", dict).items()}
+        made._order = [str(n) for n in state_field(state, "order", list)]
+        made._pinned = [str(n) for n in state_field(state, "pinned", list)]
+        made._body_breaks, made._body_turns = state_body(state.get("body"))
         missing = [n for n in made._order + made._pinned if n not in made._tracks]
         if missing or not set(made._pinned) <= set(made._order) or len(set(made._order)) != len(made._order):
             raise InvalidInputError(f"assembler state: order and pins must name tracked segments once ({missing})")
         return made
-
-
-def _validated_pairs(segments: Sequence[tuple[str, str]] | Mapping[str, str]) -> list[tuple[str, str]]:
-    pairs = list(segments.items()) if isinstance(segments, Mapping) else list(segments)
-    seen: set[str] = set()
-    for pair in pairs:
-        if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str) and isinstance(pair[1], str)):
-            raise InvalidInputError(f"a segment must be a (name, text) pair of strings, got {pair!r:.80}")
-        if pair[0] in seen:
-            raise InvalidInputError(f"segment name {pair[0]!r} appears twice")
-        seen.add(pair[0])
-    return pairs
-
-
-def _validated_pins(pinned: Collection[str], texts: Mapping[str, str]) -> set[str]:
-    if isinstance(pinned, str | bytes):
-        raise InvalidInputError("pinned must be a collection of segment names, not a single string")
-    unknown = sorted(str(n) for n in pinned if n not in texts)
-    if unknown:
-        raise InvalidInputError(f"pinned segment(s) not in this turn: {', '.join(unknown)}")
-    return set(pinned)
 
 
 def _arrival_place(pinned: bool, volatile: bool) -> str:
@@ -379,13 +373,6 @@ def _move_key(move: SegmentMove) -> tuple[int, str]:
     return (move.after if move.after is not None else 1 << 30, move.reason)
 
 
-def _field(state: Mapping[str, Any], name: str, kind: type) -> Any:
-    value = state.get(name)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise InvalidInputError(f"assembler state: {name!r} must be a {kind.__name__}")
-    return value
-
-
 _TRACK_FIELDS = {f.name: str(f.type) for f in fields(_Track)}
 _KINDS: dict[str, type | tuple[type, ...]] = {"str": str, "int": int, "float": (int, float), "bool": bool}
 
@@ -398,9 +385,3 @@ def _track(name: object, data: object) -> _Track:
         if isinstance(value, bool) != (kind == "bool") or not isinstance(value, _KINDS[kind]):
             raise InvalidInputError(f"assembler state: segment {name!r}: {key} must be a {kind}")
     return _Track(**data)
-
-
-def _body(value: object) -> tuple[float, float]:
-    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int | float) for v in value)):
-        raise InvalidInputError("assembler state: 'body' must be [breaks, turns]")
-    return float(value[0]), float(value[1])
