@@ -48,37 +48,21 @@ def state_from_resident(r: Resident, kv: bytes, identity: BackendIdentity) -> Se
 
 def resident_from_state(state: SessionState, token_bytes: Callable[[int], bytes]) -> Resident:
     """The bookkeeping of an imported state; its last divergence says it was restored."""
-    if state.unfinished:
-        return _unfinished_from_state(state)
-    raw = state.prefix_text
-    prefix_tokens = list(state.tokens[: state.prefix_len])
-    offsets = token_byte_offsets(prefix_tokens, token_bytes, len(raw), state.manifest.add_bos)
-    return Resident(
+    r = Resident(
         tokens=list(state.tokens),
         prefix_len=state.prefix_len,
         stable_len=state.stable_len,
         approx_from=state.approximate_from,
         generated=state.generated,
-        manifest=state.manifest,
-        text=raw,
-        text_hash=byte_hash(raw),
-        token_hash=hash_token_ids(prefix_tokens),
-        offsets=offsets,
-        segments=segment_residency(state.manifest, offsets, state.prefix_len, state.prefix_len),
-        divergence=Divergence("restored", state.prefix_len, None, None, "resident state was restored"),
-    )
-
-
-def _unfinished_from_state(state: SessionState) -> Resident:
-    """An unfinished prefill's bookkeeping: its tokens are reusable token by token under the manifest of the
-    prefill's target (Resident.partial), never as a prefix."""
-    return Resident(
-        tokens=list(state.tokens),
-        prefix_len=state.prefix_len,
-        stable_len=state.stable_len,
-        approx_from=state.approximate_from,
-        generated=state.generated,
-        partial=state.manifest,
         text=state.prefix_text,
-        divergence=Divergence("restored", len(state.tokens), None, None, "an unfinished prefill was copied"),
     )
+    if state.unfinished:  # reusable token by token under its target's manifest (Resident.partial), never as a prefix
+        r.partial = state.manifest
+        r.divergence = Divergence("restored", len(state.tokens), None, None, "an unfinished prefill was copied")
+        return r
+    prefix_tokens = list(state.tokens[: state.prefix_len])
+    r.offsets = token_byte_offsets(prefix_tokens, token_bytes, len(r.text), state.manifest.add_bos)
+    r.manifest, r.text_hash, r.token_hash = state.manifest, byte_hash(r.text), hash_token_ids(prefix_tokens)
+    r.segments = segment_residency(state.manifest, r.offsets, state.prefix_len, state.prefix_len)
+    r.divergence = Divergence("restored", state.prefix_len, None, None, "resident state was restored")
+    return r
