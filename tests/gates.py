@@ -108,6 +108,15 @@ class Call(threading.Thread):
         return self.result
 
 
+def gate_pool(pool: Any) -> ChunkGate:
+    """A gate that every context the pool opens from now on goes through."""
+    gate = ChunkGate()
+    backend = pool.backend
+    inner = backend.open_context
+    backend.open_context = lambda config: gate.wrap(inner(config))
+    return gate
+
+
 def stop_after(gate: ChunkGate, handle: Any, chunks: int, fn: Callable[[], Any]) -> Call:
     """Let the prewarm run `chunks` chunks, make the call while the next chunk waits at the gate (in flight),
     then let that one chunk go: its interrupt is pending, so it is dropped before it decodes (an interruptible

@@ -9,12 +9,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from fakes import FakeBackend, fake_session
-from gates import PREWARM_THREAD, Call, ChunkGate, stop_after, stop_asked, wait_until
+from gates import PREWARM_THREAD, Call, ChunkGate, gate_pool, stop_after, stop_asked, wait_until
 from llamanode import Config, DecodeConfig, InvalidInputError, KVSession, SessionPool
 
 MODEL = "/fake/model.gguf"
@@ -46,11 +45,8 @@ def budget(backends: list[FakeBackend], tmp_path: Path) -> int:
 
 
 def gated(pool: SessionPool) -> Iterator[tuple[SessionPool, ChunkGate]]:
-    """Every context the pool opens goes through one chunk gate."""
-    gate = ChunkGate()
-    backend: Any = pool.backend
-    inner = backend.open_context
-    backend.open_context = lambda config: gate.wrap(inner(config))
+    """The pool with every context it opens gated, closed (gate opened first) at the end."""
+    gate = gate_pool(pool)
     yield pool, gate
     gate.open()
     pool.close()
@@ -222,10 +218,7 @@ def test_a_prewarming_workspace_is_evicted_after_idle_ones(
     with SessionPool(MODEL, CFG, store_dir=tmp_path) as probe:
         two = probe.budget_for(2)
     pool = SessionPool(MODEL, CFG, store_dir=tmp_path / "store", memory_budget_bytes=two)
-    gate = ChunkGate()
-    backend: Any = pool.backend
-    inner = backend.open_context
-    backend.open_context = lambda config: gate.wrap(inner(config))
+    gate = gate_pool(pool)
     try:
         handle = pool.prewarm("a", OLD)  # least recently used, but prewarming
         gate.run_chunks(1)
@@ -263,10 +256,7 @@ def test_closing_the_pool_cancels_a_prewarm_and_keeps_the_last_complete_state(
 ) -> None:
     store = tmp_path / "store"
     pool = SessionPool(MODEL, CFG, store_dir=store)
-    gate = ChunkGate()
-    backend: Any = pool.backend
-    inner = backend.open_context
-    backend.open_context = lambda config: gate.wrap(inner(config))
+    gate = gate_pool(pool)
     leased_turn(pool, "a", OLD)
     pool.checkpoint("a")
     handle = pool.prewarm("a", NEW)

@@ -17,7 +17,7 @@ import pytest
 
 import llamanode
 from conftest import SEGMENTS, SUFFIX, SUFFIX_2, Answer, decode_answer
-from gates import PREWARM_THREAD, ChunkGate, stop_after, wait_until
+from gates import PREWARM_THREAD, ChunkGate, gate_pool, stop_after, wait_until
 from llamanode import Config, DecodeConfig, KVSession, SessionPool
 from llamanode.backends.llamacpp.native import lib
 from llamanode.errors import PrefillInterruptedError
@@ -130,10 +130,7 @@ def test_a_prewarmed_evicted_workspace_answers_like_a_cold_session(model_keeper:
     with SessionPool(None, CFG, store_dir=tmp_path / "probe") as probe:
         budget = probe.budget_for(1)
     with SessionPool(None, CFG, store_dir=tmp_path / "store", memory_budget_bytes=budget) as pool:
-        gate = ChunkGate()
-        backend: Any = pool.backend
-        inner = backend.open_context
-        backend.open_context = lambda config: gate.wrap(inner(config))
+        gate = gate_pool(pool)
         for workspace in ("a", "b"):  # b evicts a
             with pool.session(workspace) as s:
                 s.ensure_prefix(s.prefix(SEGMENTS))
@@ -159,10 +156,7 @@ def test_a_new_sessions_fork_of_a_half_done_warm_next_answers_like_a_cold_sessio
     """fork_nearest while the source's finish=True prewarm (the server's warm-next) is halfway: the fork
     copies the unfinished prefill and resumes it exactly; the source prewarms the rest again, exactly."""
     with SessionPool(None, CFG, store_dir=tmp_path / "store") as pool:
-        gate = ChunkGate()
-        backend: Any = pool.backend
-        inner = backend.open_context
-        backend.open_context = lambda config: gate.wrap(inner(config))
+        gate = gate_pool(pool)
         with pool.session("a") as s:
             s.ensure_prefix(s.prefix(SEGMENTS))
             assert answer(s, SUFFIX) == cold(SEGMENTS, SUFFIX)
