@@ -44,8 +44,13 @@ def vocab(model_path: str) -> Any:
     return Llama(model_path=model_path, vocab_only=True, verbose=False)
 
 
+def tokens(tok: Any, text: str) -> list[int]:
+    """A text's tokens as Session.prefix tokenizes a segment (no BOS, special tokens parsed)."""
+    return list(tok.tokenize(text.encode(), add_bos=False, special=True))
+
+
 def count(tok: Any, text: str) -> int:
-    return len(tok.tokenize(text.encode(), add_bos=False, special=True))
+    return len(tokens(tok, text))
 
 
 def check_fits(trace: Trace, tok: Any, num_ctx: int) -> None:
