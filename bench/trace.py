@@ -45,7 +45,7 @@ def vocab(model_path: str) -> Any:
 
 
 def tokens(tok: Any, text: str) -> list[int]:
-    """A text's tokens as Session.prefix tokenizes a segment (no BOS, special tokens parsed)."""
+    """A text's tokens as the session makes them, without BOS (special tokens parsed)."""
     return list(tok.tokenize(text.encode(), add_bos=False, special=True))
 
 

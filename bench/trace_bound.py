@@ -8,7 +8,7 @@ prefill in the request): ttft = per_turn + per_token * n + per_depth * (sum of t
 each token's attention grows with its depth. Then, with every turn's segment order free (dynamic
 programming over the permutations of the movable segments, knowing every future edit), it finds the least
 total TTFT exact reuse could have under that model: a floor for the assembler, whatever its policy. A second bound
-keeps turn 0 in the caller's order (a policy has seen nothing before it), and a third adds the think time's
+keeps turn 0 in the caller's order (a policy has seen nothing before it); both again with the think time's
 prewarm before every later turn (each turn's prefix prefill shortened by up to --think seconds).
 """
 
