@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 import llamanode
+from llamanode.prefix import common_prefix_len
 
 from .common import log, md_table, ratio, write_json
 from .git_trace import Trace, TraceTurn, load_trace
@@ -92,14 +93,7 @@ def observed_turns(
     ]
 
 
-def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
-    n, m = 0, min(len(a), len(b))
-    while n < m and a[n] == b[n]:
-        n += 1
-    return n
-
-
-class _Turn:
+class TokenTurn:
     """One turn's token view: its segments tokenized one by one, so any order's tokens are their concatenation.
 
     Session.prefix tokenizes the joined text; the constructor checks the two agree in the caller's order
@@ -126,12 +120,17 @@ class _Turn:
         return [x for name in order for x in self.toks[name]]
 
 
-def _kept(before: _Turn, old: Order, now: _Turn, new: Order) -> int:
+def token_turns(trace: Trace, tokens: Tokens) -> list[TokenTurn]:
+    """Every turn of the trace tokenized once, for all the searches over it."""
+    return [TokenTurn(t, tokens) for t in trace.turns]
+
+
+def _kept(before: TokenTurn, old: Order, now: TokenTurn, new: Order) -> int:
     """Tokens of the new order's sequence whose KV the old order's leaves reusable (longest common prefix)."""
     kept = 0
     for a, b in zip(old, new, strict=False):
         if a != b or before.texts[a] != now.texts[b]:
-            return kept + _lcp(before.toks[a], now.toks[b])
+            return kept + common_prefix_len(before.toks[a], now.toks[b])
         kept += len(now.toks[b])
     return kept
 
@@ -145,14 +144,13 @@ class Bound:
 
 
 def best_orders(
-    trace: Trace, tokens: Tokens, model: CostModel, *, first_as_given: bool = False, think_s: float = 0.0
+    turns: Sequence[TokenTurn], model: CostModel, *, first_as_given: bool = False, think_s: float = 0.0
 ) -> Bound:
     """Dynamic programming over every turn's orders; a turn's cost depends only on its order and the last one's.
 
     think_s > 0 models a prewarm before every turn after the first: it prefills the prefix for up to
     think_s seconds, so the turn pays only the rest of the prefix, then the suffix.
     """
-    turns = [_Turn(t, tokens) for t in trace.turns]
     first = turns[0]
     starts = [first.given] if first_as_given else first.orders()
     best: dict[Order, tuple[float, tuple[Order, ...]]] = {
@@ -174,9 +172,8 @@ def best_orders(
     return Bound(total, path)
 
 
-def given_total(trace: Trace, tokens: Tokens, model: CostModel) -> float:
+def given_total(turns: Sequence[TokenTurn], model: CostModel) -> float:
     """The modelled total in the caller's order (what `Llama` gets)."""
-    turns = [_Turn(t, tokens) for t in trace.turns]
     total = model.turn_s(0, turns[0].length + turns[0].suffix)
     for before, now in itertools.pairwise(turns):
         total += model.turn_s(_kept(before, before.given, now, now.given), now.length + now.suffix)
@@ -188,11 +185,11 @@ def modelled_total(turns: Iterable[dict[str, Any]], strategy: str, model: CostMo
     return sum(model.turn_s(lo, hi) for lo, hi, _ in observed_turns(turns, (strategy,)))
 
 
-def all_bounds(trace: Trace, tokens: Tokens, model: CostModel, think_s: float) -> dict[str, Bound]:
+def all_bounds(turns: Sequence[TokenTurn], model: CostModel, think_s: float) -> dict[str, Bound]:
     """The four bounds: turn 0's order free or the caller's, without and with the think time's prewarm."""
     return {
         f"{first}{', ' + str(think_s) + ' s prewarm' if think else ''}": best_orders(
-            trace, tokens, model, first_as_given=as_given, think_s=think_s if think else 0.0
+            turns, model, first_as_given=as_given, think_s=think_s if think else 0.0
         )
         for think in (False, True)
         for first, as_given in (
@@ -206,13 +203,15 @@ def report(
     results: dict[str, Any], trace: Trace, tokens: Tokens, think_s: float, also: Sequence[tuple[str, Trace]] = ()
 ) -> dict[str, Any]:
     model = fit_cost_model(observed_turns(results["turns"]))
-    given = given_total(trace, tokens, model)
+    turns = token_turns(trace, tokens)
+    given = given_total(turns, model)
     measured = {name: row["ttft_s"] for name, row in results["totals"].items()}
-    bounds = all_bounds(trace, tokens, model, think_s)
+    bounds = all_bounds(turns, model, think_s)
     others = {}
     for label, other in also:
-        other_given = given_total(other, tokens, model)
-        rows = all_bounds(other, tokens, model, think_s)
+        other_turns = token_turns(other, tokens)
+        other_given = given_total(other_turns, model)
+        rows = all_bounds(other_turns, model, think_s)
         others[label] = {name: ratio(b.total_s, other_given) for name, b in rows.items()}
     return {
         "model": asdict(model),

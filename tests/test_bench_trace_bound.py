@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench.git_trace import Trace, TraceOptions, TraceTurn
-from bench.trace_bound import CostModel, best_orders, fit_cost_model, given_total, report
+from bench.trace_bound import CostModel, best_orders, fit_cost_model, given_total, report, token_turns
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = CostModel(per_turn_s=0.01, per_token_s=0.002, per_depth_s=1e-6)
@@ -61,16 +61,17 @@ def brute_force(trace: Trace, model: CostModel, think_s: float = 0.0) -> float:
 
 @pytest.mark.parametrize("think_s", [0.0, 0.05])
 def test_the_search_finds_the_brute_force_optimum(think_s: float) -> None:
-    found = best_orders(EDITS, byte_tokens, MODEL, think_s=think_s)
+    found = best_orders(token_turns(EDITS, byte_tokens), MODEL, think_s=think_s)
     assert found.total_s == pytest.approx(brute_force(EDITS, MODEL, think_s))
     assert found.orders[-1][-1] == "small"  # the file edited every turn ends up last
 
 
 def test_bounds_order_as_they_must() -> None:
-    given = given_total(EDITS, byte_tokens, MODEL)
-    free = best_orders(EDITS, byte_tokens, MODEL).total_s
-    first_given = best_orders(EDITS, byte_tokens, MODEL, first_as_given=True)
-    prewarmed = best_orders(EDITS, byte_tokens, MODEL, think_s=0.05).total_s
+    turns = token_turns(EDITS, byte_tokens)
+    given = given_total(turns, MODEL)
+    free = best_orders(turns, MODEL).total_s
+    first_given = best_orders(turns, MODEL, first_as_given=True)
+    prewarmed = best_orders(turns, MODEL, think_s=0.05).total_s
     assert first_given.orders[0] == ("system", "small", "big", "mid")
     assert prewarmed < free < first_given.total_s < given  # turn 0 as given costs one turn's recompute
 
@@ -80,7 +81,9 @@ def test_an_edit_inside_a_segment_keeps_the_tokens_before_it() -> None:
     b = turn({"f": "x" * 30 + "y" * 10 + "\n"})
     model = CostModel(0.0, 1.0, 0.0)  # one second per token prefilled
     prefix = len("sys\n") + 41
-    assert given_total(make_trace(a, b), byte_tokens, model) == pytest.approx(prefix + 5 + (prefix - 34) + 5)
+    assert given_total(token_turns(make_trace(a, b), byte_tokens), model) == pytest.approx(
+        prefix + 5 + (prefix - 34) + 5
+    )
 
 
 def test_a_token_spanning_two_segments_is_refused() -> None:
@@ -88,7 +91,7 @@ def test_a_token_spanning_two_segments_is_refused() -> None:
         return byte_tokens(text.replace("\nf", "\x00"))
 
     with pytest.raises(ValueError, match="spans two segments"):
-        given_total(make_trace(turn({"f": "file\n"})), merging, MODEL)
+        token_turns(make_trace(turn({"f": "file\n"})), merging)
 
 
 def test_the_fit_recovers_the_model_and_is_never_negative() -> None:
